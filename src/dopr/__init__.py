@@ -1,0 +1,25 @@
+"""dopr: Double Preconditioning (DoPr) for PyTorch.
+
+``DoPr(model, base="adamw", lr=...)`` right-multiplies each supported layer's gradient by the damped
+inverse second moment of that layer's inputs, then hands the result to any base optimizer.
+"""
+
+from .bases import AdaMuon, Signum
+from .functional import apply_inverse, damping_value, factorize, second_moment_sum
+from .optimizer import DoPr
+from .preconditioner import ActivationPreconditioner, NonFiniteError
+from .routing import BASES
+
+__all__ = [
+    "BASES",
+    "ActivationPreconditioner",
+    "AdaMuon",
+    "DoPr",
+    "NonFiniteError",
+    "Signum",
+    "apply_inverse",
+    "damping_value",
+    "factorize",
+    "second_moment_sum",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""DoPr: activation-wise preconditioning followed by any gradient preconditioner.
+
+Each ``step()``: (a) every supported layer's gradient ``G`` becomes ``M = G (Sigma + lambda I)^{-1}``
+(:class:`~dopr.ActivationPreconditioner`), then (b) the base optimizer steps on ``M`` as if it were
+the gradient (its momentum, second moments and Newton-Schulz all see ``M``).
+
+``DoPr`` is a ``torch.optim.Optimizer`` whose ``param_groups`` are the base optimizers' own group
+dicts and whose ``state`` is their (shared) state, so LR schedulers, ``GradScaler``,
+``zero_grad`` and checkpointing work as with the base optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .preconditioner import ActivationPreconditioner
+from .routing import DEFAULT_AUX_PATTERNS, Route, build_bases
+
+__all__ = ["DoPr"]
+
+
+class DoPr(Optimizer):
+    """Double Preconditioning.
+
+    Args:
+        model: the model to train; DoPr installs forward pre-hooks on its supported layers.
+        base: base optimizer name (``"adamw"``, ``"adam"``, ``"sgd"``, ``"signum"``, ``"muon"``,
+            ``"adamuon"``) or any ``torch.optim.Optimizer`` subclass (called as ``cls(params, lr=lr,
+            **base_kwargs)``).
+        lr: learning rate of the base optimizer.
+        damping: gamma, relative to the mean eigenvalue: ``lambda = gamma * tr(Sigma) / d_in``.
+            The ``gamma' * tr(Sigma)`` convention corresponds to ``gamma = gamma' * d_in``.
+        aux_lr, aux_kwargs, aux_patterns: for matrix bases (muon, adamuon), the learning rate and
+            keyword arguments of the AdamW that takes the other parameters, and the module-name
+            patterns of Linear layers (output heads) that go to AdamW as well.
+        sigma, ema_decay, refresh_every, max_rows, share_inputs, exclude, fallback, nonfinite, seed,
+            process_group: see :class:`~dopr.ActivationPreconditioner`.
+        **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        base: str | type[Optimizer] = "adamw",
+        *,
+        lr: float,
+        damping: float = 0.1,
+        sigma: str = "batch",
+        ema_decay: float = 0.95,
+        refresh_every: int = 1,
+        max_rows: int | None = None,
+        share_inputs: bool = True,
+        exclude: tuple[str, ...] | list[str] = (),
+        fallback: str = "last",
+        nonfinite: str = "raise",
+        aux_lr: float | None = None,
+        aux_kwargs: dict[str, Any] | None = None,
+        aux_patterns: tuple[str, ...] = DEFAULT_AUX_PATTERNS,
+        seed: int = 0,
+        process_group: Any = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"DoPr needs the model (an nn.Module), got {type(model).__name__}: DoPr(model, lr=...), "
+                "not DoPr(model.parameters(), ...), because it reads each layer's input activations"
+            )
+        if not (isinstance(lr, (int, float)) or torch.is_tensor(lr)) or lr < 0:
+            raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+        bases, routes = build_bases(model, base, lr, base_kwargs, aux_lr, aux_kwargs, tuple(aux_patterns))
+        self.preconditioner = ActivationPreconditioner(
+            model, damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
+            max_rows=max_rows, share_inputs=share_inputs, exclude=exclude, fallback=fallback,
+            nonfinite=nonfinite, seed=seed, process_group=process_group,
+        )
+        self.bases: list[tuple[str, Optimizer]] = bases
+        self.routes: list[Route] = routes
+        self._param_ids = {n: id(p) for n, p in model.named_parameters()}
+        groups = [g for _, opt in bases for g in opt.param_groups]
+        super().__init__(groups, {})
+        # Share the base optimizers' defaults and state so that schedulers (OneCycleLR reads
+        # defaults["betas"]) and tools that walk optimizer.state (device moves) see the real thing.
+        self.defaults = bases[0][1].defaults
+        self._link_bases()
+
+    def _link_bases(self) -> None:
+        offset = 0
+        for _, opt in self.bases:
+            n = len(opt.param_groups)
+            opt.param_groups = self.param_groups[offset : offset + n]
+            opt.state = self.state
+            offset += n
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Precondition the gradients of the supported layers, then step the base optimizer(s)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.preconditioner.precondition_():
+            for _, opt in self.bases:
+                opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients and forget the activation statistics recorded since the last step."""
+        super().zero_grad(set_to_none=set_to_none)
+        self.preconditioner.reset_statistics()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["dopr"] = self.preconditioner.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        if "dopr" not in state_dict:
+            raise KeyError(
+                "this state dict has no 'dopr' entry: it was not saved by DoPr.state_dict(). To start DoPr "
+                "from a plain optimizer's state, load it into the base optimizer instead (opt.bases[i][1])"
+            )
+        precond = state_dict.pop("dopr")
+        super().load_state_dict(state_dict)
+        self._link_bases()
+        self.preconditioner.load_state_dict(precond)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Telemetry per input group: trace of Sigma, condition estimate, damping, refreshes, fallbacks."""
+        return self.preconditioner.stats()
+
+    def summary(self) -> str:
+        """A printable table: each parameter's base optimizer, and which layers get AP."""
+        preconditioned = {id(p) for p in self.preconditioner.preconditioned_parameters()}
+        named = {r.name: r for r in self.routes}
+        width = max((len(n) for n in named), default=10)
+        lines = [f"DoPr: {len(self.routes)} trainable tensors, damping={self.preconditioner.damping}",
+                 f"  {'parameter'.ljust(width)}  {'shape':<16} {'AP':<3} base     why"]
+        for name, r in named.items():
+            ap = "yes" if self._param_ids[name] in preconditioned else "no"
+            lines.append(f"  {name.ljust(width)}  {str(r.shape):<16} {ap:<3} {r.base:<8} {r.reason}")
+        lines.append(self.preconditioner.summary())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"DoPr(bases={[name for name, _ in self.bases]}, damping={self.preconditioner.damping})"

@@ -1,0 +1,445 @@
+"""ActivationPreconditioner: the AP half of DoPr, usable in front of any optimizer.
+
+It owns forward pre-hooks on the supported layers of a model, accumulates each layer's input second
+moment Sigma over the forward passes of one step (micro-batches of gradient accumulation included),
+factorizes ``Sigma + lambda I`` and rewrites each layer's ``.grad`` in place as ``M = G (Sigma +
+lambda I)^{-1}``. Layers that read the same input tensor (q/k/v, gate/up) share one Sigma and one
+factorization. State is keyed by module name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import distributed
+from .capture import InputHooks
+from .functional import apply_inverse, factorize, second_moment_sum, statistics_dtype
+from .layers import Adapter, adapter_for, unsupported_reason
+
+__all__ = ["ActivationPreconditioner", "NonFiniteError"]
+
+_SIGMA_MODES = ("batch", "ema")
+_FALLBACKS = ("last", "identity")
+_NONFINITE = ("raise", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """A gradient or a layer input was NaN or infinite; nothing was modified."""
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    adapter: Adapter
+    group: str
+    fires: int = 0  # captured forwards this step
+    fires_outside_backward: int = 0
+
+
+@dataclass
+class _Group:
+    """Statistics and factorization shared by the layers that read one input."""
+
+    key: str
+    members: list[str]
+    dim: int
+    diagonal: bool
+    bias: bool
+    total: Tensor | None = None  # running sum of z z^T (or of one-hot counts) this step
+    rows: int = 0
+    accumulations: int = 0
+    ema: Tensor | None = None
+    inverse: Tensor | None = None
+    # telemetry
+    refreshes: int = 0
+    fallbacks: int = 0
+    float64_retries: int = 0
+    missing_statistics: int = 0
+    trace: float = float("nan")
+    condition: float = float("nan")
+    damping: float = float("nan")
+    seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
+
+
+class ActivationPreconditioner:
+    """Rewrites supported layers' gradients as ``G (Sigma + damping * tr(Sigma)/d * I)^{-1}``.
+
+    Args:
+        model: the module whose layers are preconditioned (hooks are installed on it).
+        damping: gamma, relative to the mean eigenvalue ``tr(Sigma)/d``. For the ``gamma' tr(Sigma)``
+            convention, pass ``gamma' * d``.
+        sigma: ``"batch"`` (the paper: this step's second moment) or ``"ema"`` (exponential moving
+            average across refreshes with ``ema_decay``).
+        ema_decay: decay of the EMA when ``sigma="ema"``.
+        refresh_every: recompute Sigma and its factorization every k steps, reusing the factor in
+            between (hooks only record on refresh steps).
+        max_rows: estimate Sigma from at most this many randomly chosen rows per forward.
+        share_inputs: layers that read the same tensor share one Sigma.
+        exclude: fnmatch patterns of module names left to the base optimizer.
+        fallback: when Cholesky fails in float32 and float64: ``"last"`` keeps the last good factor
+            (identity if none), ``"identity"`` uses the plain gradient.
+        nonfinite: ``"raise"`` raises :class:`NonFiniteError` naming the layer; ``"skip"`` leaves all
+            gradients untouched and returns False from :meth:`precondition_`.
+        eps: absolute damping added to lambda, so an all-zero Sigma still factorizes.
+        seed: seed of the row-subsampling generator (saved in the state dict).
+        process_group: all-reduce Sigma over this group when torch.distributed is initialized.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        damping: float = 0.1,
+        *,
+        sigma: str = "batch",
+        ema_decay: float = 0.95,
+        refresh_every: int = 1,
+        max_rows: int | None = None,
+        share_inputs: bool = True,
+        exclude: tuple[str, ...] | list[str] = (),
+        fallback: str = "last",
+        nonfinite: str = "raise",
+        eps: float = 1e-30,
+        seed: int = 0,
+        process_group: Any = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; pass the model, not its parameters")
+        if not (isinstance(damping, (int, float)) and damping >= 0):
+            raise ValueError(f"damping must be a number >= 0 (relative to the mean eigenvalue of Sigma), got {damping!r}")
+        if sigma not in _SIGMA_MODES:
+            raise ValueError(f"sigma must be one of {_SIGMA_MODES}, got {sigma!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if not (isinstance(refresh_every, int) and refresh_every >= 1):
+            raise ValueError(f"refresh_every must be an int >= 1, got {refresh_every!r}")
+        if max_rows is not None and not (isinstance(max_rows, int) and max_rows >= 1):
+            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+        if fallback not in _FALLBACKS:
+            raise ValueError(f"fallback must be one of {_FALLBACKS}, got {fallback!r}")
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        self.damping = float(damping)
+        self.sigma_mode = sigma
+        self.ema_decay = ema_decay
+        self.refresh_every = refresh_every
+        self.max_rows = max_rows
+        self.share_inputs = share_inputs
+        self.exclude = tuple(exclude)
+        self.fallback = fallback
+        self.nonfinite = nonfinite
+        self.eps = eps
+        self.process_group = process_group
+        self.step_count = 0
+        self.skipped_steps = 0
+        self._generator = torch.Generator().manual_seed(seed)
+        self._grouping_frozen = not share_inputs
+        self.layers: dict[str, _Layer] = {}
+        self.groups: dict[str, _Group] = {}
+        self.skipped: dict[str, str] = {}  # module name -> why it is left to the base optimizer
+        self._discover(model)
+        self._hooks = InputHooks({n: entry.module for n, entry in self.layers.items()}, self._on_input)
+        self._hooks.active = True
+
+    # ----------------------------------------------------------------- discovery
+    def _discover(self, model: nn.Module) -> None:
+        owners: dict[int, list[str]] = {}
+        candidates: dict[str, tuple[nn.Module, Adapter]] = {}
+        for name, module in model.named_modules():
+            adapter = adapter_for(module)
+            if adapter is None:
+                continue
+            params = adapter.params(module)
+            if not any(p.requires_grad for p in params):
+                self.skipped[name] = "frozen (no parameter requires grad)"
+                continue
+            if any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude):
+                self.skipped[name] = "excluded by name pattern"
+                continue
+            reason = unsupported_reason(module)
+            if reason is not None:
+                self.skipped[name] = f"unsupported: {reason}"
+                continue
+            if not all(p.requires_grad for p in params):
+                self.skipped[name] = "partly frozen (weight or bias does not require grad)"
+                continue
+            candidates[name] = (module, adapter)
+            for p in params:
+                owners.setdefault(id(p), []).append(name)
+        shared = {n for names in owners.values() if len(names) > 1 for n in names}
+        for name, (module, adapter) in candidates.items():
+            if name in shared:
+                self.skipped[name] = "parameter shared with another layer (e.g. tied embeddings)"
+                continue
+            self.layers[name] = _Layer(name, module, adapter, group=name)
+            self.groups[name] = _Group(
+                name, [name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module)
+            )
+
+    def preconditioned_parameters(self) -> list[nn.Parameter]:
+        return [p for entry in self.layers.values() for p in entry.adapter.params(entry.module)]
+
+    # ----------------------------------------------------------------- capture
+    @property
+    def capturing(self) -> bool:
+        """Whether forwards now record statistics (the next step is a refresh step)."""
+        return self.step_count % self.refresh_every == 0
+
+    def _on_input(self, name: str, x: Tensor, during_backward: bool) -> None:
+        if not self.capturing:
+            return
+        layer = self.layers[name]
+        if during_backward and layer.fires_outside_backward > 0:
+            return  # a checkpoint recomputation of a forward already counted
+        group = self._group_for(layer, x)
+        layer.fires += 1
+        if not during_backward:
+            layer.fires_outside_backward += 1
+        ref = group.seen.get(id(x))
+        if ref is not None and ref() is x:
+            return  # another member of the group already counted this tensor
+        group.seen[id(x)] = weakref.ref(x)
+        self._accumulate(layer, group, x.detach())
+
+    def _group_for(self, layer: _Layer, x: Tensor) -> _Group:
+        group = self.groups[layer.group]
+        if self._grouping_frozen or len(group.members) > 1:
+            return group
+        for other in self.groups.values():
+            ref = other.seen.get(id(x))
+            if other is not group and ref is not None and ref() is x and self._compatible(other, group):
+                other.members.append(layer.name)
+                other.members.sort(key=list(self.layers).index)
+                del self.groups[layer.group]
+                for member in other.members:
+                    self.layers[member].group = other.members[0]
+                self.groups = {g.members[0]: g for g in self.groups.values()}
+                for g in self.groups.values():
+                    g.key = g.members[0]
+                return other
+        return group
+
+    @staticmethod
+    def _compatible(a: _Group, b: _Group) -> bool:
+        return (a.dim, a.diagonal, a.bias) == (b.dim, b.diagonal, b.bias) and a.rows > 0 and b.rows == 0
+
+    @torch.no_grad()
+    def _accumulate(self, layer: _Layer, group: _Group, x: Tensor) -> None:
+        dtype = statistics_dtype(layer.module.weight.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            z = layer.adapter.rows(layer.module, x)
+            if self.max_rows is not None and z.shape[0] > self.max_rows:
+                idx = torch.randperm(z.shape[0], generator=self._generator)[: self.max_rows]
+                z = z[idx.to(z.device)]
+            n = z.shape[0]
+            if group.diagonal:
+                counts = torch.bincount(z, minlength=group.dim).to(dtype)
+                group.total = counts if group.total is None else group.total.add_(counts)
+            else:
+                if group.total is None:
+                    group.total = torch.zeros(group.dim, group.dim, dtype=dtype, device=z.device)
+                second_moment_sum(z.to(dtype), augment_bias=group.bias, out=group.total)
+        group.rows += n
+        group.accumulations += 1
+
+    def reset_statistics(self) -> None:
+        """Forget what forwards recorded since the last step (called by ``zero_grad``)."""
+        for group in self.groups.values():
+            group.total, group.rows, group.accumulations = None, 0, 0
+            group.seen.clear()
+        for layer in self.layers.values():
+            layer.fires = layer.fires_outside_backward = 0
+
+    # ----------------------------------------------------------------- the AP step
+    @torch.no_grad()
+    def precondition_(self) -> bool:
+        """Rewrite ``.grad`` of every preconditioned layer in place; advance the step counter.
+
+        Returns False (and modifies nothing) if a non-finite value was found with
+        ``nonfinite="skip"``. Raises :class:`NonFiniteError` with ``nonfinite="raise"``.
+        """
+        refresh = self.capturing
+        try:
+            work = [(e, self.groups[e.group]) for e in self.layers.values() if e.module.weight.grad is not None]
+            self._check_groups_consistent()
+            if refresh:
+                self._reduce_across_ranks()
+            grads = {e.name: e.adapter.gradient(e.module) for e, _ in work}
+            if not self._all_finite(work, grads, refresh):
+                self.skipped_steps += 1
+                return False
+            if refresh:
+                for group in self.groups.values():
+                    if group.rows > 0:
+                        self._refresh(group)
+                        self._grouping_frozen = True
+            for entry, group in work:
+                if group.inverse is None:
+                    group.missing_statistics += 1
+                    continue
+                g = grads[entry.name]
+                m = apply_inverse(g.to(group.inverse.dtype), group.inverse)
+                entry.adapter.write_gradient(entry.module, m.to(g.dtype))
+            self.step_count += 1
+            return True
+        finally:
+            self.reset_statistics()
+
+    def _reduce_across_ranks(self) -> None:
+        if not distributed.is_distributed(self.process_group):
+            return
+        tensors = []
+        for group in self.groups.values():
+            if group.total is None:  # every rank must contribute the same tensors, in the same order
+                weight = self.layers[group.members[0]].module.weight
+                shape = (group.dim,) if group.diagonal else (group.dim, group.dim)
+                group.total = torch.zeros(shape, dtype=statistics_dtype(weight.dtype), device=weight.device)
+            tensors += [group.total, torch.tensor([float(group.rows)], dtype=torch.float64, device=group.total.device)]
+        distributed.all_reduce_sum_(tensors, self.process_group)
+        for group, rows in zip(self.groups.values(), tensors[1::2]):
+            group.rows = int(rows.item())
+
+    def _check_groups_consistent(self) -> None:
+        for group in self.groups.values():
+            if len(group.members) < 2:
+                continue
+            for name in group.members:
+                fires = self.layers[name].fires
+                if fires and fires != group.accumulations:
+                    raise RuntimeError(
+                        f"layers {group.members} were grouped because they read the same input tensor, "
+                        f"but '{name}' later read a different one. Construct the optimizer with "
+                        "share_inputs=False if these layers do not always share their input."
+                    )
+
+    def _all_finite(self, work: list[tuple[_Layer, _Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
+        checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
+        if refresh:
+            checks += [(f"input activations of layer(s) {g.members}", g.total) for g in self.groups.values() if g.rows]
+        if not checks:
+            return True
+        flags = torch.stack([torch.isfinite(t).all() for _, t in checks])
+        if bool(flags.all()):
+            return True
+        what = checks[int((~flags).nonzero()[0])][0]
+        message = (
+            f"non-finite values (NaN or inf) in the {what} at step {self.step_count}; no gradient or weight "
+            "was modified. Check the loss and the inputs for NaN/inf, lower the learning rate, or, with fp16, "
+            "use torch.amp.GradScaler (which skips such steps). Pass nonfinite='skip' to skip such steps."
+        )
+        if self.nonfinite == "raise":
+            raise NonFiniteError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return False
+
+    def _refresh(self, group: _Group) -> None:
+        sigma = group.total / group.rows
+        if self.sigma_mode == "ema":
+            if group.ema is None:
+                group.ema = sigma.clone()
+            else:
+                group.ema.mul_(self.ema_decay).add_(sigma, alpha=1 - self.ema_decay)
+            sigma = group.ema
+        diag = sigma if group.diagonal else sigma.diagonal()
+        group.trace = float(diag.sum())
+        factor = factorize(sigma, self.damping, eps=self.eps)
+        group.refreshes += 1
+        if factor is None:
+            group.fallbacks += 1
+            if self.fallback == "identity" or group.inverse is None:
+                eye = torch.ones(group.dim, dtype=sigma.dtype, device=sigma.device)
+                group.inverse = eye if group.diagonal else torch.diag(eye)
+            return
+        group.inverse = factor.inverse
+        group.damping = factor.damping
+        group.condition = factor.condition
+        group.float64_retries += int(factor.used_float64)
+
+    # ----------------------------------------------------------------- reporting
+    def stats(self) -> dict[str, dict[str, float | int | list[str]]]:
+        """Telemetry per input group, keyed by the first member's module name."""
+        return {
+            key: {
+                "layers": list(g.members),
+                "dim": g.dim,
+                "trace_sigma": g.trace,
+                "condition_estimate": g.condition,
+                "damping_used": g.damping,
+                "refreshes": g.refreshes,
+                "fallbacks": g.fallbacks,
+                "float64_retries": g.float64_retries,
+                "missing_statistics": g.missing_statistics,
+            }
+            for key, g in self.groups.items()
+        }
+
+    def summary(self) -> str:
+        lines = [f"ActivationPreconditioner: {len(self.layers)} layers in {len(self.groups)} input groups"]
+        for g in self.groups.values():
+            kind = "diagonal" if g.diagonal else "full"
+            lines.append(f"  AP   {', '.join(g.members)}  (Sigma {g.dim}x{g.dim} {kind}{', bias' if g.bias else ''})")
+        for name, why in self.skipped.items():
+            lines.append(f"  --   {name}: {why}")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "skipped_steps": self.skipped_steps,
+            "grouping_frozen": self._grouping_frozen,
+            "generator": self._generator.get_state(),
+            "groups": {
+                key: {
+                    "members": list(g.members),
+                    "ema": g.ema,
+                    "inverse": g.inverse,
+                    **{k: getattr(g, k) for k in _TELEMETRY},
+                }
+                for key, g in self.groups.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        groups = state["groups"]
+        unknown = {m for g in groups.values() for m in g["members"]} - set(self.layers)
+        if unknown:
+            raise KeyError(
+                f"the state dict has statistics for layers {sorted(unknown)} that this preconditioner does not "
+                "precondition; build it on the same model with the same exclude patterns"
+            )
+        new_groups: dict[str, _Group] = {}
+        for key, saved in groups.items():
+            first = self.layers[saved["members"][0]]
+            g = _Group(key, list(saved["members"]), first.adapter.dim(first.module), first.adapter.diagonal,
+                       first.adapter.has_bias(first.module))
+            device = first.module.weight.device
+            g.ema = None if saved["ema"] is None else saved["ema"].to(device)
+            g.inverse = None if saved["inverse"] is None else saved["inverse"].to(device)
+            for k in _TELEMETRY:
+                setattr(g, k, saved[k])
+            for m in g.members:
+                self.layers[m].group = key
+            new_groups[key] = g
+        self.groups = new_groups
+        self.step_count = int(state["step_count"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self._grouping_frozen = bool(state["grouping_frozen"])
+        self._generator.set_state(state["generator"])
+        self.reset_statistics()
+
+    def remove(self) -> None:
+        """Remove the hooks from the model."""
+        self._hooks.remove()
+
+
+_TELEMETRY = ("refreshes", "fallbacks", "float64_retries", "missing_statistics", "trace", "condition", "damping")

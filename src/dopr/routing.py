@@ -1,0 +1,102 @@
+"""Which base optimizer gets which parameter.
+
+Matrix optimizers (Muon, AdaMuon) take the 2D weights of hidden ``nn.Linear`` layers; everything
+else (biases, norms, embeddings, conv kernels, output heads, raw parameters) goes to an auxiliary
+AdamW, as Muon's authors recommend. Element-wise optimizers take all parameters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .bases import AdaMuon, Signum
+
+__all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
+
+BASES: dict[str, type[Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+    "signum": Signum,
+    "muon": torch.optim.Muon,
+    "adamuon": AdaMuon,
+}
+_MATRIX_BASES = {"muon", "adamuon"}
+
+#: Module-name patterns whose Linear weights a matrix optimizer leaves to AdamW (output heads).
+DEFAULT_AUX_PATTERNS: tuple[str, ...] = ("*lm_head", "*head", "*output", "*classifier", "*embed*")
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    shape: tuple[int, ...]
+    base: str
+    reason: str
+
+
+def _linear_weights(model: nn.Module, aux_patterns: tuple[str, ...]) -> dict[int, str]:
+    """ids of hidden Linear weights (the matrix optimizer's share) -> module name."""
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    out: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and id(module.weight) not in embedding_weights:
+            if not any(fnmatch.fnmatchcase(name, pat) for pat in aux_patterns):
+                out[id(module.weight)] = name
+    return out
+
+
+def build_bases(
+    model: nn.Module,
+    base: str | type[Optimizer],
+    lr: float,
+    base_kwargs: dict[str, Any],
+    aux_lr: float | None,
+    aux_kwargs: dict[str, Any] | None,
+    aux_patterns: tuple[str, ...],
+) -> tuple[list[tuple[str, Optimizer]], list[Route]]:
+    """Construct the base optimizer(s) for the trainable parameters of ``model``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no parameter with requires_grad=True; nothing to optimize")
+    if isinstance(base, str):
+        key = base.lower()
+        if key not in BASES:
+            raise ValueError(f"unknown base optimizer {base!r}; choose one of {sorted(BASES)} or pass an Optimizer class")
+        cls, label = BASES[key], key
+    elif isinstance(base, type) and issubclass(base, Optimizer):
+        cls, label = base, base.__name__
+    else:
+        raise TypeError(f"base must be a name or a torch.optim.Optimizer subclass, got {base!r}")
+
+    if label not in _MATRIX_BASES:
+        try:
+            opt = cls([p for _, p in named], lr=lr, **base_kwargs)
+        except TypeError as err:
+            raise TypeError(f"{label} rejected the keyword arguments {sorted(base_kwargs)}: {err}") from err
+        return [(label, opt)], [Route(n, tuple(p.shape), label, "all parameters") for n, p in named]
+
+    hidden = _linear_weights(model, aux_patterns)
+    matrix = [(n, p) for n, p in named if p.ndim == 2 and id(p) in hidden]
+    aux = [(n, p) for n, p in named if not (p.ndim == 2 and id(p) in hidden)]
+    routes = [Route(n, tuple(p.shape), label, "2D weight of a hidden Linear layer") for n, p in matrix]
+    routes += [Route(n, tuple(p.shape), "adamw", _aux_reason(p, n, hidden)) for n, p in aux]
+    bases: list[tuple[str, Optimizer]] = []
+    if matrix:
+        bases.append((label, cls([p for _, p in matrix], lr=lr, **base_kwargs)))
+    if aux:
+        bases.append(("adamw", torch.optim.AdamW([p for _, p in aux], lr=lr if aux_lr is None else aux_lr,
+                                                  **(aux_kwargs or {}))))
+    return bases, routes
+
+
+def _aux_reason(p: nn.Parameter, name: str, hidden: dict[int, str]) -> str:
+    if p.ndim != 2:
+        return f"{p.ndim}D parameter"
+    return "output head or embedding (matches aux_patterns)" if name.endswith("weight") else "2D non-Linear parameter"
