@@ -1,0 +1,113 @@
+"""The fast DoPr against the slow float64 reference (ReferenceAP + the same base optimizer)."""
+
+import pytest
+import torch
+from helpers import QKV, max_rel_diff, mlp, train_fast, train_reference, twin
+from torch import nn
+
+torch.set_default_dtype(torch.float32)
+
+
+def _batches(d_in=5, d_out=3, sizes=(16,), n_batches=3, scale=True, gen_seed=1):
+    g = torch.Generator().manual_seed(gen_seed)
+    scales = torch.logspace(1, -1, d_in, dtype=torch.float64) if scale else torch.ones(d_in, dtype=torch.float64)
+    return [[(torch.randn(n, d_in, generator=g, dtype=torch.float64) * scales,
+              torch.randn(n, d_out, generator=g, dtype=torch.float64)) for n in sizes] for _ in range(n_batches)]
+
+
+def _compare(model, batches, steps=3, tol=1e-9, **kw):
+    model = model.double()
+    other = twin(model)
+    train_fast(model, batches, steps, **kw)
+    train_reference(other, batches, steps, **kw)
+    err = max_rel_diff(model, other)
+    assert err < tol, f"fast vs reference: relative difference {err:.2e}"
+    return err
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_reference(bias):
+    _compare(mlp(bias=bias), _batches())
+
+
+def test_gradient_accumulation_matches_reference():
+    # micro-batches of different sizes: Sigma must be the mean over all rows of the step
+    _compare(mlp(), _batches(sizes=(7, 16, 3)))
+
+
+def test_shared_input_layers_match_reference():
+    model = QKV().double()
+    batches = _batches(d_out=2, sizes=(9, 4))
+    other = twin(model)
+    opt = train_fast(model, batches, 3)
+    train_reference(other, batches, 3)
+    assert max_rel_diff(model, other) < 1e-9
+    groups = [g["layers"] for g in opt.stats().values()]
+    assert ["q", "k", "v"] in groups, groups
+
+
+def test_sequence_inputs_match_reference():
+    # Linear on (batch, time, features): every token is a row of Z
+    g = torch.Generator().manual_seed(2)
+    batches = [[(torch.randn(4, 5, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, 3, generator=g,
+                                                                                    dtype=torch.float64))]]
+    _compare(mlp(), batches)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(3, 4, 3, padding=1),
+        lambda: nn.Conv2d(3, 4, (3, 2), stride=2, dilation=(1, 2), bias=False),
+        lambda: nn.Conv2d(3, 4, 3, padding="same"),
+    ],
+)
+def test_conv2d_matches_reference(conv):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(), nn.Tanh(), nn.Flatten(), nn.LazyLinear(2))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 7, 6, generator=g, dtype=torch.float64)
+    model = model.double()
+    model(x)  # materialise the lazy layer
+    batches = [[(x, torch.randn(5, 2, generator=g, dtype=torch.float64))]]
+    _compare(model, batches, steps=2)
+
+
+def test_conv1d_matches_reference():
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 5, 2))
+    g = torch.Generator().manual_seed(4)
+    batches = [[(torch.randn(6, 2, 9, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g,
+                                                                                    dtype=torch.float64))]]
+    _compare(model, batches, steps=2)
+
+
+def test_embedding_matches_reference():
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(11, 4, padding_idx=0)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, ids):
+            return self.out(torch.tanh(self.emb(ids)).mean(dim=1))
+
+    g = torch.Generator().manual_seed(5)
+    # skewed token frequencies, some tokens never seen
+    ids = torch.multinomial(torch.tensor([3.0, 5, 1, 1, 0.5, 0.2, 2, 0, 0, 1, 0.1]), 24 * 3, replacement=True,
+                            generator=g).reshape(24, 3)
+    batches = [[(ids[:12], torch.randn(12, 2, generator=g, dtype=torch.float64)),
+                (ids[12:], torch.randn(12, 2, generator=g, dtype=torch.float64))]]
+    _compare(Bag(), batches, steps=3)
+
+
+@pytest.mark.parametrize("base,kw,tol", [
+    ("sgd", {"momentum": 0.9}, 1e-9),
+    ("adam", {}, 1e-8),
+    ("adamw", {"weight_decay": 0.1}, 1e-8),
+    ("signum", {"momentum": 0.9}, 1e-9),
+    ("adamuon", {}, 1e-6),
+    ("muon", {}, 1e-6),
+])
+def test_each_base_matches_reference(base, kw, tol):
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    _compare(model, _batches(sizes=(32,)), steps=3, base=base, lr=1e-2, damping=1e-2, tol=tol, **kw)
