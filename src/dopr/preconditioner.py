@@ -383,7 +383,8 @@ class ActivationPreconditioner:
         }
 
     def summary(self) -> str:
-        lines = [f"ActivationPreconditioner: {len(self.layers)} layers in {len(self.groups)} input groups"]
+        lines = [f"ActivationPreconditioner: {len(self.layers)} layers in {len(self.groups)} input groups"
+                 + ("" if self._grouping_frozen else " (layers sharing an input are grouped on the first step)")]
         for g in self.groups.values():
             kind = "diagonal" if g.diagonal else "full"
             lines.append(f"  AP   {', '.join(g.members)}  (Sigma {g.dim}x{g.dim} {kind}{', bias' if g.bias else ''})")

@@ -86,7 +86,9 @@ def build_bases(
     matrix = [(n, p) for n, p in named if p.ndim == 2 and id(p) in hidden]
     aux = [(n, p) for n, p in named if not (p.ndim == 2 and id(p) in hidden)]
     routes = [Route(n, tuple(p.shape), label, "2D weight of a hidden Linear layer") for n, p in matrix]
-    routes += [Route(n, tuple(p.shape), "adamw", _aux_reason(p, n, hidden)) for n, p in aux]
+    routes += [Route(n, tuple(p.shape), "adamw", _aux_reason(p)) for n, p in aux]
+    order = {n: i for i, (n, _) in enumerate(named)}
+    routes.sort(key=lambda r: order[r.name])
     bases: list[tuple[str, Optimizer]] = []
     if matrix:
         bases.append((label, cls([p for _, p in matrix], lr=lr, **base_kwargs)))
@@ -96,7 +98,7 @@ def build_bases(
     return bases, routes
 
 
-def _aux_reason(p: nn.Parameter, name: str, hidden: dict[int, str]) -> str:
+def _aux_reason(p: nn.Parameter) -> str:
     if p.ndim != 2:
         return f"{p.ndim}D parameter"
-    return "output head or embedding (matches aux_patterns)" if name.endswith("weight") else "2D non-Linear parameter"
+    return "2D but not a hidden Linear weight (output head, embedding or raw parameter; see aux_patterns)"

@@ -37,7 +37,7 @@ class PPORecipe:
     eval_every: int = 50_000
     eval_episodes: int = 3
     final_episodes: int = 10
-    target: float = float("inf")
+    target: float | None = None
 
 
 RECIPES: dict[str, PPORecipe] = {

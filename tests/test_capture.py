@@ -1,0 +1,163 @@
+"""Which forward passes count towards Sigma."""
+
+import copy
+
+import pytest
+import torch
+from helpers import mlp
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dopr import ActivationPreconditioner, DoPr
+
+
+def _sigma_after(model_fn, forwards):
+    """Run ``forwards(model)`` then precondition; return each group's inverse."""
+    model = model_fn()
+    ap = ActivationPreconditioner(model, damping=1e-3)
+    forwards(model)
+    ap.precondition_()
+    return {k: g.inverse.clone() for k, g in ap.groups.items()}
+
+
+def _train_forward(model, x):
+    model(x).pow(2).mean().backward()
+
+
+X = torch.randn(16, 5)
+X_OTHER = torch.randn(16, 5) * 10
+
+
+def _model():
+    torch.manual_seed(0)
+    return mlp()
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-6, atol=0), k
+
+
+@pytest.mark.parametrize("extra", ["no_grad", "inference_mode", "eval"])
+def test_forwards_that_cannot_produce_gradients_do_not_count(extra):
+    def with_extra(model):
+        if extra == "no_grad":
+            with torch.no_grad():
+                model(X_OTHER)
+        elif extra == "inference_mode":
+            with torch.inference_mode():
+                model(X_OTHER)
+        else:
+            model.eval()
+            model(X_OTHER)
+            model.train()
+        _train_forward(model, X)
+
+    _assert_same(_sigma_after(_model, lambda m: _train_forward(m, X)), _sigma_after(_model, with_extra))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_recomputation_counts_once(reentrant):
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _model()
+
+        def forward(self, x):
+            if reentrant:  # reentrant checkpointing needs an input that requires grad
+                x = x.detach().requires_grad_(True)
+            return checkpoint(self.inner, x, use_reentrant=reentrant)
+
+    def plain(model):
+        for x in (X, X_OTHER):  # two micro-batches
+            _train_forward(model, x)
+
+    reference = _sigma_after(lambda: Checkpointed(), plain)
+    # the same, without checkpointing
+    expected = _sigma_after(_model, plain)
+    _assert_same({k.removeprefix("inner."): v for k, v in reference.items()}, expected)
+
+
+def test_zero_grad_forgets_statistics_of_an_abandoned_step():
+    def abandoned_then_real(model):
+        _train_forward(model, X_OTHER)
+        model.zero_grad()
+        _train_forward(model, X)
+
+    m1, m2 = _model(), _model()
+    o1, o2 = DoPr(m1, lr=1e-2), DoPr(m2, lr=1e-2)
+    _train_forward(m1, X_OTHER)
+    o1.zero_grad()
+    _train_forward(m1, X)
+    o1.step()
+    _train_forward(m2, X)
+    o2.step()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_refresh_every_reuses_the_factor_and_skips_capture_in_between():
+    model = _model()
+    ap = ActivationPreconditioner(model, damping=1e-3, refresh_every=3)
+    inverses = []
+    for step in range(6):
+        assert ap.capturing == (step % 3 == 0)
+        _train_forward(model, torch.randn(16, 5) * (step + 1))
+        ap.precondition_()
+        inverses.append(ap.groups["0"].inverse.clone())
+        model.zero_grad()
+    assert torch.equal(inverses[0], inverses[2]) and not torch.equal(inverses[2], inverses[3])
+    assert ap.stats()["0"]["refreshes"] == 2
+
+
+def test_ema_mode_averages_across_steps():
+    model = nn.Linear(3, 2, bias=False)
+    ap = ActivationPreconditioner(model, damping=0.0, sigma="ema", ema_decay=0.5, eps=0.0)
+    xs = [torch.randn(10, 3), torch.randn(10, 3) * 3]
+    for x in xs:
+        model(x).sum().backward()
+        ap.precondition_()
+    s = [x.T @ x / 10 for x in xs]
+    expected = 0.5 * s[0] + 0.5 * s[1]
+    assert torch.allclose(ap.groups[""].inverse, torch.linalg.inv(expected), rtol=1e-4)
+
+
+def test_max_rows_subsamples_and_is_reproducible_by_seed():
+    def run(seed):
+        model = nn.Linear(4, 2, bias=False)
+        ap = ActivationPreconditioner(model, damping=1e-3, max_rows=8, seed=seed)
+        torch.manual_seed(0)
+        model(torch.randn(100, 4)).sum().backward()
+        ap.precondition_()
+        return ap.groups[""].inverse
+
+    assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
+
+
+def test_layers_sharing_an_input_are_grouped_and_checked():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x, same=True):
+            return self.a(x) + self.b(x if same else x * 2)
+
+    model = Shared()
+    opt = DoPr(model, lr=1e-3)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    assert [g["layers"] for g in opt.stats().values()] == [["a", "b"]]
+    opt.zero_grad()
+    model(torch.randn(5, 4), same=False).sum().backward()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match="share_inputs=False"):
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # and with sharing off, each layer keeps its own Sigma
+    model2 = Shared()
+    opt2 = DoPr(model2, lr=1e-3, share_inputs=False)
+    model2(torch.randn(5, 4)).sum().backward()
+    opt2.step()
+    assert len(opt2.stats()) == 2

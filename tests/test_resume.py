@@ -1,0 +1,100 @@
+"""A resumed run follows the uninterrupted trajectory exactly, in every statistics mode."""
+
+import io
+
+import pytest
+import torch
+from helpers import QKV
+from torch import nn
+
+from dopr import DoPr
+
+CONFIGS = {
+    "adamw-batch": dict(base="adamw", lr=1e-2),
+    "adamw-ema-refresh3": dict(base="adamw", lr=1e-2, sigma="ema", ema_decay=0.9, refresh_every=3),
+    "sgd-subsampled-rows": dict(base="sgd", lr=1e-2, momentum=0.9, max_rows=7),
+    "muon": dict(base="muon", lr=2e-2, aux_lr=1e-2),
+    "adamuon": dict(base="adamuon", lr=1e-2),
+    "signum": dict(base="signum", lr=1e-3),
+}
+
+
+def _make():
+    torch.manual_seed(3)
+    return QKV()
+
+
+def _data():
+    g = torch.Generator().manual_seed(4)
+    return [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(12)]
+
+
+def _train(model, opt, batches, sched=None):
+    for x, y in batches:
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_resume_is_exact(name):
+    cfg = CONFIGS[name]
+    data = _data()
+    m = _make()
+    o = DoPr(m, damping=1e-2, **cfg)
+    s = torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12)
+    _train(m, o, data, s)
+
+    m1 = _make()
+    o1 = DoPr(m1, damping=1e-2, **cfg)
+    s1 = torch.optim.lr_scheduler.CosineAnnealingLR(o1, T_max=12)
+    _train(m1, o1, data[:5], s1)
+    buf = io.BytesIO()
+    torch.save({"model": m1.state_dict(), "opt": o1.state_dict(), "sched": s1.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)  # loading must not need pickled code
+
+    m2 = _make()
+    o2 = DoPr(m2, damping=1e-2, **cfg)
+    s2 = torch.optim.lr_scheduler.CosineAnnealingLR(o2, T_max=12)
+    m2.load_state_dict(ckpt["model"])
+    o2.load_state_dict(ckpt["opt"])
+    s2.load_state_dict(ckpt["sched"])
+    _train(m2, o2, data[5:], s2)
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    assert o2.stats() == o.stats()
+
+
+def test_state_dict_is_keyed_by_module_name_and_keeps_fp32_statistics_in_bf16_models():
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    o = DoPr(m, lr=1e-3, sigma="ema")
+    _train(m, o, [(torch.randn(8, 4), torch.randn(8, 2))])
+    state = o.state_dict()
+    assert set(state["dopr"]["groups"]) == {"0", "2"}
+    m_bf16 = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to(torch.bfloat16)
+    o_bf16 = DoPr(m_bf16, lr=1e-3, sigma="ema")
+    o_bf16.load_state_dict(state)
+    group = o_bf16.preconditioner.groups["0"]
+    assert group.ema.dtype == torch.float32 and group.inverse.dtype == torch.float32
+    # base optimizer state follows the parameter dtype, as torch.optim does
+    assert all(v["exp_avg"].dtype == torch.bfloat16 for v in o_bf16.state.values())
+
+
+def test_loading_a_plain_optimizer_state_is_refused_with_advice():
+    m = nn.Linear(3, 2)
+    o = DoPr(m, lr=1e-3)
+    plain = torch.optim.AdamW(m.parameters(), lr=1e-3).state_dict()
+    with pytest.raises(KeyError, match="not saved by DoPr"):
+        o.load_state_dict(plain)
+
+
+def test_loading_state_of_a_different_model_names_the_layers():
+    o = DoPr(nn.Sequential(nn.Linear(3, 2)), lr=1e-3)
+    other = DoPr(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), lr=1e-3)
+    state = other.state_dict()
+    state["param_groups"] = o.state_dict()["param_groups"]
+    with pytest.raises(KeyError, match=r"\['1'\]"):
+        o.load_state_dict(state)
