@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-from helpers import QKV, mlp
 from torch import nn
 
 from dopr import ActivationPreconditioner, DoPr
+from helpers import QKV, mlp
 
 
 def _step(model, opt, x, y):

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
-from helpers import mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dopr import ActivationPreconditioner, DoPr
+from helpers import mlp
 
 
 def _sigma_after(model_fn, forwards):

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-from helpers import mlp
 from torch import nn
 
 from dopr import ActivationPreconditioner, DoPr, NonFiniteError
+from helpers import mlp
 
 
 def _snapshot(model):

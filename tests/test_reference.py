@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from helpers import QKV, max_rel_diff, mlp, train_fast, train_reference, twin
 from torch import nn
+
+from helpers import QKV, max_rel_diff, mlp, train_fast, train_reference, twin
 
 torch.set_default_dtype(torch.float32)
 

@@ -4,10 +4,10 @@ import io
 
 import pytest
 import torch
-from helpers import QKV
 from torch import nn
 
 from dopr import DoPr
+from helpers import QKV
 
 CONFIGS = {
     "adamw-batch": dict(base="adamw", lr=1e-2),

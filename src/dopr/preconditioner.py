@@ -111,9 +111,13 @@ class ActivationPreconditioner:
         process_group: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; pass the model, not its parameters")
+            raise TypeError(
+                f"model must be an nn.Module, got {type(model).__name__}; pass the model, not its parameters"
+            )
         if not (isinstance(damping, (int, float)) and damping >= 0):
-            raise ValueError(f"damping must be a number >= 0 (relative to the mean eigenvalue of Sigma), got {damping!r}")
+            raise ValueError(
+                f"damping must be a number >= 0 (relative to the mean eigenvalue of Sigma), got {damping!r}"
+            )
         if sigma not in _SIGMA_MODES:
             raise ValueError(f"sigma must be one of {_SIGMA_MODES}, got {sigma!r}")
         if not 0.0 <= ema_decay < 1.0:

@@ -38,7 +38,9 @@ def _patches(module: nn.Module, x: Tensor) -> list[Tensor]:
         while i + dil[0] * (kernel[0] - 1) < h:
             j = 0
             while j + dil[1] * (kernel[1] - 1) < w:
-                patch = x[b, :, i : i + dil[0] * (kernel[0] - 1) + 1 : dil[0], j : j + dil[1] * (kernel[1] - 1) + 1 : dil[1]]
+                rows = slice(i, i + dil[0] * (kernel[0] - 1) + 1, dil[0])
+                cols = slice(j, j + dil[1] * (kernel[1] - 1) + 1, dil[1])
+                patch = x[b, :, rows, cols]
                 out.append(patch.reshape(-1))
                 j += stride[1]
             i += stride[0]

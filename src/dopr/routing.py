@@ -68,7 +68,9 @@ def build_bases(
     if isinstance(base, str):
         key = base.lower()
         if key not in BASES:
-            raise ValueError(f"unknown base optimizer {base!r}; choose one of {sorted(BASES)} or pass an Optimizer class")
+            raise ValueError(
+                f"unknown base optimizer {base!r}; choose one of {sorted(BASES)} or pass an Optimizer class"
+            )
         cls, label = BASES[key], key
     elif isinstance(base, type) and issubclass(base, Optimizer):
         cls, label = base, base.__name__
