@@ -23,6 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+try:  # FSDP2 shards parameters as DTensors; AP acts on each rank's rows
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # pragma: no cover - torch built without distributed
+    DTensor = None  # type: ignore[assignment,misc]
+
+
+def local(t: Tensor) -> Tensor:
+    """The rank-local part of a (possibly FSDP2-sharded) tensor; shards are blocks of rows."""
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
+
 __all__ = ["Adapter", "adapter_for", "unsupported_reason"]
 
 
@@ -52,20 +65,24 @@ class Adapter:
         return ps
 
     def gradient(self, module: nn.Module) -> Tensor:
-        """``G`` as ``d_out x dim`` (bias gradient as the last column)."""
-        w = module.weight
-        g = w.grad.reshape(w.shape[0], -1)
+        """``G`` as ``d_out x dim`` (bias gradient as the last column); this rank's rows under FSDP2."""
+        w_grad = local(module.weight.grad)
+        g = w_grad.reshape(w_grad.shape[0], -1)
         if self.has_bias(module):
-            g = torch.cat([g, module.bias.grad.reshape(-1, 1)], dim=1)
+            g = torch.cat([g, local(module.bias.grad).reshape(-1, 1)], dim=1)
         return g
+
+    def local_inverse(self, module: nn.Module, inverse: Tensor) -> Tensor:
+        """The part of ``(Sigma + lambda I)^{-1}`` that multiplies this rank's gradient."""
+        return inverse
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
         """Write ``M`` (``d_out x dim``) back into the ``.grad`` of the layer's parameters."""
-        w = module.weight
+        w_grad = local(module.weight.grad)
         k = self.in_features(module)
-        w.grad.copy_(m[:, :k].reshape(w.shape))
+        w_grad.copy_(m[:, :k].reshape(w_grad.shape))
         if self.has_bias(module):
-            module.bias.grad.copy_(m[:, k])
+            local(module.bias.grad).copy_(m[:, k])
 
 
 class LinearAdapter(Adapter):
@@ -123,10 +140,18 @@ class EmbeddingAdapter(Adapter):
         return x.reshape(-1)
 
     def gradient(self, module: nn.Module) -> Tensor:
-        return module.weight.grad.T
+        return local(module.weight.grad).T
+
+    def local_inverse(self, module: nn.Module, inverse: Tensor) -> Tensor:
+        grad = module.weight.grad
+        if DTensor is None or not isinstance(grad, DTensor):
+            return inverse
+        # FSDP2 shards the vocabulary rows: take this rank's slice of the token frequencies
+        shape, offset = compute_local_shape_and_global_offset(grad.shape, grad.device_mesh, grad.placements)
+        return inverse[offset[0] : offset[0] + shape[0]]
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
-        module.weight.grad.copy_(m.T)
+        local(module.weight.grad).copy_(m.T)
 
 
 _LINEAR, _CONV, _EMBEDDING = LinearAdapter(), ConvAdapter(), EmbeddingAdapter()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import distributed
 from .capture import InputHooks
 from .functional import apply_inverse, factorize, second_moment_sum, statistics_dtype
-from .layers import Adapter, adapter_for, unsupported_reason
+from .layers import Adapter, adapter_for, local, unsupported_reason
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
@@ -291,7 +291,8 @@ class ActivationPreconditioner:
                     group.missing_statistics += 1
                     continue
                 g = grads[entry.name]
-                m = apply_inverse(g.to(group.inverse.dtype), group.inverse)
+                inverse = entry.adapter.local_inverse(entry.module, group.inverse)
+                m = apply_inverse(g.to(inverse.dtype), inverse)
                 entry.adapter.write_gradient(entry.module, m.to(g.dtype))
             self.step_count += 1
             return True
@@ -301,16 +302,18 @@ class ActivationPreconditioner:
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):
             return
-        tensors = []
-        for group in self.groups.values():
+        groups = list(self.groups.values())
+        if not groups:
+            return
+        for group in groups:
             if group.total is None:  # every rank must contribute the same tensors, in the same order
                 weight = self.layers[group.members[0]].module.weight
                 shape = (group.dim,) if group.diagonal else (group.dim, group.dim)
-                group.total = torch.zeros(shape, dtype=statistics_dtype(weight.dtype), device=weight.device)
-            tensors += [group.total, torch.tensor([float(group.rows)], dtype=torch.float64, device=group.total.device)]
-        distributed.all_reduce_sum_(tensors, self.process_group)
-        for group, rows in zip(self.groups.values(), tensors[1::2]):
-            group.rows = int(rows.item())
+                group.total = torch.zeros(shape, dtype=statistics_dtype(weight.dtype), device=local(weight).device)
+        rows = torch.tensor([float(g.rows) for g in groups], dtype=torch.float64, device=groups[0].total.device)
+        distributed.all_reduce_sum_([g.total for g in groups] + [rows], self.process_group)
+        for group, n in zip(groups, rows.tolist()):
+            group.rows = int(n)
 
     def _check_groups_consistent(self) -> None:
         for group in self.groups.values():

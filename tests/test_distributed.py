@@ -1,0 +1,87 @@
+"""DDP and FSDP2 with 2 gloo processes on CPU give the parameters of 1 process on the combined batch."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dopr import DoPr
+
+STEPS, BATCH, WORLD = 4, 16, 2
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    scales = torch.logspace(1, -1, 5, dtype=torch.float64)
+    return [(torch.randn(BATCH, 5, generator=g, dtype=torch.float64) * scales,
+             torch.randn(BATCH, 3, generator=g, dtype=torch.float64)) for _ in range(STEPS)]
+
+
+def _train(model: nn.Module, opt: DoPr, data, rank: int = 0, world: int = 1) -> None:
+    share = BATCH // world
+    for x, y in data:
+        x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+
+
+def _worker(rank: int, port: int, mode: str, out: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        model = _model()
+        if mode == "ddp":
+            wrapped = nn.parallel.DistributedDataParallel(model)
+            opt = DoPr(wrapped, base="adamw", lr=1e-2, damping=1e-2)
+            _train(wrapped, opt, _data(), rank, WORLD)
+            params = [p.detach().clone() for p in model.parameters()]
+        else:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (WORLD,))
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2)
+            _train(model, opt, _data(), rank, WORLD)
+            params = [p.full_tensor().detach().clone() for p in model.parameters()]
+        out[rank] = params
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_two_ranks_equal_one_rank_on_the_combined_batch(mode):
+    if not dist.is_available():
+        pytest.skip("torch built without distributed")
+    model = _model()
+    opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2)
+    _train(model, opt, _data())
+    expected = [p.detach() for p in model.parameters()]
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_worker, args=(_free_port(), mode, out), nprocs=WORLD, start_method="spawn")
+        results = dict(out)
+    for rank in range(WORLD):
+        for got, want in zip(results[rank], expected):
+            assert torch.allclose(got, want, rtol=0, atol=1e-6), (mode, rank, (got - want).abs().max())
