@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.profiler import record_function
 
 from . import distributed
 from .capture import InputHooks
@@ -239,7 +240,7 @@ class ActivationPreconditioner:
     @torch.no_grad()
     def _accumulate(self, layer: _Layer, group: _Group, x: Tensor) -> None:
         dtype = statistics_dtype(layer.module.weight.dtype)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
             z = layer.adapter.rows(layer.module, x)
             if self.max_rows is not None and z.shape[0] > self.max_rows:
                 idx = torch.randperm(z.shape[0], generator=self._generator)[: self.max_rows]
@@ -282,22 +283,27 @@ class ActivationPreconditioner:
                 self.skipped_steps += 1
                 return False
             if refresh:
-                for group in self.groups.values():
-                    if group.rows > 0:
-                        self._refresh(group)
-                        self._grouping_frozen = True
-            for entry, group in work:
-                if group.inverse is None:
-                    group.missing_statistics += 1
-                    continue
-                g = grads[entry.name]
-                inverse = entry.adapter.local_inverse(entry.module, group.inverse)
-                m = apply_inverse(g.to(inverse.dtype), inverse)
-                entry.adapter.write_gradient(entry.module, m.to(g.dtype))
+                with record_function("dopr::factorize"):
+                    for group in self.groups.values():
+                        if group.rows > 0:
+                            self._refresh(group)
+                            self._grouping_frozen = True
+            with record_function("dopr::apply"):
+                self._apply(work, grads)
             self.step_count += 1
             return True
         finally:
             self.reset_statistics()
+
+    def _apply(self, work: list[tuple[_Layer, _Group]], grads: dict[str, Tensor]) -> None:
+        for entry, group in work:
+            if group.inverse is None:
+                group.missing_statistics += 1
+                continue
+            g = grads[entry.name]
+            inverse = entry.adapter.local_inverse(entry.module, group.inverse)
+            m = apply_inverse(g.to(inverse.dtype), inverse)
+            entry.adapter.write_gradient(entry.module, m.to(g.dtype))
 
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):
