@@ -13,9 +13,57 @@ def _train_expert(args: argparse.Namespace) -> None:
                  total_steps=args.steps, seed=args.seed, threads=args.threads, resume=not args.fresh)
 
 
+def _run(args: argparse.Namespace) -> None:
+    from .data import DEFAULT_CACHE
+    from .runner import resolve_spec, run_bench
+
+    overrides = {"demos": args.demos, "steps": args.steps, "lr": args.lr, "damping": args.damping,
+                 "standardize": args.standardize, "episodes": args.episodes, "batch": args.batch, "ema": args.ema,
+                 "val_demos": args.val_demos, "width": args.width, "blocks": args.blocks, "std_floor": args.std_floor,
+                 "max_episode_steps": args.max_episode_steps}
+    spec = resolve_spec(args.task, args.quick, overrides)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    run_bench(args.task, optimizers, seeds, Path(args.out or f"results/{args.task}{'-quick' if args.quick else ''}"),
+              spec, dataset=args.dataset, cache=Path(args.cache) if args.cache else DEFAULT_CACHE,
+              threads=args.threads, sigma=args.sigma, aux_lr=args.aux_lr, weight_decay=args.weight_decay,
+              video=args.video, progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="dopr-bench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="behavior cloning: base optimizers vs DoPr, rollouts, summary and plots")
+    r.add_argument("task", nargs="?", default="idp", help="idp (default), hopper or humanoid")
+    r.add_argument("--optimizers", default="adamw,dopr-adamw,muon,dopr-muon",
+                   help="comma-separated arms: adamw, muon, signum, adamuon, each optionally prefixed by dopr-")
+    r.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1, or from --first-seed)")
+    r.add_argument("--first-seed", type=int, default=0)
+    r.add_argument("--out", default=None, help="output directory (default results/TASK)")
+    r.add_argument("--quick", action="store_true", help="smoke run of about two minutes")
+    r.add_argument("--demos", type=int, default=None, help="number of training demonstrations")
+    r.add_argument("--val-demos", type=int, default=None, help="number of held-out validation demonstrations")
+    r.add_argument("--steps", type=int, default=None, help="training steps")
+    r.add_argument("--batch", type=int, default=None)
+    r.add_argument("--lr", type=float, default=None, help="learning rate (DoPr arms inherit the base's lr)")
+    r.add_argument("--aux-lr", type=float, default=None, help="lr of the AdamW that takes non-matrix params (muon)")
+    r.add_argument("--weight-decay", type=float, default=0.0)
+    r.add_argument("--damping", type=float, default=None, help="DoPr damping gamma (lambda = gamma tr(Sigma)/d)")
+    r.add_argument("--sigma", default=None, choices=["batch", "ema"], help="DoPr Sigma mode (default batch)")
+    r.add_argument("--ema", type=float, default=None, help="EMA rate of the evaluated weights")
+    r.add_argument("--width", type=int, default=None)
+    r.add_argument("--blocks", type=int, default=None)
+    r.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardize observations with the training demos' mean/std (default: raw)")
+    r.add_argument("--std-floor", type=float, default=None)
+    r.add_argument("--episodes", type=int, default=None, help="evaluation rollouts per run")
+    r.add_argument("--max-episode-steps", type=int, default=None, help="cap on rollout length (default: env's)")
+    r.add_argument("--dataset", default=None, help="Minari dataset id or local dataset directory instead of the expert")
+    r.add_argument("--cache", default=None, help="demonstration cache (default ~/.cache/dopr_bench)")
+    r.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    r.add_argument("--video", action="store_true", help="record side-by-side rollouts of base and DoPr")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_run)
     te = sub.add_parser("train-expert", help="train (or resume) a PPO expert for hopper / humanoid")
     te.add_argument("task", choices=["hopper", "humanoid"])
     te.add_argument("--steps", type=int, default=None, help="total env steps (default: the recipe's)")

@@ -88,8 +88,8 @@ def write_minari(episodes: list[Episode], dataset_id: str, env_id: str, root: Pa
             minari.delete_dataset(dataset_id)
         minari.create_dataset_from_buffers(dataset_id=dataset_id, buffer=buffers, env=env_id, algorithm_name=algorithm,
                                            author="dopr_bench", author_email="dopr_bench@localhost",
-                                           code_permalink="https://github.com/dopr/dopr", description=description or None,
-                                           data_format="hdf5")
+                                           code_permalink="https://github.com/dopr/dopr",
+                                           description=description or None, data_format="hdf5")
     return root / dataset_id
 
 
@@ -146,5 +146,6 @@ def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarr
         seeds = tqdm(seeds, desc=f"{task} expert demos", leave=False)
     eps = [rollout(env, expert, s, max_steps) for s in seeds]
     env.close()
-    write_minari(eps, dataset_id, env_id, cache, description=f"{task} expert demonstrations ({tag}), seeds {first_seed}+")
+    desc = f"{task} expert demonstrations ({tag}), seeds {first_seed}+"
+    write_minari(eps, dataset_id, env_id, cache, description=desc)
     return eps

@@ -69,8 +69,13 @@ def second_moment(obs: np.ndarray) -> np.ndarray:
 
 def drift(expert_obs: np.ndarray, policy_obs: np.ndarray, mean: np.ndarray | None = None,
           std: np.ndarray | None = None) -> float:
-    """||E_pol[s s^T] - E_exp[s s^T]||_F / ||E_exp[s s^T]||_F, optionally in standardized coordinates."""
+    """||E_pol[s s^T] - E_exp[s s^T]||_F / ||E_exp[s s^T]||_F, optionally in standardized coordinates.
+
+    In standardized coordinates (mean/std of the training demos, no floor) constant dimensions are dropped.
+    """
     if mean is not None and std is not None:
-        expert_obs, policy_obs = (expert_obs - mean) / std, (policy_obs - mean) / std
+        keep = std > 1e-6  # dimensions constant in the demonstrations have no scale: left out
+        m, s = mean[keep], std[keep]
+        expert_obs, policy_obs = (expert_obs[:, keep] - m) / s, (policy_obs[:, keep] - m) / s
     se, sp = second_moment(expert_obs), second_moment(policy_obs)
     return float(np.linalg.norm(sp - se) / max(np.linalg.norm(se), 1e-12))

@@ -49,17 +49,18 @@ def lqr_expert(env_id: str = "InvertedDoublePendulum-v5", eps: float = 1e-5) -> 
     frame_skip = int(uw.frame_skip)
     n, m = model.nq + model.nv, model.nu
     x0, u0 = np.zeros(n), np.zeros(m)
-    f0 = _step(model, data, x0, u0, frame_skip)
     A, B = np.zeros((n, n)), np.zeros((n, m))
+    def f(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return _step(model, data, x, u, frame_skip)
+
     for i in range(n):
         dx = np.zeros(n)
         dx[i] = eps
-        A[:, i] = (_step(model, data, x0 + dx, u0, frame_skip) - _step(model, data, x0 - dx, u0, frame_skip)) / (2 * eps)
+        A[:, i] = (f(x0 + dx, u0) - f(x0 - dx, u0)) / (2 * eps)
     for j in range(m):
         du = np.zeros(m)
         du[j] = eps
-        B[:, j] = (_step(model, data, x0, u0 + du, frame_skip) - _step(model, data, x0, u0 - du, frame_skip)) / (2 * eps)
-    del f0
+        B[:, j] = (f(x0, u0 + du) - f(x0, u0 - du)) / (2 * eps)
     Q = np.diag([1.0, 10.0, 10.0, 0.1, 1.0, 1.0])
     R = np.eye(m) * 0.1
     P = scipy.linalg.solve_discrete_are(A, B, Q, R)

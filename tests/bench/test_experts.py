@@ -1,0 +1,45 @@
+"""Expert loaders: the analytic IDP controller, and the committed PPO checkpoints (weights_only)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+gym = pytest.importorskip("gymnasium")
+pytest.importorskip("mujoco")
+pytest.importorskip("scipy")
+
+from dopr_bench.data import rollout  # noqa: E402
+from dopr_bench.experts import MLPExpert, expert_paths, load_expert  # noqa: E402
+
+
+def test_lqr_expert_balances_idp() -> None:
+    expert = load_expert("idp", "InvertedDoublePendulum-v5")
+    env = gym.make("InvertedDoublePendulum-v5")
+    ep = rollout(env, expert, seed=123, max_steps=200)
+    env.close()
+    assert ep.length == 200 and not ep.terminated
+    assert ep.ret > 0.99 * 9.36 * 200  # alive bonus 10 per step minus tiny distance/velocity penalties
+
+
+@pytest.mark.parametrize("task", ["hopper", "humanoid"])
+def test_committed_ppo_expert_loads_weights_only(task: str) -> None:
+    pt, js = expert_paths(task)
+    if not pt.exists():
+        if task == "hopper":
+            pytest.fail(f"the hopper expert {pt} must be committed")
+        pytest.skip(f"no {task} expert committed")
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    expert = MLPExpert(state)
+    env = gym.make({"hopper": "Hopper-v5", "humanoid": "Humanoid-v5"}[task])
+    obs, _ = env.reset(seed=0)
+    a = expert(obs)
+    assert a.shape == env.action_space.shape and np.all(np.isfinite(a))
+    assert np.all(a <= env.action_space.high + 1e-9) and np.all(a >= env.action_space.low - 1e-9)
+    env.close()
+    info = json.loads(js.read_text())
+    assert info["command"].startswith("dopr-bench train-expert") and info["return_mean"] > 0
