@@ -5,7 +5,7 @@ inverse second moment of that layer's inputs, then hands the result to any base 
 """
 
 from .bases import AdaMuon, Signum
-from .functional import apply_inverse, damping_value, factorize, second_moment_sum
+from .functional import Factors, apply_inverse, factorize, second_moment_sum
 from .optimizer import DoPr
 from .preconditioner import ActivationPreconditioner, NonFiniteError
 from .routing import BASES
@@ -15,10 +15,10 @@ __all__ = [
     "ActivationPreconditioner",
     "AdaMuon",
     "DoPr",
+    "Factors",
     "NonFiniteError",
     "Signum",
     "apply_inverse",
-    "damping_value",
     "factorize",
     "second_moment_sum",
 ]

@@ -19,9 +19,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Factor",
+    "Factors",
     "apply_inverse",
-    "damping_value",
     "factorize",
     "second_moment_sum",
     "statistics_dtype",
@@ -60,54 +59,62 @@ def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = Non
     return out
 
 
-def damping_value(sigma: Tensor, gamma: float) -> Tensor:
-    """``lambda = gamma * tr(Sigma) / d`` for a full ``d x d`` Sigma, or a diagonal given as a vector."""
-    diag = sigma if sigma.ndim == 1 else sigma.diagonal()
-    return gamma * diag.sum() / diag.numel()
-
-
 @dataclass
-class Factor:
-    """A factorised preconditioner for one input group.
+class Factors:
+    """Factorised preconditioners for a batch of ``B`` input groups of one size.
 
-    ``inverse`` is ``(Sigma + lambda I)^{-1}`` (``d x d``) or, for diagonal Sigma, the vector of
-    reciprocals. ``ok`` is False when the factorization failed and a fallback was used.
+    ``inverse`` is ``(Sigma + lambda I)^{-1}`` (``B x d x d``), or for diagonal Sigma the
+    reciprocals (``B x d``). ``ok[b]`` is False where both float32 and float64 Cholesky failed (that
+    entry of ``inverse`` is then undefined and must not be used); ``used_float64[b]`` marks retries.
+    ``damping`` and ``condition`` (``B``) are the lambda used and ``cond(Sigma + lambda I)``, exact
+    for diagonal Sigma and estimated from the Cholesky diagonal otherwise.
     """
 
     inverse: Tensor
-    damping: float
-    ok: bool
-    used_float64: bool
-    condition: float
+    damping: Tensor
+    condition: Tensor
+    ok: Tensor
+    used_float64: Tensor
 
 
-def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0) -> Factor | None:
-    """Invert ``Sigma + lambda I`` by Cholesky, retrying in float64; ``None`` if both fail.
+def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool = False) -> Factors:
+    """Invert ``Sigma_b + lambda_b I`` for a batch by Cholesky in ``sigma``'s dtype, retrying failures in float64.
 
     Args:
-        sigma: symmetric ``d x d`` second moment, or a length-``d`` diagonal.
-        gamma: relative damping (see module docstring).
+        sigma: ``B x d x d`` symmetric second moments, or ``B x d`` diagonals with ``diagonal=True``.
+        gamma: relative damping: ``lambda_b = gamma * tr(Sigma_b) / d`` (see the module docstring).
         eps: absolute damping added to ``lambda`` (guards an all-zero Sigma).
     """
-    lam = damping_value(sigma, gamma) + eps
-    if sigma.ndim == 1:
-        damped = sigma + lam
-        if not bool(torch.all(damped > 0)):
-            return None
-        cond = (damped.max() / damped.min()).item()
-        return Factor(damped.reciprocal(), float(lam), True, False, cond)
-    d = sigma.shape[0]
-    eye = torch.eye(d, dtype=sigma.dtype, device=sigma.device)
-    for dtype in dict.fromkeys((sigma.dtype, torch.float64)):
-        damped = sigma.to(dtype) + lam.to(dtype) * eye.to(dtype)
-        chol, info = torch.linalg.cholesky_ex(damped)
-        if int(info) == 0:
-            diag = chol.diagonal()
-            cond = ((diag.max() / diag.min()) ** 2).item()
-            inverse = torch.cholesky_inverse(chol).to(sigma.dtype)
-            if bool(torch.isfinite(inverse).all()):
-                return Factor(inverse, float(lam), True, dtype != sigma.dtype, cond)
-    return None
+    diag = sigma if diagonal else sigma.diagonal(dim1=-2, dim2=-1)
+    lam = gamma * diag.mean(dim=-1) + eps
+    if diagonal:
+        damped = sigma + lam[:, None]
+        ok = (damped > 0).all(dim=-1)
+        cond = damped.amax(dim=-1) / damped.amin(dim=-1)
+        return Factors(damped.reciprocal(), lam, cond, ok, torch.zeros_like(ok))
+    eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
+    inverse, cond, ok = _cholesky_inverse(sigma + lam[:, None, None] * eye)
+    used_float64 = torch.zeros_like(ok)
+    if sigma.dtype != torch.float64 and not bool(ok.all()):
+        retry = (~ok).nonzero().flatten()
+        inv64, cond64, ok64 = _cholesky_inverse((sigma[retry] + lam[retry, None, None] * eye).double())
+        inv64 = inv64.to(sigma.dtype)
+        ok64 &= torch.isfinite(inv64).flatten(1).all(dim=1)  # must also fit the statistics dtype
+        inverse[retry], cond[retry] = inv64, cond64.to(sigma.dtype)
+        ok[retry], used_float64[retry] = ok64, ok64
+    return Factors(inverse, lam, cond, ok, used_float64)
+
+
+def _cholesky_inverse(damped: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    chol, info = torch.linalg.cholesky_ex(damped)
+    factored = info == 0
+    # failed entries hold a partial factor that cholesky_inverse would reject; give it I instead
+    chol = torch.where(factored[:, None, None], chol, torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device))
+    inverse = torch.cholesky_inverse(chol)
+    ok = factored & torch.isfinite(inverse).flatten(1).all(dim=1)
+    d = chol.diagonal(dim1=-2, dim2=-1).abs()
+    cond = (d.amax(dim=-1) / d.amin(dim=-1)) ** 2
+    return inverse, cond, ok
 
 
 def apply_inverse(grad: Tensor, inverse: Tensor) -> Tensor:

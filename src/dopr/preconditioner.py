@@ -64,9 +64,9 @@ class _Group:
     fallbacks: int = 0
     float64_retries: int = 0
     missing_statistics: int = 0
-    trace: float = float("nan")
-    condition: float = float("nan")
-    damping: float = float("nan")
+    trace: float | Tensor = float("nan")  # tensors until read, so a refresh needs no device sync
+    condition: float | Tensor = float("nan")
+    damping: float | Tensor = float("nan")
     seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
 
 
@@ -284,10 +284,9 @@ class ActivationPreconditioner:
                 return False
             if refresh:
                 with record_function("dopr::factorize"):
-                    for group in self.groups.values():
-                        if group.rows > 0:
-                            self._refresh(group)
-                            self._grouping_frozen = True
+                    fresh = [g for g in self.groups.values() if g.rows > 0]
+                    self._refresh(fresh)
+                    self._grouping_frozen = self._grouping_frozen or bool(fresh)
             with record_function("dopr::apply"):
                 self._apply(work, grads)
             self.step_count += 1
@@ -354,28 +353,34 @@ class ActivationPreconditioner:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         return False
 
-    def _refresh(self, group: _Group) -> None:
-        sigma = group.total / group.rows
-        if self.sigma_mode == "ema":
-            if group.ema is None:
-                group.ema = sigma.clone()
-            else:
-                group.ema.mul_(self.ema_decay).add_(sigma, alpha=1 - self.ema_decay)
-            sigma = group.ema
-        diag = sigma if group.diagonal else sigma.diagonal()
-        group.trace = float(diag.sum())
-        factor = factorize(sigma, self.damping, eps=self.eps)
-        group.refreshes += 1
-        if factor is None:
-            group.fallbacks += 1
-            if self.fallback == "identity" or group.inverse is None:
-                eye = torch.ones(group.dim, dtype=sigma.dtype, device=sigma.device)
-                group.inverse = eye if group.diagonal else torch.diag(eye)
-            return
-        group.inverse = factor.inverse
-        group.damping = factor.damping
-        group.condition = factor.condition
-        group.float64_retries += int(factor.used_float64)
+    def _refresh(self, groups: list[_Group]) -> None:
+        """New Sigma (batch or EMA) and factorization for each group; equal sizes share one batched call."""
+        buckets: dict[tuple, list[tuple[_Group, Tensor]]] = {}
+        for group in groups:
+            sigma = group.total / group.rows
+            if self.sigma_mode == "ema":
+                if group.ema is None:
+                    group.ema = sigma.clone()
+                else:
+                    group.ema.mul_(self.ema_decay).add_(sigma, alpha=1 - self.ema_decay)
+                sigma = group.ema
+            buckets.setdefault((group.dim, group.diagonal, sigma.dtype, sigma.device), []).append((group, sigma))
+        for (_, diagonal, _, _), items in buckets.items():
+            sigmas = torch.stack([s for _, s in items])
+            f = factorize(sigmas, self.damping, eps=self.eps, diagonal=diagonal)
+            traces = (sigmas if diagonal else sigmas.diagonal(dim1=-2, dim2=-1)).sum(dim=-1)
+            for i, (ok, retried) in enumerate(zip(f.ok.tolist(), f.used_float64.tolist())):
+                group = items[i][0]
+                group.refreshes += 1
+                group.trace = traces[i]
+                if ok:
+                    group.inverse, group.damping, group.condition = f.inverse[i], f.damping[i], f.condition[i]
+                    group.float64_retries += int(retried)
+                    continue
+                group.fallbacks += 1
+                if self.fallback == "identity" or group.inverse is None:
+                    eye = torch.ones(group.dim, dtype=sigmas.dtype, device=sigmas.device)
+                    group.inverse = eye if diagonal else torch.diag(eye)
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> dict[str, dict[str, float | int | list[str]]]:
@@ -384,9 +389,9 @@ class ActivationPreconditioner:
             key: {
                 "layers": list(g.members),
                 "dim": g.dim,
-                "trace_sigma": g.trace,
-                "condition_estimate": g.condition,
-                "damping_used": g.damping,
+                "trace_sigma": float(g.trace),
+                "condition_estimate": float(g.condition),
+                "damping_used": float(g.damping),
                 "refreshes": g.refreshes,
                 "fallbacks": g.fallbacks,
                 "float64_retries": g.float64_retries,
@@ -417,7 +422,7 @@ class ActivationPreconditioner:
                     "members": list(g.members),
                     "ema": g.ema,
                     "inverse": g.inverse,
-                    **{k: getattr(g, k) for k in _TELEMETRY},
+                    **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in _TELEMETRY},
                 }
                 for key, g in self.groups.items()
             },

@@ -1,0 +1,192 @@
+"""Step time and memory of DoPr-X over X, measured side by side in one run.
+
+Arms are stepped round-robin (one step of each arm in turn) so that machine noise hits all arms
+alike; the ratio of medians is printed. A profiled step per DoPr arm gives the per-phase split
+(Sigma accumulation in the hooks, factorization, applying the inverse, the base optimizer step).
+
+    python benchmarks/overhead.py --model gpt --steps 20            # CPU, ~5M-parameter GPT
+    python benchmarks/overhead.py --model cnn --steps 20
+    python benchmarks/overhead.py --model gpt --preset gpt2-small --device cuda --dtype bfloat16   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from dopr import DoPr
+from dopr.routing import DEFAULT_AUX_PATTERNS, build_bases
+
+PRESETS = {
+    "cpu-small": dict(vocab=4096, d=256, layers=4, heads=4, seq=128, batch=8),
+    "cpu-10m": dict(vocab=4096, d=384, layers=6, heads=6, seq=256, batch=8),
+    "gpt2-small": dict(vocab=50304, d=768, layers=12, heads=12, seq=1024, batch=8),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v = (nn.Linear(d, d, bias=False) for _ in range(3))
+        self.proj = nn.Linear(d, d, bias=False)
+        self.fc, self.fc2 = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (m(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for m in (self.q, self.k, self.v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(att)
+        return x + self.fc2(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, seq: int, **_: int) -> None:
+        super().__init__()
+        self.embed, self.pos_embed = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos_embed(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(128 * 16, 256), nn.ReLU(), nn.Linear(256, 10),
+    )
+
+
+class Plain:
+    """The base optimizer(s) with exactly DoPr's parameter routing, without AP."""
+
+    def __init__(self, model: nn.Module, base: str, lr: float) -> None:
+        self.opts = [o for _, o in build_bases(model, base, lr, {}, None, None, DEFAULT_AUX_PATTERNS)[0]]
+
+    def zero_grad(self) -> None:
+        for o in self.opts:
+            o.zero_grad()
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+
+def state_bytes(opt: object) -> int:
+    opts = opt.opts if isinstance(opt, Plain) else [o for _, o in opt.bases]
+    total = sum(t.numel() * t.element_size() for o in opts for s in o.state.values() for t in s.values()
+                if torch.is_tensor(t))
+    if isinstance(opt, DoPr):
+        for g in opt.preconditioner.groups.values():
+            total += sum(t.numel() * t.element_size() for t in (g.inverse, g.ema) if t is not None)
+            total += g.dim * (g.dim if not g.diagonal else 1) * 4  # the per-step Sigma accumulator
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["gpt", "cnn"], default="gpt")
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--bases", default="adamw,muon")
+    parser.add_argument("--fast", default="refresh_every=10", help="DoPr options of the 'fast' arm, k=v,...")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    fast_kw = {k: int(v) for k, v in (kv.split("=") for kv in args.fast.split(",") if kv)}
+
+    torch.manual_seed(0)
+    if args.model == "gpt":
+        cfg = PRESETS[args.preset]
+        proto = GPT(**cfg)
+        data = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["seq"] + 1), device=device)
+        loss_fn = lambda m: F.cross_entropy(m(data[:, :-1]).float().flatten(0, 1), data[:, 1:].flatten())  # noqa: E731
+    else:
+        proto = cnn()
+        x = torch.randn(64, 3, 32, 32, device=device, dtype=dtype)
+        y = torch.randint(0, 10, (64,), device=device)
+        loss_fn = lambda m: F.cross_entropy(m(x).float(), y)  # noqa: E731
+    proto = proto.to(device=device, dtype=dtype)
+    n_params = sum(p.numel() for p in proto.parameters())
+
+    arms: dict[str, tuple[nn.Module, object]] = {}
+    for base in args.bases.split(","):
+        lr = 0.02 if base == "muon" else 1e-3
+        for name, make in ((base, lambda m, b=base, lr=lr: Plain(m, b, lr)),
+                           (f"dopr-{base} exact", lambda m, b=base, lr=lr: DoPr(m, base=b, lr=lr)),
+                           (f"dopr-{base} fast", lambda m, b=base, lr=lr: DoPr(m, base=b, lr=lr, **fast_kw))):
+            model = copy.deepcopy(proto)
+            arms[name] = (model, make(model))
+
+    def one_step(model: nn.Module, opt: object) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for i in range(args.warmup + args.steps):
+        for name, (model, opt) in arms.items():
+            dt = one_step(model, opt)
+            if i >= args.warmup:
+                times[name].append(dt)
+
+    phases: dict[str, dict[str, float]] = {}
+    for name, (model, opt) in arms.items():
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            one_step(model, opt)
+        split = {"sigma": 0.0, "factorize": 0.0, "apply": 0.0, "base step": 0.0}
+        for evt in prof.key_averages():
+            key = evt.key
+            ms = evt.cpu_time_total / 1e3
+            if key.startswith("dopr::"):
+                split[key.removeprefix("dopr::")] += ms
+            elif key.startswith("Optimizer.step#") and "DoPr" not in key:
+                split["base step"] += ms
+        phases[name] = split
+
+    print(f"{args.model} ({args.preset if args.model == 'gpt' else 'cnn'}), {n_params / 1e6:.1f}M params, "
+          f"{args.dtype} on {args.device}, median of {args.steps} interleaved steps")
+    print(f"{'arm':<20} {'ms/step':>9} {'ratio':>7} {'opt state MB':>13}  phases ms (sigma / factorize / apply / base)")
+    rows = []
+    for name, ts in times.items():
+        base = name.split(" ")[0].removeprefix("dopr-")
+        med = statistics.median(ts)
+        ratio = med / statistics.median(times[base])
+        mb = state_bytes(arms[name][1]) / 2**20
+        p = phases[name]
+        print(f"{name:<20} {med * 1e3:>9.1f} {ratio:>7.3f} {mb:>13.1f}  "
+              f"{p['sigma']:.1f} / {p['factorize']:.1f} / {p['apply']:.1f} / {p['base step']:.1f}")
+        rows.append(dict(arm=name, ms=med * 1e3, ratio=ratio, state_mb=mb, phases_ms=p))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(model=args.model, preset=args.preset, params=n_params, dtype=args.dtype,
+                           device=args.device, steps=args.steps, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

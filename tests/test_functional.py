@@ -1,0 +1,63 @@
+"""The pure kernels: second moments, batched factorization with float64 retry, application."""
+
+import pytest
+import torch
+
+from dopr.functional import apply_inverse, factorize, second_moment_sum
+
+
+def test_second_moment_sum_with_bias_equals_the_augmented_outer_products():
+    z = torch.randn(9, 4, dtype=torch.float64)
+    za = torch.cat([z, torch.ones(9, 1, dtype=torch.float64)], dim=1)
+    assert torch.allclose(second_moment_sum(z, augment_bias=True), za.T @ za)
+    acc = second_moment_sum(z[:4], augment_bias=True)
+    second_moment_sum(z[4:], augment_bias=True, out=acc)  # accumulation over micro-batches
+    assert torch.allclose(acc, za.T @ za)
+
+
+def test_factorize_matches_explicit_inverse_for_a_batch():
+    z = torch.randn(3, 50, 6, dtype=torch.float64) * torch.logspace(1, -2, 6, dtype=torch.float64)
+    sigma = z.transpose(1, 2) @ z / 50
+    f = factorize(sigma, 0.01)
+    for b in range(3):
+        lam = 0.01 * torch.trace(sigma[b]) / 6
+        expected = torch.linalg.inv(sigma[b] + lam * torch.eye(6, dtype=torch.float64))
+        assert torch.allclose(f.inverse[b], expected, rtol=1e-10, atol=0)
+        assert torch.isclose(f.damping[b], lam)
+        eig = torch.linalg.eigvalsh(sigma[b] + lam * torch.eye(6, dtype=torch.float64))
+        assert 1 <= f.condition[b] <= eig.max() / eig.min() * (1 + 1e-9)
+    assert f.ok.all() and not f.used_float64.any()
+
+
+def test_float32_failure_is_retried_in_float64():
+    # a positive definite float32 matrix with condition 1e9: float32 Cholesky breaks down, float64 does not
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    bad = ((q * torch.logspace(0, -9, 12, dtype=torch.float64)) @ q.T).float()
+    bad = (bad + bad.T) / 2
+    if torch.linalg.cholesky_ex(bad).info == 0:
+        pytest.skip("this BLAS factorizes the matrix in float32; the retry path is not reached")
+    f = factorize(torch.stack([torch.eye(12), bad]), 0.0)
+    assert f.ok.tolist() == [True, True] and f.used_float64.tolist() == [False, True]
+    assert f.inverse.dtype == torch.float32
+    expected = torch.linalg.inv(bad.double())
+    assert torch.allclose(f.inverse[1].double(), expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+
+
+def test_an_inverse_that_overflows_float32_is_a_failure():
+    f = factorize(torch.full((1, 1, 1), 1e-40), 0.0)  # its inverse, 1e40, is not a float32
+    assert f.ok.tolist() == [False]
+
+
+def test_failure_in_both_precisions_is_reported_not_raised():
+    f = factorize(torch.zeros(2, 3, 3), 0.0)
+    assert f.ok.tolist() == [False, False]
+
+
+def test_diagonal_sigma():
+    freq = torch.tensor([[0.5, 0.3, 0.2, 0.0]])
+    f = factorize(freq, 0.4, diagonal=True)
+    lam = 0.4 * 1.0 / 4
+    assert torch.allclose(f.inverse, 1 / (freq + lam))
+    g = torch.randn(3, 4)
+    assert torch.allclose(apply_inverse(g, f.inverse[0]), g @ torch.diag(f.inverse[0]))
