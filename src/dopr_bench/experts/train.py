@@ -42,7 +42,7 @@ class PPORecipe:
 
 RECIPES: dict[str, PPORecipe] = {
     "hopper": PPORecipe("Hopper-v5", total_steps=1_500_000, n_envs=8, eval_every=50_000, eval_episodes=5),
-    "humanoid": PPORecipe("Humanoid-v5", total_steps=2_500_000, n_envs=16, batch_size=1024, lr_decay=True,
+    "humanoid": PPORecipe("Humanoid-v5", total_steps=2_000_000, n_envs=16, batch_size=1024, lr_decay=True,
                           net=[256, 256], log_std_init=-1.0, eval_every=100_000, eval_episodes=3, target=6000.0),
 }
 
