@@ -61,3 +61,10 @@ def test_diagonal_sigma():
     assert torch.allclose(f.inverse, 1 / (freq + lam))
     g = torch.randn(3, 4)
     assert torch.allclose(apply_inverse(g, f.inverse[0]), g @ torch.diag(f.inverse[0]))
+
+
+def test_diagonal_sigma_without_damping_tolerates_unseen_tokens():
+    f = factorize(torch.tensor([[0.75, 0.25, 0.0]]), 0.0, diagonal=True)
+    assert f.ok.tolist() == [True]
+    assert torch.allclose(f.inverse[0, :2], torch.tensor([4 / 3, 4.0])) and torch.isfinite(f.inverse).all()
+    assert f.condition.item() == 3.0

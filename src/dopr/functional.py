@@ -83,15 +83,19 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
     Args:
         sigma: ``B x d x d`` symmetric second moments, or ``B x d`` diagonals with ``diagonal=True``.
         gamma: relative damping: ``lambda_b = gamma * tr(Sigma_b) / d`` (see the module docstring).
-        eps: absolute damping added to ``lambda`` (guards an all-zero Sigma).
+        eps: absolute damping added to ``lambda`` (0 by default: an absolute floor would swamp the
+            Sigma of small-scale activations; an all-zero Sigma fails and the caller falls back).
     """
     diag = sigma if diagonal else sigma.diagonal(dim1=-2, dim2=-1)
     lam = gamma * diag.mean(dim=-1) + eps
     if diagonal:
         damped = sigma + lam[:, None]
-        ok = (damped > 0).all(dim=-1)
-        cond = damped.amax(dim=-1) / damped.amin(dim=-1)
-        return Factors(damped.reciprocal(), lam, cond, ok, torch.zeros_like(ok))
+        # a token never seen (frequency 0, no damping) has a zero gradient row: any finite factor will do
+        seen = damped > 0
+        inverse = torch.where(seen, damped.reciprocal(), torch.ones_like(damped))
+        ok = torch.isfinite(inverse).all(dim=-1) & (damped >= 0).all(dim=-1)
+        cond = damped.amax(dim=-1) / torch.where(seen, damped, damped.amax(dim=-1, keepdim=True)).amin(dim=-1)
+        return Factors(inverse, lam, cond, ok, torch.zeros_like(ok))
     eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
     inverse, cond, ok = _cholesky_inverse(sigma + lam[:, None, None] * eye)
     used_float64 = torch.zeros_like(ok)

@@ -32,7 +32,7 @@ class DoPr(Optimizer):
         base: base optimizer name (``"adamw"``, ``"adam"``, ``"sgd"``, ``"signum"``, ``"muon"``,
             ``"adamuon"``) or any ``torch.optim.Optimizer`` subclass (called as ``cls(params, lr=lr,
             **base_kwargs)``).
-        lr: learning rate of the base optimizer.
+        lr: learning rate of the base optimizer (``None``: the base optimizer's own default).
         damping: gamma, relative to the mean eigenvalue: ``lambda = gamma * tr(Sigma) / d_in``.
             The ``gamma' * tr(Sigma)`` convention corresponds to ``gamma = gamma' * d_in``.
         aux_lr, aux_kwargs, aux_patterns: for matrix bases (muon, adamuon), the learning rate and
@@ -48,7 +48,7 @@ class DoPr(Optimizer):
         model: nn.Module,
         base: str | type[Optimizer] = "adamw",
         *,
-        lr: float,
+        lr: float | None = None,
         damping: float = 0.1,
         sigma: str = "batch",
         ema_decay: float = 0.95,
@@ -70,7 +70,7 @@ class DoPr(Optimizer):
                 f"DoPr needs the model (an nn.Module), got {type(model).__name__}: DoPr(model, lr=...), "
                 "not DoPr(model.parameters(), ...), because it reads each layer's input activations"
             )
-        if not (isinstance(lr, (int, float)) or torch.is_tensor(lr)) or lr < 0:
+        if lr is not None and (not (isinstance(lr, (int, float)) or torch.is_tensor(lr)) or lr < 0):
             raise ValueError(f"lr must be a number >= 0, got {lr!r}")
         bases, routes = build_bases(model, base, lr, base_kwargs, aux_lr, aux_kwargs, tuple(aux_patterns))
         self.preconditioner = ActivationPreconditioner(
@@ -86,6 +86,20 @@ class DoPr(Optimizer):
         # Share the base optimizers' defaults and state so that schedulers (OneCycleLR reads
         # defaults["betas"]) and tools that walk optimizer.state (device moves) see the real thing.
         self.defaults = bases[0][1].defaults
+        self._link_bases()
+        self._constructed = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add parameters after construction; they go to the first base optimizer, without AP.
+
+        (AP needs a layer's input: parameters of modules DoPr did not hook at construction cannot
+        get it. To precondition new layers, build a new DoPr and load this one's state.)
+        """
+        if not getattr(self, "_constructed", False):  # Optimizer.__init__ registering the bases' groups
+            super().add_param_group(param_group)
+            return
+        self.bases[0][1].add_param_group(param_group)
+        self.param_groups = [g for _, opt in self.bases for g in opt.param_groups]
         self._link_bases()
 
     def _link_bases(self) -> None:
@@ -146,6 +160,18 @@ class DoPr(Optimizer):
             lines.append(f"  {name.ljust(width)}  {str(r.shape):<16} {ap:<3} {r.base:<8} {r.reason}")
         lines.append(self.preconditioner.summary())
         return "\n".join(lines)
+
+    def __deepcopy__(self, memo: dict) -> DoPr:
+        raise TypeError(
+            "DoPr cannot be deep-copied: it owns hooks on its model. Copy the model, build a new "
+            "DoPr on the copy and call new_opt.load_state_dict(opt.state_dict())"
+        )
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "DoPr cannot be pickled: it owns hooks on its model. Save opt.state_dict() instead "
+            "(it loads with torch.load(weights_only=True))"
+        )
 
     def __repr__(self) -> str:
         return f"DoPr(bases={[name for name, _ in self.bases]}, damping={self.preconditioner.damping})"

@@ -89,7 +89,8 @@ class ActivationPreconditioner:
             (identity if none), ``"identity"`` uses the plain gradient.
         nonfinite: ``"raise"`` raises :class:`NonFiniteError` naming the layer; ``"skip"`` leaves all
             gradients untouched and returns False from :meth:`precondition_`.
-        eps: absolute damping added to lambda, so an all-zero Sigma still factorizes.
+        eps: absolute damping added to lambda (default 0; lambda is relative to tr(Sigma), so it
+            follows the scale of the activations).
         seed: seed of the row-subsampling generator (saved in the state dict).
         process_group: all-reduce Sigma over this group when torch.distributed is initialized.
     """
@@ -107,7 +108,7 @@ class ActivationPreconditioner:
         exclude: tuple[str, ...] | list[str] = (),
         fallback: str = "last",
         nonfinite: str = "raise",
-        eps: float = 1e-30,
+        eps: float = 0.0,
         seed: int = 0,
         process_group: Any = None,
     ) -> None:
@@ -336,7 +337,9 @@ class ActivationPreconditioner:
     def _all_finite(self, work: list[tuple[_Layer, _Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
         checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
-            checks += [(f"input activations of layer(s) {g.members}", g.total) for g in self.groups.values() if g.rows]
+            checks += [(f"second moment of the input activations of layer(s) {g.members} (NaN/inf inputs, or "
+                        "activations so large that z z^T overflows float32, |z| > ~1e19)", g.total)
+                       for g in self.groups.values() if g.rows]
         if not checks:
             return True
         flags = torch.stack([torch.isfinite(t).all() for _, t in checks])
@@ -378,7 +381,15 @@ class ActivationPreconditioner:
                     group.float64_retries += int(retried)
                     continue
                 group.fallbacks += 1
-                if self.fallback == "identity" or group.inverse is None:
+                kept = self.fallback == "last" and group.inverse is not None
+                warnings.warn(
+                    f"Cholesky of Sigma + lambda I failed in float32 and float64 for layer(s) {group.members} "
+                    f"(trace of Sigma {float(traces[i]):.3g}, damping {self.damping}); "
+                    f"{'keeping the last good factor' if kept else 'using the plain gradient'} for this step. "
+                    "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
+                    RuntimeWarning, stacklevel=4,
+                )
+                if not kept:
                     eye = torch.ones(group.dim, dtype=sigmas.dtype, device=sigmas.device)
                     group.inverse = eye if diagonal else torch.diag(eye)
 
@@ -417,10 +428,15 @@ class ActivationPreconditioner:
             "skipped_steps": self.skipped_steps,
             "grouping_frozen": self._grouping_frozen,
             "generator": self._generator.get_state(),
+            "fires": {n: (e.fires, e.fires_outside_backward) for n, e in self.layers.items()},
             "groups": {
                 key: {
                     "members": list(g.members),
                     "ema": g.ema,
+                    # statistics of a step in progress, so a checkpoint taken mid-accumulation resumes exactly
+                    "total": g.total,
+                    "rows": g.rows,
+                    "accumulations": g.accumulations,
                     "inverse": g.inverse,
                     **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in _TELEMETRY},
                 }
@@ -455,6 +471,13 @@ class ActivationPreconditioner:
         self._grouping_frozen = bool(state["grouping_frozen"])
         self._generator.set_state(state["generator"])
         self.reset_statistics()
+        for key, saved in groups.items():
+            g = self.groups[key]
+            if saved.get("total") is not None:
+                g.total = saved["total"].to(local(self.layers[g.members[0]].module.weight).device)
+                g.rows, g.accumulations = int(saved["rows"]), int(saved["accumulations"])
+        for name, (fires, outside) in state.get("fires", {}).items():
+            self.layers[name].fires, self.layers[name].fires_outside_backward = fires, outside
 
     def remove(self) -> None:
         """Remove the hooks from the model."""

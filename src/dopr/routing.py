@@ -55,7 +55,7 @@ def _linear_weights(model: nn.Module, aux_patterns: tuple[str, ...]) -> dict[int
 def build_bases(
     model: nn.Module,
     base: str | type[Optimizer],
-    lr: float,
+    lr: float | None,
     base_kwargs: dict[str, Any],
     aux_lr: float | None,
     aux_kwargs: dict[str, Any] | None,
@@ -77,9 +77,10 @@ def build_bases(
     else:
         raise TypeError(f"base must be a name or a torch.optim.Optimizer subclass, got {base!r}")
 
+    kwargs = dict(base_kwargs) if lr is None else {"lr": lr, **base_kwargs}
     if label not in _MATRIX_BASES:
         try:
-            opt = cls([p for _, p in named], lr=lr, **base_kwargs)
+            opt = cls([p for _, p in named], **kwargs)
         except TypeError as err:
             raise TypeError(f"{label} rejected the keyword arguments {sorted(base_kwargs)}: {err}") from err
         return [(label, opt)], [Route(n, tuple(p.shape), label, "all parameters") for n, p in named]
@@ -93,10 +94,12 @@ def build_bases(
     routes.sort(key=lambda r: order[r.name])
     bases: list[tuple[str, Optimizer]] = []
     if matrix:
-        bases.append((label, cls([p for _, p in matrix], lr=lr, **base_kwargs)))
+        bases.append((label, cls([p for _, p in matrix], **kwargs)))
     if aux:
-        bases.append(("adamw", torch.optim.AdamW([p for _, p in aux], lr=lr if aux_lr is None else aux_lr,
-                                                  **(aux_kwargs or {}))))
+        aux_kw = dict(aux_kwargs or {})
+        if aux_lr is not None or lr is not None:
+            aux_kw["lr"] = lr if aux_lr is None else aux_lr
+        bases.append(("adamw", torch.optim.AdamW([p for _, p in aux], **aux_kw)))
     return bases, routes
 
 

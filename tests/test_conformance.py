@@ -1,0 +1,107 @@
+"""Conformance with torch.optim conventions, including torch's own optimizer kwargs sweep."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from dopr import DoPr
+from dopr.reference import ReferenceAP
+from helpers import max_rel_diff, mlp
+
+
+def _loss(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+def _optim_db_inputs():
+    common = pytest.importorskip("torch.testing._internal.common_optimizers")
+    cases = []
+    for info in common.optim_db:
+        if info.optim_cls not in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
+            continue
+        for oi in info.optim_inputs_func(device="cpu"):
+            kw = dict(oi.kwargs)
+            if kw.get("capturable") or kw.get("fused") or kw.get("differentiable"):
+                continue  # capturable/fused need an accelerator; differentiable needs a graph through step
+            cases.append(pytest.param(info.optim_cls, kw, id=f"{info.optim_cls.__name__}-{oi.desc}"))
+    return cases
+
+
+@pytest.mark.parametrize("cls,kwargs", _optim_db_inputs())
+def test_torch_optim_db_kwargs_through_dopr_match_the_reference(cls, kwargs):
+    torch.manual_seed(0)
+    m1 = mlp().double()
+    m2 = copy.deepcopy(m1)
+    opt = DoPr(m1, base=cls, damping=1e-2, **kwargs)
+    ref = ReferenceAP(m2, 1e-2)
+    base = cls(m2.parameters(), **kwargs)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x, y = torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g,
+                                                                                dtype=torch.float64)
+        opt.zero_grad()
+        _loss(m1, x, y).backward()
+        opt.step()
+        base.zero_grad()
+        _loss(m2, x, y).backward()
+        ref.precondition_()
+        base.step()
+    assert max_rel_diff(m1, m2) < 1e-9
+
+
+def test_step_hooks_fire():
+    model = mlp()
+    opt = DoPr(model, lr=1e-2)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    _loss(model, torch.randn(4, 5), torch.randn(4, 3)).backward()
+    opt.step()
+    assert calls == ["pre", "post"]
+
+
+def test_add_param_group_after_construction():
+    model = mlp()
+    opt = DoPr(model, lr=1e-2)
+    extra = nn.Parameter(torch.zeros(3))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    assert opt.param_groups[-1]["lr"] == 0.5 and opt.bases[0][1].param_groups[-1] is opt.param_groups[-1]
+    (_loss(model, torch.randn(4, 5), torch.randn(4, 3)) + extra.sum()).backward()
+    opt.step()
+    assert extra.abs().sum() > 0
+    opt2 = DoPr(mlp(), lr=1e-2)
+    opt2.add_param_group({"params": [nn.Parameter(torch.zeros(3))], "lr": 0.5})
+    opt2.load_state_dict(opt.state_dict())
+
+
+def test_zero_grad_set_to_none_false_keeps_zero_tensors():
+    model = mlp()
+    opt = DoPr(model, lr=1e-2)
+    _loss(model, torch.randn(4, 5), torch.randn(4, 3)).backward()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_deepcopy_and_pickle_explain_what_to_do_instead():
+    opt = DoPr(mlp(), lr=1e-2)
+    with pytest.raises(TypeError, match="load_state_dict"):
+        copy.deepcopy(opt)
+    with pytest.raises(TypeError, match="state_dict"):
+        pickle.dumps(opt)
+
+
+def test_lr_defaults_to_the_base_optimizers_default():
+    opt = DoPr(mlp(), base="adamw")
+    assert opt.param_groups[0]["lr"] == torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults["lr"]
+
+
+def test_tensor_lr_is_passed_through():
+    model = mlp()
+    opt = DoPr(model, lr=torch.tensor(1e-2))
+    _loss(model, torch.randn(4, 5), torch.randn(4, 3)).backward()
+    opt.step()
