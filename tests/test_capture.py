@@ -79,16 +79,27 @@ def test_activation_checkpointing_recomputation_counts_once(reentrant):
     _assert_same({k.removeprefix("inner."): v for k, v in reference.items()}, expected)
 
 
-def test_zero_grad_forgets_statistics_of_an_abandoned_step():
-    def abandoned_then_real(model):
-        _train_forward(model, X_OTHER)
-        model.zero_grad()
-        _train_forward(model, X)
+def test_zero_grad_between_forward_and_backward_keeps_the_statistics():
+    # Lightning's automatic optimization runs: forward, zero_grad, backward, step
+    m1, m2 = _model(), _model()
+    o1, o2 = DoPr(m1, lr=1e-2), DoPr(m2, lr=1e-2)
+    loss = m1(X).pow(2).mean()
+    o1.zero_grad()
+    loss.backward()
+    o1.step()
+    _train_forward(m2, X)
+    o2.step()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    assert o1.stats()["0"]["missing_statistics"] == 0
 
+
+def test_reset_statistics_discards_an_abandoned_step():
     m1, m2 = _model(), _model()
     o1, o2 = DoPr(m1, lr=1e-2), DoPr(m2, lr=1e-2)
     _train_forward(m1, X_OTHER)
     o1.zero_grad()
+    o1.preconditioner.reset_statistics()
     _train_forward(m1, X)
     o1.step()
     _train_forward(m2, X)

@@ -122,11 +122,6 @@ class DoPr(Optimizer):
                 opt.step()
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the gradients and forget the activation statistics recorded since the last step."""
-        super().zero_grad(set_to_none=set_to_none)
-        self.preconditioner.reset_statistics()
-
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["dopr"] = self.preconditioner.state_dict()

@@ -258,7 +258,7 @@ class ActivationPreconditioner:
         group.accumulations += 1
 
     def reset_statistics(self) -> None:
-        """Forget what forwards recorded since the last step (called by ``zero_grad``)."""
+        """Forget what forwards recorded since the last step (to discard an abandoned step)."""
         for group in self.groups.values():
             group.total, group.rows, group.accumulations = None, 0, 0
             group.seen.clear()
