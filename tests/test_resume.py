@@ -1,5 +1,6 @@
 """A resumed run follows the uninterrupted trajectory exactly, in every statistics mode."""
 
+import copy
 import io
 
 import pytest
@@ -98,3 +99,33 @@ def test_loading_state_of_a_different_model_names_the_layers():
     state["param_groups"] = o.state_dict()["param_groups"]
     with pytest.raises(KeyError, match=r"\['1'\]"):
         o.load_state_dict(state)
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda s: s["dopr"].pop("groups"), r"missing \['groups'\]"),
+    (lambda s: s["dopr"]["groups"]["0"].pop("inverse"), "group '0' is malformed"),
+    (lambda s: s["dopr"]["groups"]["0"].update(members=[]), "no valid member names"),
+    (lambda s: s["dopr"]["groups"]["0"].update(inverse=torch.eye(3)), "differently shaped model"),
+])
+def test_malformed_state_is_refused_before_anything_changes(corrupt, match):
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    m = make()
+    o = DoPr(m, lr=1e-3)
+    _train(m, o, [(torch.randn(8, 4), torch.randn(8, 2))])
+    state = o.state_dict()
+    corrupt(state)
+    m2 = make()
+    o2 = DoPr(m2, lr=1e-3)
+    _train(m2, o2, [(torch.randn(8, 4) * 3, torch.randn(8, 2))])  # different data: different state
+    before = copy.deepcopy(o2.state_dict())
+    with pytest.raises(ValueError, match=match):
+        o2.load_state_dict(state)
+    after = o2.state_dict()
+    assert not all(torch.equal(a["exp_avg"], b["exp_avg"]) for a, b in zip(state["state"].values(),
+                                                                              before["state"].values()))
+    assert after["dopr"]["step_count"] == before["dopr"]["step_count"]
+    assert all(torch.equal(a["exp_avg"], b["exp_avg"]) for a, b in zip(after["state"].values(),
+                                                                          before["state"].values()))

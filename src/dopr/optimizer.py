@@ -135,6 +135,7 @@ class DoPr(Optimizer):
                 "from a plain optimizer's state, load it into the base optimizer instead (opt.bases[i][1])"
             )
         precond = state_dict.pop("dopr")
+        self.preconditioner.check_state_dict(precond)  # before the base state changes anything
         super().load_state_dict(state_dict)
         self._link_bases()
         self.preconditioner.load_state_dict(precond)

@@ -444,7 +444,9 @@ class ActivationPreconditioner:
             },
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise a clear error if ``state`` cannot be loaded into this preconditioner; changes nothing."""
+        _validate_state(state)
         groups = state["groups"]
         unknown = {m for g in groups.values() for m in g["members"]} - set(self.layers)
         if unknown:
@@ -452,6 +454,21 @@ class ActivationPreconditioner:
                 f"the state dict has statistics for layers {sorted(unknown)} that this preconditioner does not "
                 "precondition; build it on the same model with the same exclude patterns"
             )
+        for saved in groups.values():
+            first = self.layers[saved["members"][0]]
+            dim = first.adapter.dim(first.module)
+            for name in ("ema", "inverse", "total"):
+                t = saved.get(name)
+                if t is not None and t.shape[-1] != dim:
+                    raise ValueError(
+                        f"the saved {name} of layer(s) {saved['members']} is {tuple(t.shape)}, but this model's "
+                        f"Sigma is {dim}x{dim}: the state dict belongs to a differently shaped model"
+                    )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore statistics saved by :meth:`state_dict`; validates everything before changing anything."""
+        self.check_state_dict(state)
+        groups = state["groups"]
         new_groups: dict[str, _Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]
@@ -482,6 +499,31 @@ class ActivationPreconditioner:
     def remove(self) -> None:
         """Remove the hooks from the model."""
         self._hooks.remove()
+
+
+def _validate_state(state: Any) -> None:
+    required = ("step_count", "skipped_steps", "grouping_frozen", "generator", "groups")
+    per_group = ("members", "ema", "inverse", *_TELEMETRY)
+    problem = None
+    if not isinstance(state, dict):
+        problem = f"expected a dict, got {type(state).__name__}"
+    elif missing := [k for k in required if k not in state]:
+        problem = f"missing {missing}"
+    elif not isinstance(state["groups"], dict):
+        problem = "'groups' is not a dict"
+    else:
+        for key, g in state["groups"].items():
+            if not isinstance(g, dict) or (missing := [k for k in per_group if k not in g]):
+                problem = f"group {key!r} is malformed (missing {missing if isinstance(g, dict) else 'everything'})"
+                break
+            if not g["members"] or not all(isinstance(m, str) for m in g["members"]):
+                problem = f"group {key!r} has no valid member names"
+                break
+    if problem:
+        raise ValueError(
+            f"malformed DoPr preconditioner state ({problem}); pass the 'dopr' entry of a DoPr.state_dict() "
+            "(or the dict from ActivationPreconditioner.state_dict()) saved by this version of dopr"
+        )
 
 
 _TELEMETRY = ("refreshes", "fallbacks", "float64_retries", "missing_statistics", "trace", "condition", "damping")
