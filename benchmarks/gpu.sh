@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One device call (< 10 minutes on one H200) measuring DoPr's overhead at GPT-2-small size in bf16.
+# Prepared for a session that has the device tool; run from the repository root:
+#   device run: bash benchmarks/gpu.sh      (writes $OUT/*.json and $OUT/*.txt)
+# Not yet run: no session so far was lent a GPU.
+set -euo pipefail
+OUT=${OUT:-results/overhead-gpu}
+mkdir -p "$OUT"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/device.txt"
+export PYTHONPATH=src
+python benchmarks/overhead.py --model gpt --preset gpt2-small --device cuda --dtype bfloat16 --steps 20 --warmup 5 \
+  --json "$OUT/gpt2-small-bf16.json" 2>&1 | grep -v USDT | tee "$OUT/gpt2-small-bf16.txt"
+python benchmarks/overhead.py --model cnn --device cuda --dtype float32 --steps 20 --warmup 5 \
+  --json "$OUT/cnn.json" 2>&1 | grep -v USDT | tee "$OUT/cnn.txt"
+date -u +"measured %Y-%m-%dT%H:%MZ with: bash benchmarks/gpu.sh" | tee -a "$OUT/device.txt"
