@@ -172,3 +172,12 @@ def test_layers_sharing_an_input_are_grouped_and_checked():
     model2(torch.randn(5, 4)).sum().backward()
     opt2.step()
     assert len(opt2.stats()) == 2
+
+
+def test_forwards_of_a_deep_copy_of_the_model_do_not_count():
+    def with_copy(model):
+        clone = copy.deepcopy(model)  # carries the hooks along
+        _train_forward(clone, X_OTHER)
+        _train_forward(model, X)
+
+    _assert_same(_sigma_after(_model, lambda m: _train_forward(m, X)), _sigma_after(_model, with_copy))

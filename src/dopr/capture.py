@@ -42,12 +42,13 @@ class InputHooks:
         self._handles: list[RemovableHandle] = []
         self.active = True
         for name, module in modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(name, module)))
 
-    def _make_hook(self, name: str) -> Callable[[nn.Module, tuple], None]:
+    def _make_hook(self, name: str, owner: nn.Module) -> Callable[[nn.Module, tuple], None]:
         @torch.compiler.disable
         def hook(module: nn.Module, args: tuple) -> None:
-            if not self.active or not args or not records_gradients(module):
+            # a deepcopy of the model (an EMA copy, say) carries this hook along: ignore its forwards
+            if module is not owner or not self.active or not args or not records_gradients(module):
                 return
             x = args[0]
             if isinstance(x, Tensor):
