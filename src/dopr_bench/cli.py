@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     te.add_argument("--out", default=None, help="where to write TASK.pt/TASK.json (default: the package's experts/)")
     te.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --run-dir")
     te.set_defaults(func=_train_expert)
+    from .flow.cli import add_parser as add_flow_parser
+
+    add_flow_parser(sub)
     args = p.parse_args(argv)
     args.func(args)
 
