@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .capture import InputHooks
 from .functional import apply_inverse, factorize, second_moment_sum, statistics_dtype
+from .groups import TELEMETRY, Group, Layer, validate_state
 from .layers import Adapter, adapter_for, local, unsupported_reason
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -33,41 +33,6 @@ _NONFINITE = ("raise", "skip")
 
 class NonFiniteError(FloatingPointError):
     """A gradient or a layer input was NaN or infinite; nothing was modified."""
-
-
-@dataclass
-class _Layer:
-    name: str
-    module: nn.Module
-    adapter: Adapter
-    group: str
-    fires: int = 0  # captured forwards this step
-    fires_outside_backward: int = 0
-
-
-@dataclass
-class _Group:
-    """Statistics and factorization shared by the layers that read one input."""
-
-    key: str
-    members: list[str]
-    dim: int
-    diagonal: bool
-    bias: bool
-    total: Tensor | None = None  # running sum of z z^T (or of one-hot counts) this step
-    rows: int = 0
-    accumulations: int = 0
-    ema: Tensor | None = None
-    inverse: Tensor | None = None
-    # telemetry
-    refreshes: int = 0
-    fallbacks: int = 0
-    float64_retries: int = 0
-    missing_statistics: int = 0
-    trace: float | Tensor = float("nan")  # tensors until read, so a refresh needs no device sync
-    condition: float | Tensor = float("nan")
-    damping: float | Tensor = float("nan")
-    seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
 
 
 class ActivationPreconditioner:
@@ -149,8 +114,8 @@ class ActivationPreconditioner:
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
         self._grouping_frozen = not share_inputs
-        self.layers: dict[str, _Layer] = {}
-        self.groups: dict[str, _Group] = {}
+        self.layers: dict[str, Layer] = {}
+        self.groups: dict[str, Group] = {}
         self.skipped: dict[str, str] = {}  # module name -> why it is left to the base optimizer
         self._discover(model)
         self._hooks = InputHooks({n: entry.module for n, entry in self.layers.items()}, self._on_input)
@@ -186,8 +151,8 @@ class ActivationPreconditioner:
             if name in shared:
                 self.skipped[name] = "parameter shared with another layer (e.g. tied embeddings)"
                 continue
-            self.layers[name] = _Layer(name, module, adapter, group=name)
-            self.groups[name] = _Group(
+            self.layers[name] = Layer(name, module, adapter, group=name)
+            self.groups[name] = Group(
                 name, [name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module)
             )
 
@@ -216,7 +181,7 @@ class ActivationPreconditioner:
         group.seen[id(x)] = weakref.ref(x)
         self._accumulate(layer, group, x.detach())
 
-    def _group_for(self, layer: _Layer, x: Tensor) -> _Group:
+    def _group_for(self, layer: Layer, x: Tensor) -> Group:
         group = self.groups[layer.group]
         if self._grouping_frozen or len(group.members) > 1:
             return group
@@ -235,11 +200,11 @@ class ActivationPreconditioner:
         return group
 
     @staticmethod
-    def _compatible(a: _Group, b: _Group) -> bool:
+    def _compatible(a: Group, b: Group) -> bool:
         return (a.dim, a.diagonal, a.bias) == (b.dim, b.diagonal, b.bias) and a.rows > 0 and b.rows == 0
 
     @torch.no_grad()
-    def _accumulate(self, layer: _Layer, group: _Group, x: Tensor) -> None:
+    def _accumulate(self, layer: Layer, group: Group, x: Tensor) -> None:
         dtype = statistics_dtype(layer.module.weight.dtype)
         with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
             z = layer.adapter.rows(layer.module, x)
@@ -295,7 +260,7 @@ class ActivationPreconditioner:
         finally:
             self.reset_statistics()
 
-    def _apply(self, work: list[tuple[_Layer, _Group]], grads: dict[str, Tensor]) -> None:
+    def _apply(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor]) -> None:
         for entry, group in work:
             if group.inverse is None:
                 group.missing_statistics += 1
@@ -334,7 +299,7 @@ class ActivationPreconditioner:
                         "share_inputs=False if these layers do not always share their input."
                     )
 
-    def _all_finite(self, work: list[tuple[_Layer, _Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
+    def _all_finite(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
         checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
             checks += [(f"second moment of the input activations of layer(s) {g.members} (NaN/inf inputs, or "
@@ -356,9 +321,9 @@ class ActivationPreconditioner:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         return False
 
-    def _refresh(self, groups: list[_Group]) -> None:
+    def _refresh(self, groups: list[Group]) -> None:
         """New Sigma (batch or EMA) and factorization for each group; equal sizes share one batched call."""
-        buckets: dict[tuple, list[tuple[_Group, Tensor]]] = {}
+        buckets: dict[tuple, list[tuple[Group, Tensor]]] = {}
         for group in groups:
             sigma = group.total / group.rows
             if self.sigma_mode == "ema":
@@ -438,7 +403,7 @@ class ActivationPreconditioner:
                     "rows": g.rows,
                     "accumulations": g.accumulations,
                     "inverse": g.inverse,
-                    **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in _TELEMETRY},
+                    **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in TELEMETRY},
                 }
                 for key, g in self.groups.items()
             },
@@ -446,7 +411,7 @@ class ActivationPreconditioner:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise a clear error if ``state`` cannot be loaded into this preconditioner; changes nothing."""
-        _validate_state(state)
+        validate_state(state)
         groups = state["groups"]
         unknown = {m for g in groups.values() for m in g["members"]} - set(self.layers)
         if unknown:
@@ -469,15 +434,15 @@ class ActivationPreconditioner:
         """Restore statistics saved by :meth:`state_dict`; validates everything before changing anything."""
         self.check_state_dict(state)
         groups = state["groups"]
-        new_groups: dict[str, _Group] = {}
+        new_groups: dict[str, Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]
-            g = _Group(key, list(saved["members"]), first.adapter.dim(first.module), first.adapter.diagonal,
+            g = Group(key, list(saved["members"]), first.adapter.dim(first.module), first.adapter.diagonal,
                        first.adapter.has_bias(first.module))
             device = first.module.weight.device
             g.ema = None if saved["ema"] is None else saved["ema"].to(device)
             g.inverse = None if saved["inverse"] is None else saved["inverse"].to(device)
-            for k in _TELEMETRY:
+            for k in TELEMETRY:
                 setattr(g, k, saved[k])
             for m in g.members:
                 self.layers[m].group = key
@@ -499,31 +464,3 @@ class ActivationPreconditioner:
     def remove(self) -> None:
         """Remove the hooks from the model."""
         self._hooks.remove()
-
-
-def _validate_state(state: Any) -> None:
-    required = ("step_count", "skipped_steps", "grouping_frozen", "generator", "groups")
-    per_group = ("members", "ema", "inverse", *_TELEMETRY)
-    problem = None
-    if not isinstance(state, dict):
-        problem = f"expected a dict, got {type(state).__name__}"
-    elif missing := [k for k in required if k not in state]:
-        problem = f"missing {missing}"
-    elif not isinstance(state["groups"], dict):
-        problem = "'groups' is not a dict"
-    else:
-        for key, g in state["groups"].items():
-            if not isinstance(g, dict) or (missing := [k for k in per_group if k not in g]):
-                problem = f"group {key!r} is malformed (missing {missing if isinstance(g, dict) else 'everything'})"
-                break
-            if not g["members"] or not all(isinstance(m, str) for m in g["members"]):
-                problem = f"group {key!r} has no valid member names"
-                break
-    if problem:
-        raise ValueError(
-            f"malformed DoPr preconditioner state ({problem}); pass the 'dopr' entry of a DoPr.state_dict() "
-            "(or the dict from ActivationPreconditioner.state_dict()) saved by this version of dopr"
-        )
-
-
-_TELEMETRY = ("refreshes", "fallbacks", "float64_retries", "missing_statistics", "trace", "condition", "damping")
