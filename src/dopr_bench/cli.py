@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -31,6 +32,10 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if (argv := sys.argv[1:] if argv is None else argv)[:2] == ["run", "lm"]:  # LM bench: its own options
+        from .lm.cli import main as lm_main
+
+        return lm_main(argv[2:])
     p = argparse.ArgumentParser(prog="dopr-bench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="behavior cloning: base optimizers vs DoPr, rollouts, summary and plots")
