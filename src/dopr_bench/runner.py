@@ -46,6 +46,23 @@ def load_episodes(spec: TaskSpec, dataset: str | None, cache: Path) -> tuple[lis
     return train, val, spec.env_id, f"expert:{tag}"
 
 
+def library_version() -> str:
+    """dopr's version plus the git commit of its source tree (``+dirty`` if src/dopr has local changes)."""
+    import subprocess
+
+    import dopr
+
+    src = Path(dopr.__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return dopr.__version__
+    return f"{dopr.__version__} {sha}{'+dirty' if dirty else ''}" if sha else dopr.__version__
+
+
 def _stack(eps: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([e.observations[:-1] for e in eps]), np.concatenate([e.actions for e in eps])
 
@@ -97,6 +114,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
     if len(todo) < len(optimizers) * len(seeds):
         print(f"resuming: {len(optimizers) * len(seeds) - len(todo)} finished run(s) found in {res_path}")
 
+    dopr_version = library_version()
     env = gym.make(env_id)
     low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
     cfg = settings | {"standardize": spec.standardize}
@@ -118,7 +136,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
                "drift": drift(expert_obs, pol_obs) if eps else float("nan"),
                "drift_std": drift(expert_obs, pol_obs, mean, std) if eps else float("nan"),
                "eval_s": time.time() - t1, "wall_s": time.time() - t0, "threads": threads,
-               "torch": torch.__version__}
+               "torch": torch.__version__, "dopr": dopr_version}
         results["runs"].append(run)
         _save_json(res_path, results)
         bar.write(f"{arm:>12} seed {seed}: val {rec['val_loss']:.3e}  return {np.mean(run['returns'] or [np.nan]):8.1f}"

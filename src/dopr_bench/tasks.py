@@ -37,7 +37,7 @@ TASKS: dict[str, TaskSpec] = {
     # LQR expert; raw observations have per-dimension std 0 .. 0.09, so the std floor is small.
     "idp": TaskSpec("idp", "InvertedDoublePendulum-v5", demos=2, val_demos=5, steps=2000, ema=0.01, damping=1e-3,
                     std_floor=1e-3, log_every=100),
-    "hopper": TaskSpec("hopper", "Hopper-v5", demos=5, val_demos=5, steps=5000, ema=0.005, damping=0.1,
+    "hopper": TaskSpec("hopper", "Hopper-v5", demos=5, val_demos=5, steps=3000, ema=0.005, damping=0.1,
                        log_every=250),
     "humanoid": TaskSpec("humanoid", "Humanoid-v5", demos=20, val_demos=5, steps=4000, ema=0.005, damping=0.1,
                          episodes=5, log_every=200),

@@ -95,6 +95,7 @@ def run_lm_bench(source: Source, optimizers: list[str], seeds: list[int], lrs: l
                     if old.get("settings", {}).get(k) != v}
             raise SystemExit(f"{res_path} was made with other settings {diff}; use another --out or delete it")
         results["runs"] = old["runs"]
+        results["source"] = old.get("source", results["source"])
     done = {(_lr_key(r["lr"]), r["optimizer"], r["seed"]) for r in results["runs"]}
     todo = [(lr, arm, s) for lr in lrs for s in seeds for arm in optimizers if (_lr_key(lr), arm, s) not in done]
     if len(todo) < len(lrs) * len(optimizers) * len(seeds):
@@ -102,6 +103,12 @@ def run_lm_bench(source: Source, optimizers: list[str], seeds: list[int], lrs: l
     tok = source.tokenizer
     val_enc = encode(tok, source.val, cfg.max_len)
     eval_enc = encode(tok, source.evals, cfg.max_len)
+    if "base_accuracy" not in results["source"]:  # the starting point, before any fine-tuning
+        base = source.load_model()
+        gen = generate_eval(base, tok, source.evals, cfg.eval_batch, cfg.max_new_tokens)
+        results["source"] |= {"base_accuracy": gen["accuracy"], "base_accuracy_by_group": gen["accuracy_by_group"],
+                              "base_val_nll": nll(base, val_enc, pad_id(tok), cfg.eval_batch)}
+        del base
     train_cache: dict[int, list[Encoded]] = {}
     t_start = time.time()
     for i, (lr, arm, seed) in enumerate(todo):
