@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--dataset needs --model (without --model the synthetic task runs)")
         task = QUICK if a.quick else SynthTask()
         source = synth_source(task, Path(a.cache) if a.cache else DEFAULT_CACHE, progress=not a.no_progress)
-        defaults: dict[str, Any] = {"steps": 80, "batch": 16, "max_len": 256, "max_new_tokens": 60, "eval_batch": 100,
+        defaults: dict[str, Any] = {"steps": 80, "batch": 16, "max_len": 256, "max_new_tokens": 90, "eval_batch": 100,
                                     "lrs": [3e-3, 1e-2, 3e-2] if a.lora else [3e-4, 1e-3, 3e-3], "seeds": 5}
         if a.quick:
-            defaults |= {"steps": 25, "lrs": [1e-2 if a.lora else 1e-3], "seeds": 1, "max_new_tokens": 40}
+            defaults |= {"steps": 25, "lrs": [1e-2 if a.lora else 1e-3], "seeds": 1, "max_new_tokens": 60}
     else:
         source = _real_source(a)
         defaults = {"steps": 200, "batch": 8, "max_len": 1024, "max_new_tokens": 512, "eval_batch": 16,

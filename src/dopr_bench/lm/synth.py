@@ -118,7 +118,7 @@ class SynthModelSpec:
     max_len: int = 256
     vocab: int = 512
     pretrain_docs: int = 40_000
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 1000
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
     max_steps: int = 6
