@@ -31,6 +31,19 @@ def _run(args: argparse.Namespace) -> None:
               video=args.video, progress=not args.no_progress)
 
 
+def _report(args: argparse.Namespace) -> None:
+    import json
+
+    from .report import make_plots, summary_markdown
+
+    out = Path(args.dir)
+    results = json.loads((out / "results.json").read_text())
+    md = summary_markdown(results)
+    (out / "summary.md").write_text(md)
+    make_plots(results, out)
+    print(md)
+
+
 def main(argv: list[str] | None = None) -> None:
     if (argv := sys.argv[1:] if argv is None else argv)[:2] == ["run", "lm"]:  # LM bench: its own options
         from .lm.cli import main as lm_main
@@ -69,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--video", action="store_true", help="record side-by-side rollouts of base and DoPr")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
+    rp = sub.add_parser("report", help="rewrite summary.md and the plots of an output directory from its results.json")
+    rp.add_argument("dir")
+    rp.set_defaults(func=_report)
     te = sub.add_parser("train-expert", help="train (or resume) a PPO expert for hopper / humanoid")
     te.add_argument("task", choices=["hopper", "humanoid"])
     te.add_argument("--steps", type=int, default=None, help="total env steps (default: the recipe's)")

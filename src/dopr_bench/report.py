@@ -51,14 +51,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
     if "expert_demo_return" in results:
         lines.append(f"Expert demonstrations: mean return {results['expert_demo_return']:,.1f}.")
     lines += ["", "| arm | seeds | val loss (EMA) | train loss (EMA) | return | episode length | state drift "
-              "(raw) | state drift (std.) |", "|---|---|---|---|---|---|---|---|"]
+              "(raw) | state drift (std.) | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in arm_order(runs):
         rs = [r for r in runs if r["optimizer"] == arm]
         lines.append(
             f"| {arm} | {len(rs)} | {_fmt(*t_ci([r['val_loss'] for r in rs]), sci=True)} | "
             f"{_fmt(*t_ci([r['train_loss'] for r in rs]), sci=True)} | {_fmt(*t_ci([run_return(r) for r in rs]))} | "
             f"{_fmt(*t_ci([float(np.mean(r['lengths'])) for r in rs]))} | {_fmt(*t_ci([r['drift'] for r in rs]))} | "
-            f"{_fmt(*t_ci([r['drift_std'] for r in rs]))} |")
+            f"{_fmt(*t_ci([r['drift_std'] for r in rs]))} | {np.mean([r['train_s'] for r in rs]):.0f} |")
     pairs = paired(runs)
     if pairs:
         lines += ["", "Paired per-seed differences, DoPr − base (95% t-interval; wins = seeds where DoPr's return is "
