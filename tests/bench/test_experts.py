@@ -28,7 +28,7 @@ def test_lqr_expert_balances_idp() -> None:
 @pytest.mark.parametrize("task", ["hopper", "humanoid"])
 def test_committed_ppo_expert_loads_weights_only(task: str) -> None:
     pt, js = expert_paths(task)
-    if not pt.exists():
+    if not (pt.exists() and js.exists()):  # a humanoid.pt without its json is a training run in progress
         if task == "hopper":
             pytest.fail(f"the hopper expert {pt} must be committed")
         pytest.skip(f"no {task} expert committed")
