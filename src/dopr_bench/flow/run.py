@@ -126,7 +126,7 @@ def train_flow(arm: str, seed: int, spec: FlowSpec, train_x: torch.Tensor, val: 
         opt.step()
         ema.update(model)
         if step % spec.log_every == 0 or step == spec.steps:
-            curve.append((step, loss.item()))
+            curve.append((step, loss.detach().item()))
     train_time = time.perf_counter() - start
     with torch.no_grad():
         val_loss = float(flow_loss(ema.model, val_x, val_x0, val_t))
