@@ -1,6 +1,7 @@
 """Bad input gets a clear error that says what was wrong and how to fix it, and loses nothing."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -111,3 +112,26 @@ def test_fallback_last_keeps_the_last_good_factor():
     ap.precondition_()
     assert torch.equal(ap.groups[""].inverse, good)
     assert ap.stats()[""]["fallbacks"] == 1 and ap.stats()[""]["refreshes"] == 2
+
+
+def test_a_layer_with_a_gradient_but_no_recorded_input_warns_once():
+    class Bypass(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(3, 4)
+            self.proj = nn.Linear(4, 2)
+
+        def forward(self, x):  # uses proj's weight without calling proj, as nn.MultiheadAttention does
+            return nn.functional.linear(self.inp(x), self.proj.weight, self.proj.bias)
+
+    model = Bypass()
+    opt = DoPr(model, lr=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(5, 3)).sum().backward()
+            opt.step()
+    messages = [str(w.message) for w in caught if "recorded no input" in str(w.message)]
+    assert len(messages) == 1 and "'proj'" in messages[0]
+    assert opt.stats()["proj"]["missing_statistics"] == 2 and opt.stats()["inp"]["refreshes"] == 2

@@ -264,6 +264,14 @@ class ActivationPreconditioner:
         for entry, group in work:
             if group.inverse is None:
                 group.missing_statistics += 1
+                if group.missing_statistics == 1:
+                    warnings.warn(
+                        f"layer '{entry.name}' has a gradient but DoPr has recorded no input for it, so its gradient "
+                        "is left as is (counted as missing_statistics in stats()). Causes: its forward ran in eval "
+                        "mode or under no_grad, its weight is used without calling the module (e.g. "
+                        "nn.MultiheadAttention.out_proj), or reset_statistics() ran between forward and backward.",
+                        RuntimeWarning, stacklevel=4,
+                    )
                 continue
             g = grads[entry.name]
             inverse = entry.adapter.local_inverse(entry.module, group.inverse)
