@@ -107,7 +107,7 @@ def train_bc(arm: str, seed: int, data: BCData, cfg: dict[str, Any], obs_stats: 
     model.train()
     for step in range(1, steps + 1):
         idx = torch.randint(0, n, (batch,), generator=gen)
-        opt.zero_grad()  # before the forward pass: DoPr's zero_grad also clears the recorded activations
+        opt.zero_grad()
         loss = ((model(data.obs[idx]) - data.act[idx]) ** 2).mean()
         loss.backward()
         opt.step()

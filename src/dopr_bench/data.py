@@ -110,18 +110,23 @@ def read_minari(id_or_path: str | Path, root: Path | None = None, download: bool
     import minari
     from minari import MinariDataset
 
+    p = Path(id_or_path)
+    if not p.exists() and root is not None and (root / str(id_or_path)).exists():
+        return read_minari(root / str(id_or_path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = Path(id_or_path)
-        if p.exists():
-            data_dir = p / "data" if (p / "data").is_dir() else p
-            ds = MinariDataset(data_dir)
-        elif root is not None and (root / str(id_or_path)).exists():
-            return read_minari(root / str(id_or_path))
-        else:
-            ds = minari.load_dataset(str(id_or_path), download=download)
-        env_id = ds.spec.env_spec.id if ds.spec.env_spec is not None else ""
-        return _episodes_from_dataset(ds), env_id
+        try:
+            if p.exists():
+                ds = MinariDataset(p / "data" if (p / "data").is_dir() else p)
+            else:
+                ds = minari.load_dataset(str(id_or_path), download=download)
+            env_id = ds.spec.env_spec.id if ds.spec.env_spec is not None else ""
+            return _episodes_from_dataset(ds), env_id
+        except Exception as err:  # truncated HDF5, missing fields, unknown id
+            raise ValueError(
+                f"Minari dataset {id_or_path} could not be read ({type(err).__name__}: {err}); if it is a local "
+                "copy it may be truncated: delete it to have the demonstrations regenerated, or download it again"
+            ) from err
 
 
 def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarray], n: int, first_seed: int,

@@ -43,3 +43,17 @@ def test_committed_ppo_expert_loads_weights_only(task: str) -> None:
     env.close()
     info = json.loads(js.read_text())
     assert info["command"].startswith("dopr-bench train-expert") and info["return_mean"] > 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing-tensor"])
+def test_damaged_expert_checkpoint_gives_a_clear_error(tmp_path, damage: str) -> None:
+    pt, _ = expert_paths("hopper")
+    target = tmp_path / "hopper.pt"
+    if damage == "truncate":
+        target.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    else:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        state.pop(next(iter(state)))
+        torch.save(state, target)
+    with pytest.raises(ValueError, match="unreadable or incomplete.*train-expert hopper"):
+        load_expert("hopper", "Hopper-v5", directory=tmp_path)

@@ -48,3 +48,14 @@ def test_expert_demos_are_cached_and_deterministic(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.observations, b.observations)
     other = expert_demos("idp", "InvertedDoublePendulum-v5", expert, 2, 0, "toy", tmp_path / "fresh", max_steps=25)
     np.testing.assert_array_equal(other[1].observations, first[1].observations)
+
+
+def test_truncated_minari_dataset_gives_a_clear_error(tmp_path: Path) -> None:
+    env = gym.make("InvertedDoublePendulum-v5")
+    eps = [rollout(env, lambda o: np.zeros(1), seed=s, max_steps=20) for s in range(2)]
+    env.close()
+    path = write_minari(eps, "test/idp-zero-v0", "InvertedDoublePendulum-v5", tmp_path)
+    for h5 in Path(path).rglob("*.hdf5"):
+        h5.write_bytes(h5.read_bytes()[:200])
+    with pytest.raises(ValueError, match="could not be read.*truncated"):
+        read_minari(path)

@@ -62,8 +62,14 @@ def load_mlp_expert(task: str, directory: Path | None = None) -> MLPExpert:
     pt, _ = expert_paths(task, directory)
     if not pt.exists():
         raise FileNotFoundError(f"no expert checkpoint {pt}; make one with `dopr-bench train-expert {task}`")
-    state = torch.load(pt, map_location="cpu", weights_only=True)
-    return MLPExpert(state)
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        return MLPExpert(state)
+    except Exception as err:  # truncated file, foreign pickle, missing or misshapen tensors
+        raise ValueError(
+            f"expert checkpoint {pt} is unreadable or incomplete ({type(err).__name__}: {err}); restore it with "
+            f"`git checkout -- {pt}` or remake it with `dopr-bench train-expert {task}`"
+        ) from err
 
 
 def expert_info(task: str, directory: Path | None = None) -> dict[str, Any]:
