@@ -198,7 +198,7 @@ def summary(results: dict[str, Any]) -> str:
 
     def cell(values: list[float], fmt: str = "{:.2f}") -> str:
         m, h = t_ci(values)
-        return fmt.format(m) + (f" ± {fmt.format(h)}" if np.isfinite(h) else "")
+        return fmt.format(m) + (f" ± {fmt.replace('+', '').format(h)}" if np.isfinite(h) else "")
 
     for arm in _arms(runs):
         rs = [r for r in runs if r["optimizer"] == arm]
