@@ -181,3 +181,47 @@ def test_forwards_of_a_deep_copy_of_the_model_do_not_count():
         _train_forward(model, X)
 
     _assert_same(_sigma_after(_model, lambda m: _train_forward(m, X)), _sigma_after(_model, with_copy))
+
+
+def test_row_mask_keeps_padding_out_of_sigma():
+    # a token-wise model on a padded batch with a mask must take the step of the packed valid tokens
+    torch.manual_seed(0)
+    padded_model = nn.Sequential(nn.Embedding(7, 5), nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    packed_model = copy.deepcopy(padded_model)
+    ids = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 2, 0]])
+    mask = ids != 0
+    y = torch.randn(2, 5, 3)
+    o1, o2 = DoPr(padded_model, lr=1e-2), DoPr(packed_model, lr=1e-2)
+    with o1.preconditioner.row_mask(mask):
+        out = padded_model(ids)
+    ((out - y) ** 2)[mask].sum().backward()
+    o1.step()
+    ((packed_model(ids[mask]) - y[mask]) ** 2).sum().backward()
+    o2.step()
+    for a, b in zip(padded_model.parameters(), packed_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_row_mask_of_the_wrong_shape_is_refused():
+    model = nn.Sequential(nn.Embedding(7, 5), nn.Linear(5, 3))
+    opt = DoPr(model, lr=1e-2)
+    ids = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 2, 0]])
+    with pytest.raises(ValueError, match=r"row_mask of shape \(2, 3\) does not match"):
+        with opt.preconditioner.row_mask(ids[:, :3] != 0):
+            model(ids)
+
+
+def test_padding_changes_the_step_when_not_masked():
+    torch.manual_seed(0)
+    m1 = nn.Sequential(nn.Embedding(7, 5), nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    m2 = copy.deepcopy(m1)
+    ids = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 2, 0]])
+    mask, y = ids != 0, torch.randn(2, 5, 3)
+    o1, o2 = DoPr(m1, lr=1e-2), DoPr(m2, lr=1e-2)
+    with o1.preconditioner.row_mask(mask):
+        out1 = m1(ids)
+    ((out1 - y) ** 2)[mask].sum().backward()
+    ((m2(ids) - y) ** 2)[mask].sum().backward()
+    o1.step()
+    o2.step()
+    assert not torch.allclose(m1[1].weight, m2[1].weight)

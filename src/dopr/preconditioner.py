@@ -12,6 +12,8 @@ from __future__ import annotations
 import fnmatch
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,7 +24,7 @@ from . import distributed
 from .capture import InputHooks
 from .functional import apply_inverse, factorize, second_moment_sum, statistics_dtype
 from .groups import TELEMETRY, Group, Layer, validate_state
-from .layers import Adapter, adapter_for, local, unsupported_reason
+from .layers import Adapter, ConvAdapter, adapter_for, local, unsupported_reason
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
@@ -113,6 +115,7 @@ class ActivationPreconditioner:
         self.step_count = 0
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
+        self._row_mask: Tensor | None = None
         self._grouping_frozen = not share_inputs
         self.layers: dict[str, Layer] = {}
         self.groups: dict[str, Group] = {}
@@ -208,6 +211,8 @@ class ActivationPreconditioner:
         dtype = statistics_dtype(layer.module.weight.dtype)
         with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
             z = layer.adapter.rows(layer.module, x)
+            if self._row_mask is not None and not isinstance(layer.adapter, ConvAdapter):
+                z = self._masked(layer.name, x, z)
             if self.max_rows is not None and z.shape[0] > self.max_rows:
                 idx = torch.randperm(z.shape[0], generator=self._generator)[: self.max_rows]
                 z = z[idx.to(z.device)]
@@ -221,6 +226,29 @@ class ActivationPreconditioner:
                 second_moment_sum(z.to(dtype), augment_bias=group.bias, out=group.total)
         group.rows += n
         group.accumulations += 1
+
+    @contextmanager
+    def row_mask(self, mask: Tensor) -> Iterator[None]:
+        """Count only the rows (tokens) where ``mask`` is true in the forwards run inside this block.
+
+        ``mask`` has the leading shape of the layer inputs (e.g. an attention mask ``batch x seq``),
+        so padding tokens do not enter Sigma. Layers whose input has other leading dims raise.
+        """
+        previous, self._row_mask = self._row_mask, mask.detach().bool()
+        try:
+            yield
+        finally:
+            self._row_mask = previous
+
+    def _masked(self, name: str, x: Tensor, z: Tensor) -> Tensor:
+        mask = self._row_mask
+        lead = x.shape[: mask.ndim]
+        if lead != mask.shape or mask.numel() != z.shape[0]:
+            raise ValueError(
+                f"row_mask of shape {tuple(mask.shape)} does not match the leading dims of the input of layer "
+                f"'{name}' {tuple(x.shape)}; pass a mask shaped like the input without its feature dim"
+            )
+        return z[mask.reshape(-1).to(z.device)]
 
     def reset_statistics(self) -> None:
         """Forget what forwards recorded since the last step (to discard an abandoned step)."""
