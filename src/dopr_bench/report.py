@@ -88,7 +88,7 @@ def paired(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[dict[
     return out
 
 
-def _colors(arms: list[str]) -> dict[str, Any]:
+def arm_colors(arms: list[str]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
     cmap = plt.get_cmap("tab10")
@@ -104,7 +104,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     runs = results["runs"]
     arms = arm_order(runs)
-    col = _colors(arms)
+    col = arm_colors(arms)
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for arm in arms:

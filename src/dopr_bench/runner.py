@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 import time
@@ -19,6 +17,7 @@ from .bc import BCData, parse_arm, train_bc
 from .data import DEFAULT_CACHE, Episode, expert_demos, read_minari, rollout
 from .policy import ActPolicy
 from .report import make_plots, summary_markdown
+from .results_io import save_json, saved_results
 from .tasks import EVAL_SEED, TASKS, VAL_SEED, TaskSpec, drift, expert_tag, quick
 
 
@@ -67,12 +66,6 @@ def _stack(eps: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([e.observations[:-1] for e in eps]), np.concatenate([e.actions for e in eps])
 
 
-def _save_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spec: TaskSpec, *,
               dataset: str | None = None, cache: Path = DEFAULT_CACHE, threads: int = 1, sigma: str | None = None,
               aux_lr: float | None = None, weight_decay: float = 0.0, video: bool = False,
@@ -100,12 +93,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
 
     res_path = out / "results.json"
     results: dict[str, Any] = {"task": task, "settings": settings, "runs": []}
-    if res_path.exists():
-        old = json.loads(res_path.read_text())
-        if old.get("settings") != json.loads(json.dumps(settings, default=float)):
-            diff = {k: (old.get("settings", {}).get(k), v) for k, v in settings.items()
-                    if old.get("settings", {}).get(k) != v}
-            raise SystemExit(f"{res_path} was made with other settings {diff}; use another --out or delete it")
+    if (old := saved_results(res_path, settings)) is not None:
         results["runs"] = old["runs"]
     results["n_train_transitions"] = len(obs)
     results["expert_demo_return"] = float(np.mean([e.ret for e in train_eps + val_eps]))
@@ -138,7 +126,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
                "eval_s": time.time() - t1, "wall_s": time.time() - t0, "threads": threads,
                "torch": torch.__version__, "dopr": dopr_version}
         results["runs"].append(run)
-        _save_json(res_path, results)
+        save_json(res_path, results)
         bar.write(f"{arm:>12} seed {seed}: val {rec['val_loss']:.3e}  return {np.mean(run['returns'] or [np.nan]):8.1f}"
                   f"  len {np.mean(run['lengths'] or [0]):6.1f}  drift {run['drift_std']:.3g}  ({run['wall_s']:.0f}s)")
         if video:
@@ -148,7 +136,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
     env.close()
     results["runs"].sort(key=lambda r: (optimizers.index(r["optimizer"]) if r["optimizer"] in optimizers else 99,
                                         r["seed"]))
-    _save_json(res_path, results)
+    save_json(res_path, results)
     md = summary_markdown(results)
     (out / "summary.md").write_text(md)
     make_plots(results, out)

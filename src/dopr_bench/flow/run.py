@@ -10,9 +10,7 @@ of the EMA weights for several numbers of integration steps.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -28,6 +26,7 @@ from torch import nn
 from ..bc import build_optimizer
 from ..policy import EMA
 from ..report import t_ci
+from ..results_io import save_json, saved_results
 from .data import evaluator, evaluator_fingerprint, load_digits_split, sample_quality
 
 
@@ -154,12 +153,8 @@ def run_flow_bench(optimizers: list[str], seeds: list[int], out: Path, spec: Flo
     settings = dict(asdict(spec), task="flow-digits", evaluator=evaluator_fingerprint(judge),
                     train_images=len(train_x), val_images=len(val_x))
     results: dict[str, Any] = {"settings": settings, "runs": []}
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("settings") == json.loads(json.dumps(settings)):
-            results = old
-        else:
-            raise SystemExit(f"{path} holds results with other settings; use another --out or delete it")
+    if (old := saved_results(path, settings)) is not None:
+        results = old
     results["command"] = " ".join(shlex.quote(a) for a in ["dopr-bench", *sys.argv[1:]])
     done = {(r["optimizer"], r["seed"]) for r in results["runs"]}
     for seed in seeds:
@@ -168,9 +163,7 @@ def run_flow_bench(optimizers: list[str], seeds: list[int], out: Path, spec: Flo
                 continue
             run = train_flow(arm, seed, spec, train_x, val, judge, progress)
             results["runs"].append(run)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1) + "\n")
-            os.replace(tmp, path)
+            save_json(path, results)
             best = min(run["quality"].values(), key=lambda q: q["frechet"])["frechet"]
             print(f"{arm:>14} seed {seed}: val loss {run['val_loss']:.4f}  best Frechet {best:.1f}  "
                   f"({run['wall_seconds']:.0f} s)", flush=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report import t_ci
+from ..report import arm_colors, t_ci
 
 
 def _fmt(mean: float, half: float, digits: int = 3) -> str:
@@ -134,14 +134,6 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _colors(names: list[str]) -> dict[str, Any]:
-    import matplotlib.pyplot as plt
-
-    cmap = plt.get_cmap("tab10")
-    bases = sorted({a.removeprefix("dopr-") for a in names})
-    return {a: cmap(bases.index(a.removeprefix("dopr-")) % 10) for a in names}
-
-
 def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -150,7 +142,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     runs = results["runs"]
     names, all_lrs, gs = arms(runs), lrs(runs), groups(runs)
-    col = _colors(names)
+    col = arm_colors(names)
     markers = "osD^v<>p*h"
     title = results["task"] + (" (LoRA)" if results["settings"].get("lora") else " (full fine-tuning)")
     paths = []

@@ -3,8 +3,6 @@ summary and plots."""
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 import time
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from ..bc import parse_arm
+from ..results_io import save_json, saved_results
 from .report import make_plots, summary_markdown
 from .train import Encoded, Example, FTConfig, encode, finetune, generate_eval, nll, pad_id, wrap_lora
 
@@ -32,12 +31,6 @@ class Source:
     val: list[Example]  # held-out examples of the training distribution: validation NLL
     evals: list[Example]  # judged by generation (exact match); ``group`` gives the breakdown
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _save_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def _lr_key(lr: float) -> str:
@@ -88,12 +81,7 @@ def run_lm_bench(source: Source, optimizers: list[str], seeds: list[int], lrs: l
     settings.pop("lr")
     res_path = out / "results.json"
     results: dict[str, Any] = {"task": f"lm:{source.name}", "settings": settings, "source": source.info, "runs": []}
-    if res_path.exists():
-        old = json.loads(res_path.read_text())
-        if old.get("settings") != json.loads(json.dumps(settings, default=float)):
-            diff = {k: (old.get("settings", {}).get(k), v) for k, v in settings.items()
-                    if old.get("settings", {}).get(k) != v}
-            raise SystemExit(f"{res_path} was made with other settings {diff}; use another --out or delete it")
+    if (old := saved_results(res_path, settings)) is not None:
         results["runs"] = old["runs"]
         results["source"] = old.get("source", results["source"])
     done = {(_lr_key(r["lr"]), r["optimizer"], r["seed"]) for r in results["runs"]}
@@ -116,14 +104,14 @@ def run_lm_bench(source: Source, optimizers: list[str], seeds: list[int], lrs: l
             train_cache[seed] = encode(tok, source.train(seed), cfg.max_len)
         run = run_one(source, arm, seed, replace(cfg, lr=lr), train_cache[seed], val_enc, eval_enc, progress)
         results["runs"].append(run)
-        _save_json(res_path, results)
+        save_json(res_path, results)
         groups = " ".join(f"{g}:{a:.2f}" for g, a in run["accuracy_by_group"].items())
         print(f"[{i + 1}/{len(todo)} {time.time() - t_start:.0f}s] {run['mode']} lr {_lr_key(lr)} {arm:>11} "
               f"seed {seed}: val NLL {run['val_nll']:.4f} acc {run['accuracy']:.3f} ({groups}) "
               f"{'DIVERGED ' if run['diverged'] else ''}({run['wall_s']:.0f}s)", flush=True)
     order = {a: i for i, a in enumerate(optimizers)}
     results["runs"].sort(key=lambda r: (r["lr"], order.get(r["optimizer"], 99), r["seed"]))
-    _save_json(res_path, results)
+    save_json(res_path, results)
     (out / "summary.md").write_text(summary_markdown(results))
     if plots:
         make_plots(results, out)
