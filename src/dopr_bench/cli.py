@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> None:
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     run_bench(args.task, optimizers, seeds, Path(args.out or f"results/{args.task}{'-quick' if args.quick else ''}"),
               spec, dataset=args.dataset, cache=Path(args.cache) if args.cache else DEFAULT_CACHE,
-              threads=args.threads, sigma=args.sigma, aux_lr=args.aux_lr, weight_decay=args.weight_decay,
+              threads=args.threads, sigma=args.sigma, refresh_every=args.refresh_every, aux_lr=args.aux_lr,
+              weight_decay=args.weight_decay,
               video=args.video, progress=not args.no_progress)
 
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--weight-decay", type=float, default=0.0)
     r.add_argument("--damping", type=float, default=None, help="DoPr damping gamma (lambda = gamma tr(Sigma)/d)")
     r.add_argument("--sigma", default=None, choices=["batch", "ema"], help="DoPr Sigma mode (default batch)")
+    r.add_argument("--refresh-every", type=int, default=None,
+                   help="DoPr: recompute Sigma and its factorization every k steps (default 1, the paper's)")
     r.add_argument("--ema", type=float, default=None, help="EMA rate of the evaluated weights")
     r.add_argument("--width", type=int, default=None)
     r.add_argument("--blocks", type=int, default=None)

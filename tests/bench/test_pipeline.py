@@ -75,3 +75,19 @@ def test_identical_init_and_batches_across_arms() -> None:
     m2, _ = train_bc("dopr-muon", 3, data, cfg, stats)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_refresh_every_reaches_dopr() -> None:
+    import torch
+
+    from dopr_bench.bc import BCData, train_bc
+
+    g = torch.Generator().manual_seed(0)
+    data = BCData(torch.randn(200, 5, generator=g), torch.randn(200, 2, generator=g),
+                  torch.randn(50, 5, generator=g), torch.randn(50, 2, generator=g))
+    cfg = dict(width=8, blocks=1, steps=7, batch=32, lr=1e-3, damping=0.1, weight_decay=0.0, aux_lr=None, ema=0.1,
+               std_floor=1e-3, clip=10.0, standardize=False, log_every=7, sigma=None)
+    _, exact = train_bc("dopr-adamw", 0, data, cfg, None)
+    _, every3 = train_bc("dopr-adamw", 0, data, cfg | {"refresh_every": 3}, None)
+    assert {s["refreshes"] for s in exact["dopr_stats"].values()} == {7}
+    assert {s["refreshes"] for s in every3["dopr_stats"].values()} == {3}  # steps 0, 3, 6
