@@ -40,7 +40,6 @@ class InputHooks:
     def __init__(self, modules: dict[str, nn.Module], callback: InputCallback) -> None:
         self._callback = callback
         self._handles: list[RemovableHandle] = []
-        self.active = True
         for name, module in modules.items():
             self._handles.append(module.register_forward_pre_hook(self._make_hook(name, module)))
 
@@ -48,7 +47,7 @@ class InputHooks:
         @torch.compiler.disable
         def hook(module: nn.Module, args: tuple) -> None:
             # a deepcopy of the model (an EMA copy, say) carries this hook along: ignore its forwards
-            if module is not owner or not self.active or not args or not records_gradients(module):
+            if module is not owner or not args or not records_gradients(module):
                 return
             x = args[0]
             if isinstance(x, Tensor):

@@ -26,8 +26,7 @@ class Layer:
 class Group:
     """Statistics and factorization shared by the layers that read one input."""
 
-    key: str
-    members: list[str]
+    members: list[str]  # members[0] names the group
     dim: int
     diagonal: bool
     bias: bool

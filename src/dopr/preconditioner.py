@@ -122,7 +122,6 @@ class ActivationPreconditioner:
         self.skipped: dict[str, str] = {}  # module name -> why it is left to the base optimizer
         self._discover(model)
         self._hooks = InputHooks({n: entry.module for n, entry in self.layers.items()}, self._on_input)
-        self._hooks.active = True
 
     # ----------------------------------------------------------------- discovery
     def _discover(self, model: nn.Module) -> None:
@@ -155,9 +154,7 @@ class ActivationPreconditioner:
                 self.skipped[name] = "parameter shared with another layer (e.g. tied embeddings)"
                 continue
             self.layers[name] = Layer(name, module, adapter, group=name)
-            self.groups[name] = Group(
-                name, [name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module)
-            )
+            self.groups[name] = Group([name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module))
 
     def preconditioned_parameters(self) -> list[nn.Parameter]:
         return [p for entry in self.layers.values() for p in entry.adapter.params(entry.module)]
@@ -197,8 +194,6 @@ class ActivationPreconditioner:
                 for member in other.members:
                     self.layers[member].group = other.members[0]
                 self.groups = {g.members[0]: g for g in self.groups.values()}
-                for g in self.groups.values():
-                    g.key = g.members[0]
                 return other
         return group
 
@@ -473,7 +468,7 @@ class ActivationPreconditioner:
         new_groups: dict[str, Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]
-            g = Group(key, list(saved["members"]), first.adapter.dim(first.module), first.adapter.diagonal,
+            g = Group(list(saved["members"]), first.adapter.dim(first.module), first.adapter.diagonal,
                        first.adapter.has_bias(first.module))
             device = first.module.weight.device
             g.ema = None if saved["ema"] is None else saved["ema"].to(device)
