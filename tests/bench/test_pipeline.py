@@ -60,16 +60,26 @@ def test_pipeline_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         main(argv + TINY[:-1] + ["--lr", "0.5", "--no-progress"])
 
 
-def test_identical_init_and_batches_across_arms() -> None:
+def _tiny_bc(**cfg_overrides: object) -> tuple[object, dict[str, object]]:
+    """Random BC data (200 train, 50 val transitions) and a tiny training config."""
     import torch
 
-    from dopr_bench.bc import BCData, train_bc
+    from dopr_bench.bc import BCData
 
     g = torch.Generator().manual_seed(0)
     data = BCData(torch.randn(200, 5, generator=g), torch.randn(200, 2, generator=g),
                   torch.randn(50, 5, generator=g), torch.randn(50, 2, generator=g))
     cfg = dict(width=8, blocks=1, steps=0, batch=32, lr=1e-3, damping=0.1, weight_decay=0.0, aux_lr=None, ema=0.1,
                std_floor=1e-3, clip=10.0, standardize=True, log_every=1, sigma=None)
+    return data, cfg | cfg_overrides
+
+
+def test_identical_init_and_batches_across_arms() -> None:
+    import torch
+
+    from dopr_bench.bc import train_bc
+
+    data, cfg = _tiny_bc()
     stats = (data.obs.numpy().mean(0), data.obs.numpy().std(0))
     m1, _ = train_bc("adamw", 3, data, cfg, stats)
     m2, _ = train_bc("dopr-muon", 3, data, cfg, stats)
@@ -78,15 +88,9 @@ def test_identical_init_and_batches_across_arms() -> None:
 
 
 def test_refresh_every_reaches_dopr() -> None:
-    import torch
+    from dopr_bench.bc import train_bc
 
-    from dopr_bench.bc import BCData, train_bc
-
-    g = torch.Generator().manual_seed(0)
-    data = BCData(torch.randn(200, 5, generator=g), torch.randn(200, 2, generator=g),
-                  torch.randn(50, 5, generator=g), torch.randn(50, 2, generator=g))
-    cfg = dict(width=8, blocks=1, steps=7, batch=32, lr=1e-3, damping=0.1, weight_decay=0.0, aux_lr=None, ema=0.1,
-               std_floor=1e-3, clip=10.0, standardize=False, log_every=7, sigma=None)
+    data, cfg = _tiny_bc(steps=7, standardize=False, log_every=7)
     _, exact = train_bc("dopr-adamw", 0, data, cfg, None)
     _, every3 = train_bc("dopr-adamw", 0, data, cfg | {"refresh_every": 3}, None)
     assert {s["refreshes"] for s in exact["dopr_stats"].values()} == {7}

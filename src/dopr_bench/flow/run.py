@@ -25,7 +25,7 @@ from torch import nn
 
 from ..bc import build_optimizer
 from ..policy import EMA
-from ..report import t_ci
+from ..report import arm_order, t_ci
 from ..results_io import save_json, saved_results
 from .data import evaluator, evaluator_fingerprint, load_digits_split, sample_quality
 
@@ -175,10 +175,6 @@ def run_flow_bench(optimizers: list[str], seeds: list[int], out: Path, spec: Flo
     return results
 
 
-def _arms(runs: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(r["optimizer"] for r in runs))
-
-
 def summary(results: dict[str, Any]) -> str:
     runs, s = results["runs"], results["settings"]
     ns = [str(n) for n in s["integration_steps"]]
@@ -193,7 +189,7 @@ def summary(results: dict[str, Any]) -> str:
         m, h = t_ci(values)
         return fmt.format(m) + (f" ± {fmt.replace('+', '').format(h)}" if np.isfinite(h) else "")
 
-    for arm in _arms(runs):
+    for arm in arm_order(runs):
         rs = [r for r in runs if r["optimizer"] == arm]
         fds = [cell([r["quality"][n]["frechet"] for r in rs], "{:.1f}") for n in ns]
         cov = cell([r["quality"][ns[-1]]["coverage"] for r in rs], "{:.1f}")
@@ -201,7 +197,7 @@ def summary(results: dict[str, Any]) -> str:
                      + " | ".join(fds) + f" | {cov} |")
     lines += ["", "Paired per-seed differences DoPr − base (negative is better for both columns):", "",
               "| pair | val FM loss | " + " | ".join(f"FD N={n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
-    arms = _arms(runs)
+    arms = arm_order(runs)
     for arm in arms:
         if not arm.startswith("dopr-") or arm[5:] not in arms:
             continue
@@ -223,7 +219,7 @@ def plots(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
-    arms = _arms(runs)
+    arms = arm_order(runs)
     ns = [str(n) for n in results["settings"]["integration_steps"]]
     colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))

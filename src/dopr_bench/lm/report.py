@@ -8,20 +8,13 @@ from typing import Any
 import numpy as np
 
 from ..report import arm_colors, t_ci
+from ..report import arm_order as arms
 
 
 def _fmt(mean: float, half: float, digits: int = 3) -> str:
     if not np.isfinite(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
-
-
-def arms(runs: list[dict[str, Any]]) -> list[str]:
-    seen: list[str] = []
-    for r in runs:
-        if r["optimizer"] not in seen:
-            seen.append(r["optimizer"])
-    return seen
 
 
 def lrs(runs: list[dict[str, Any]]) -> list[float]:
