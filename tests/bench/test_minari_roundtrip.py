@@ -59,3 +59,33 @@ def test_truncated_minari_dataset_gives_a_clear_error(tmp_path: Path) -> None:
         h5.write_bytes(h5.read_bytes()[:200])
     with pytest.raises(ValueError, match="could not be read.*truncated"):
         read_minari(path)
+
+
+def test_dataset_by_public_id_uses_the_local_copy_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """``--dataset mujoco/...`` resolves a Minari id under MINARI_DATASETS_PATH; nothing is downloaded."""
+    import json
+
+    import minari.storage.hosting as hosting
+
+    from dopr_bench.cli import main
+    from dopr_bench.experts.lqr import lqr_expert
+
+    env_id, dataset_id = "InvertedDoublePendulum-v5", "mujoco/inverteddoublependulum/expert-v0"
+    env = gym.make(env_id)
+    eps = [rollout(env, lqr_expert(env_id), seed, 40) for seed in range(3)]
+    env.close()
+    write_minari(eps, dataset_id, env_id, tmp_path / "minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bench tried to download a dataset that exists locally")
+
+    monkeypatch.setattr(hosting, "download_dataset", no_download)
+    out = tmp_path / "out"
+    main(["run", "idp", "--dataset", dataset_id, "--demos", "2", "--val-demos", "1", "--optimizers", "adamw,dopr-adamw",
+          "--seeds", "1", "--steps", "5", "--batch", "32", "--width", "8", "--blocks", "1", "--episodes", "1",
+          "--max-episode-steps", "10", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"])
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["source"] == f"minari:{dataset_id}" and res["settings"]["env_id"] == env_id
+    assert res["n_train_transitions"] == sum(e.length for e in eps[:2])
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.hdf5"))  # no expert demos made
