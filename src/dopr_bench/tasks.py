@@ -39,6 +39,8 @@ TASKS: dict[str, TaskSpec] = {
                     std_floor=1e-3, log_every=100),
     "hopper": TaskSpec("hopper", "Hopper-v5", demos=5, val_demos=5, steps=3000, ema=0.005, damping=0.1,
                        log_every=250),
+    "walker2d": TaskSpec("walker2d", "Walker2d-v5", demos=5, val_demos=5, steps=3000, ema=0.005, damping=0.1,
+                         log_every=250),
     "humanoid": TaskSpec("humanoid", "Humanoid-v5", demos=20, val_demos=5, steps=4000, ema=0.005, damping=0.1,
                          episodes=5, log_every=200),
 }
