@@ -68,3 +68,15 @@ def test_diagonal_sigma_without_damping_tolerates_unseen_tokens():
     assert f.ok.tolist() == [True]
     assert torch.allclose(f.inverse[0, :2], torch.tensor([4 / 3, 4.0])) and torch.isfinite(f.inverse).all()
     assert f.condition.item() == 3.0
+
+
+def test_finite_rows_matches_isfinite_all() -> None:
+    from dopr.functional import finite_rows
+
+    x = torch.randn(5, 7, 3)
+    x[1, 2, 0], x[3, 0, 1], x[4, 6, 2] = float("nan"), float("inf"), -float("inf")
+    assert finite_rows(x).tolist() == torch.isfinite(x).flatten(1).all(dim=1).tolist() == [True, False, True,
+                                                                                            False, False]
+    big = torch.full((2, 4), 6e4, dtype=torch.float16)  # finite values whose sum would overflow fp16
+    assert finite_rows(big).all()
+    assert finite_rows(torch.zeros(3, 0)).tolist() == [True, True, True]

@@ -22,6 +22,7 @@ __all__ = [
     "Factors",
     "apply_inverse",
     "factorize",
+    "finite_rows",
     "second_moment_sum",
     "statistics_dtype",
 ]
@@ -30,6 +31,17 @@ __all__ = [
 def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype statistics are kept in: float32, or float64 for float64 parameters."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def finite_rows(x: Tensor) -> Tensor:
+    """``B`` booleans: whether row ``b`` of ``x`` (``B x ...``) holds only finite values.
+
+    ``max |x|`` is finite exactly when every entry is (NaN propagates through ``amax``); one reduction
+    instead of the three passes of ``isfinite(x).all()``, which dominated DoPr's overhead on small layers.
+    """
+    if x.numel() == 0:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    return torch.isfinite(x.flatten(1).abs().amax(dim=1))
 
 
 def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = None) -> Tensor:
@@ -93,7 +105,7 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
         # a token never seen (frequency 0, no damping) has a zero gradient row: any finite factor will do
         seen = damped > 0
         inverse = torch.where(seen, damped.reciprocal(), torch.ones_like(damped))
-        ok = torch.isfinite(inverse).all(dim=-1) & (damped >= 0).all(dim=-1)
+        ok = finite_rows(inverse) & (damped >= 0).all(dim=-1)
         cond = damped.amax(dim=-1) / torch.where(seen, damped, damped.amax(dim=-1, keepdim=True)).amin(dim=-1)
         return Factors(inverse, lam, cond, ok, torch.zeros_like(ok))
     eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
@@ -103,7 +115,7 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
         retry = (~ok).nonzero().flatten()
         inv64, cond64, ok64 = _cholesky_inverse((sigma[retry] + lam[retry, None, None] * eye).double())
         inv64 = inv64.to(sigma.dtype)
-        ok64 &= torch.isfinite(inv64).flatten(1).all(dim=1)  # must also fit the statistics dtype
+        ok64 &= finite_rows(inv64)  # must also fit the statistics dtype
         inverse[retry], cond[retry] = inv64, cond64.to(sigma.dtype)
         ok[retry], used_float64[retry] = ok64, ok64
     return Factors(inverse, lam, cond, ok, used_float64)
@@ -115,7 +127,7 @@ def _cholesky_inverse(damped: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # failed entries hold a partial factor that cholesky_inverse would reject; give it I instead
     chol = torch.where(factored[:, None, None], chol, torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device))
     inverse = torch.cholesky_inverse(chol)
-    ok = factored & torch.isfinite(inverse).flatten(1).all(dim=1)
+    ok = factored & finite_rows(inverse)
     d = chol.diagonal(dim1=-2, dim2=-1).abs()
     cond = (d.amax(dim=-1) / d.amin(dim=-1)) ** 2
     return inverse, cond, ok

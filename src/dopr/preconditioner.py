@@ -22,7 +22,7 @@ from torch.autograd.profiler import record_function
 
 from . import distributed
 from .capture import InputHooks
-from .functional import apply_inverse, factorize, second_moment_sum, statistics_dtype
+from .functional import apply_inverse, factorize, finite_rows, second_moment_sum, statistics_dtype
 from .groups import TELEMETRY, Group, Layer, validate_state
 from .layers import Adapter, ConvAdapter, adapter_for, local, unsupported_reason
 
@@ -338,7 +338,7 @@ class ActivationPreconditioner:
                        for g in self.groups.values() if g.rows]
         if not checks:
             return True
-        flags = torch.stack([torch.isfinite(t).all() for _, t in checks])
+        flags = torch.cat([finite_rows(t.reshape(1, -1)) for _, t in checks])
         if bool(flags.all()):
             return True
         what = checks[int((~flags).nonzero()[0])][0]
