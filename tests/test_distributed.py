@@ -41,9 +41,9 @@ def _worker(rank: int, port: int, mode: str, out: dict) -> None:
     try:
         torch.set_num_threads(1)
         model = _model()
-        if mode == "ddp":
+        if mode in ("ddp", "ddp-split"):
             wrapped = nn.parallel.DistributedDataParallel(model)
-            opt = DoPr(wrapped, base="adamw", lr=1e-2, damping=1e-2)
+            opt = DoPr(wrapped, base="adamw", lr=1e-2, damping=1e-2, split_factorization=mode == "ddp-split")
             _train(wrapped, opt, _data(), rank, WORLD)
             params = [p.detach().clone() for p in model.parameters()]
         else:
@@ -69,7 +69,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_assign_owners_balances_cost_deterministically() -> None:
+    from dopr.distributed import assign_owners
+
+    assert assign_owners([216.0, 512.0, 343.0], 2) == [1, 0, 1]
+    assert assign_owners([1.0] * 5, 2) == [0, 1, 0, 1, 0]
+    assert assign_owners([8.0, 1.0], 4) == [0, 1]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "ddp-split", "fsdp2"])
 def test_two_ranks_equal_one_rank_on_the_combined_batch(mode):
     if not dist.is_available():
         pytest.skip("torch built without distributed")

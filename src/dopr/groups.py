@@ -45,6 +45,12 @@ class Group:
     damping: float | Tensor = float("nan")
     seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
 
+    def telemetry(self) -> dict[str, float | int | list[str]]:
+        return {"layers": list(self.members), "dim": self.dim, "trace_sigma": float(self.trace),
+                "condition_estimate": float(self.condition), "damping_used": float(self.damping),
+                "refreshes": self.refreshes, "fallbacks": self.fallbacks, "float64_retries": self.float64_retries,
+                "missing_statistics": self.missing_statistics}
+
 
 def validate_state(state: Any) -> None:
     required = ("step_count", "skipped_steps", "grouping_frozen", "generator", "groups")
