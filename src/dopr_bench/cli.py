@@ -35,10 +35,15 @@ def _run(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     import json
 
-    from .report import make_plots, summary_markdown
-
     out = Path(args.dir)
     results = json.loads((out / "results.json").read_text())
+    if str(results.get("task", "")).startswith("lm:"):
+        from .lm.report import make_plots, summary_markdown
+    elif results.get("settings", {}).get("task") == "flow-digits":
+        from .flow.run import plots as make_plots
+        from .flow.run import summary as summary_markdown
+    else:
+        from .report import make_plots, summary_markdown
     md = summary_markdown(results)
     (out / "summary.md").write_text(md)
     make_plots(results, out)
@@ -100,7 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     from .flow.cli import add_parser as add_flow_parser
 
     add_flow_parser(sub)
+    from .robo.cli import add_parser as add_robo_parser
+
+    add_robo_parser(sub)
     args = p.parse_args(argv)
+    if args.cmd == "robo":
+        args.argv = argv[1:]  # the exact arguments, for COMMAND.txt
     args.func(args)
 
 

@@ -70,6 +70,11 @@ def test_pipeline_tiny(tmp_path: Path, lora: bool) -> None:
     assert "dopr-adamw − adamw" in md and "dopr-muon − muon" in md
     for name in ("nll_vs_accuracy.png", "accuracy_vs_steps.png", "curves.png"):
         assert (out / name).stat().st_size > 1000
+    from dopr_bench.cli import main
+
+    (out / "summary.md").unlink()
+    main(["report", str(out)])  # rewrites the LM summary from results.json
+    assert "dopr-muon − muon" in (out / "summary.md").read_text()
     # resumable: a second call with the same settings trains nothing new
     again = run_lm_bench(source, arms[:2], [0], [1e-3], cfg, out, progress=False, plots=False)
     assert len(again["runs"]) == 8
@@ -82,3 +87,26 @@ def test_same_arm_same_seed_is_reproducible(tmp_path: Path) -> None:
     r2 = run_lm_bench(source, ["dopr-adamw"], [0], [1e-3], cfg, tmp_path / "b", progress=False, plots=False)
     assert r1["runs"][0]["val_nll"] == r2["runs"][0]["val_nll"]
     assert r1["runs"][0]["accuracy"] == r2["runs"][0]["accuracy"]
+
+
+@pytest.mark.parametrize("sigma_rows", ["attention-mask", "all"])
+def test_padding_rows_stay_out_of_sigma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigma_rows: str) -> None:
+    """With right-padded batches, each Linear layer's Sigma counts exactly the attention-mask tokens."""
+    import dopr.preconditioner as pre
+    from dopr_bench.lm import train as lm_train
+
+    source = synth.synth_source(TINY, tmp_path / "cache", progress=False)
+    encoded = lm_train.encode(source.tokenizer, source.train(0)[:4], 128)
+    assert len({len(e.ids) for e in encoded}) > 1  # the batch really is padded
+    rows: list[int] = []
+    real = pre.second_moment_sum
+
+    def spy(z, **kw):
+        rows.append(z.shape[0])
+        return real(z, **kw)
+
+    monkeypatch.setattr(pre, "second_moment_sum", spy)
+    cfg = FTConfig(steps=1, batch=4, lr=1e-3, sigma_rows=sigma_rows)  # batch = all 4 examples
+    lm_train.finetune(source.load_model(), encoded, [], lm_train.pad_id(source.tokenizer), "dopr-adamw", cfg, 0)
+    tokens, padded = sum(len(e.ids) for e in encoded), len(encoded) * max(len(e.ids) for e in encoded)
+    assert rows and set(rows) == {tokens if sigma_rows == "attention-mask" else padded}

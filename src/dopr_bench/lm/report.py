@@ -66,6 +66,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines.append(f"{s['steps']} steps at batch {s['batch']}, warmup {s['warmup']} then cosine, damping "
                  f"{s['damping']}, weight decay {s['weight_decay']}, grad clip {s['grad_clip']}"
                  + (f", LoRA r={s['lora_r']} alpha={s['lora_alpha']} on {s['lora_targets']}" if s.get("lora") else "")
+                 + (", DoPr's Sigma over the attention-masked tokens" if s.get("sigma_rows") == "attention-mask"
+                    else ", DoPr's Sigma over every token, padding included")
                  + f"; validation NLL on {s['n_val']} held-out examples of the training distribution (teacher-forced, "
                  f"answer tokens, nats/token); accuracy = exact match of the final answer in greedy generations on "
                  f"{s['n_eval']} held-out problems.")

@@ -3,6 +3,7 @@ teacher-forced validation NLL on the answer tokens, and exact-match accuracy of 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ class FTConfig:
     aux_lr: float | None = None
     grad_clip: float = 1.0  # 0: off
     sigma: str = "batch"
+    sigma_rows: str = "attention-mask"  # "all": padding tokens enter DoPr's Sigma too (results made before 2026-11-29)
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -51,7 +53,10 @@ class FTConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
+        out = {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
+        if out["sigma_rows"] == "all":  # the setting before the option existed: old result folders still resume
+            del out["sigma_rows"]
+        return out
 
 
 def encode(tokenizer: Any, examples: list[Example], max_len: int, with_eos: bool = True) -> list[Encoded]:
@@ -204,8 +209,11 @@ def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: in
             perm += torch.randperm(len(train), generator=gen).tolist()
         idx, perm = perm[:cfg.batch], perm[cfg.batch:]
         b = collate([train[i] for i in idx], pad)
-        opt.zero_grad()  # before the forward: DoPr's zero_grad also clears recorded activations
-        loss = model(**b).loss
+        opt.zero_grad()
+        # padding rows carry no loss; left in, they would weigh the pad token's activations into Sigma
+        masked = cfg.sigma_rows == "attention-mask" and hasattr(opt, "preconditioner")
+        with opt.preconditioner.row_mask(b["attention_mask"]) if masked else contextlib.nullcontext():
+            loss = model(**b).loss
         lv = float(loss.detach())
         if not math.isfinite(lv):
             diverged, error = True, "non-finite loss"
