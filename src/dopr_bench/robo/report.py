@@ -1,0 +1,132 @@
+"""summary.md (mean +- 95% t-interval per arm, paired DoPr - base differences) and plots of the manipulation bench."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..report import arm_colors, arm_order, t_ci
+
+
+def _cell(values: list[float], fmt: str = "{:.2f}") -> str:
+    mean, half = t_ci(values)
+    if not np.isfinite(mean):
+        return "n/a"
+    return fmt.format(mean) + (f" ± {fmt.replace('+', '').format(half)}" if np.isfinite(half) else "")
+
+
+def _pairs(runs: list[dict[str, Any]]) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    arms = arm_order(runs)
+    out = {}
+    for arm in arms:
+        if arm.startswith("dopr-") and arm[5:] in arms:
+            base = {r["seed"]: r for r in runs if r["optimizer"] == arm[5:]}
+            ps = [(r, base[r["seed"]]) for r in runs if r["optimizer"] == arm and r["seed"] in base]
+            if ps:
+                out[arm] = sorted(ps, key=lambda p: p[0]["seed"])
+    return out
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    runs, s, demos = results["runs"], results["settings"], results.get("demos", {})
+    lines = [f"# {results['task']} ({s['env_name']}): flow-matching image policy, base vs DoPr", ""]
+    lines.append(f"Demos: {s['demos']} training ({demos.get('train_frames', '?')} frames), {s['val_demos']} validation "
+                 f"({demos.get('val_frames', '?')} frames), source `{s['source']}`.")
+    if "expert_success" in demos:
+        lines.append(f"Scripted expert: {demos['expert_success']:.0%} success over the {demos['expert_attempts']} "
+                     f"episodes tried for these demos (only successes are kept), {demos['expert_mean_length']:.0f} "
+                     f"steps on average.")
+    params = runs[0]["params"] if runs else "?"
+    lines += [f"Policy: {params:,} parameters; cameras {', '.join(s['cameras'])} at {s['image_size']} px "
+              f"(render: {s['render']}), chunk {s['chunk']} actions, {s['execute']} executed per plan, "
+              f"{s['euler_steps']} Euler steps. Training: {s['steps']} steps at batch {s['batch']}, lr {s['lr']}, "
+              f"damping {s['damping']}, EMA rate {s['ema']}, random shift ±{s['shift']} px.",
+              f"Evaluation: EMA weights, {s['episodes']} rollouts (≤ {s['max_episode_steps']} steps, fixed start "
+              f"states and sampling noise) at each of {s['evals']} checkpoints; best = the best checkpoint "
+              f"(robomimic's protocol), final = the last, at min val = the checkpoint with the lowest validation loss.",
+              "", f"Command: `{results.get('command', '')}`" if results.get("command") else "",
+              "", "Mean ± 95% t-interval over seeds.", "",
+              "| arm | seeds | val FM loss (final) | train FM loss (final) | success best | success final | "
+              "success at min val | train s | rollout s |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm in arm_order(runs):
+        rs = [r for r in runs if r["optimizer"] == arm]
+        lines.append(f"| {arm} | {len(rs)} | {_cell([r['val_loss'] for r in rs], '{:.4f}')} | "
+                     f"{_cell([r['train_loss'] for r in rs], '{:.4f}')} | "
+                     f"{_cell([r['success_best'] for r in rs])} | {_cell([r['success_final'] for r in rs])} | "
+                     f"{_cell([r['success_at_min_val'] for r in rs])} | {np.mean([r['train_s'] for r in rs]):.0f} | "
+                     f"{np.mean([r['eval_s'] for r in rs]):.0f} |")
+    pairs = _pairs(runs)
+    if pairs:
+        lines += ["", "Paired per-seed differences DoPr − base (success: higher is better; loss: lower is better; "
+                  "wins = seeds where DoPr's best-checkpoint success is higher / equal):", "",
+                  "| pair | seeds | Δ success best | Δ success final | Δ val FM loss | DoPr wins / ties |",
+                  "|---|---|---|---|---|---|"]
+        for arm, ps in pairs.items():
+            db = [a["success_best"] - b["success_best"] for a, b in ps]
+            df = [a["success_final"] - b["success_final"] for a, b in ps]
+            dv = [a["val_loss"] - b["val_loss"] for a, b in ps]
+            lines.append(f"| {arm} − {arm[5:]} | {len(ps)} | {_cell(db, '{:+.2f}')} | {_cell(df, '{:+.2f}')} | "
+                         f"{_cell(dv, '{:+.4f}')} | {sum(d > 0 for d in db)} / {sum(d == 0 for d in db)} |")
+    lines += ["", "Per seed (success best / final, final val loss):", ""]
+    for arm in arm_order(runs):
+        rs = sorted((r for r in runs if r["optimizer"] == arm), key=lambda r: r["seed"])
+        lines.append(f"- {arm}: " + ", ".join(f"s{r['seed']} {r['success_best']:.2f} / {r['success_final']:.2f}, "
+                                              f"{r['val_loss']:.4f}" + (" (diverged)" if r["diverged"] else "")
+                                              for r in rs))
+    return "\n".join(lines) + "\n"
+
+
+def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    arms = arm_order(runs)
+    col = arm_colors(arms)
+    paths = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for arm in arms:
+            cks = [c for r in runs if r["optimizer"] == arm for c in r["checkpoints"]]
+            ax.scatter([c["val_loss"] for c in cks], [c["success_rate"] for c in cks], color=col[arm], label=arm,
+                       marker="o" if arm.startswith("dopr-") else "x", s=36, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel="validation flow-matching loss (EMA weights, fixed draws)", ylabel="rollout success rate",
+               title=f"{results['task']}: validation loss vs success (one point per checkpoint)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "val_loss_vs_success.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for arm in arms:
+            rs = [r for r in runs if r["optimizer"] == arm and r["checkpoints"]]
+            if not rs:
+                continue
+            ls = "-" if arm.startswith("dopr-") else "--"
+            steps = [c["step"] for c in rs[0]["checkpoints"]]
+            rates = np.array([[c["success_rate"] for c in r["checkpoints"]] for r in rs
+                              if len(r["checkpoints"]) == len(steps)])
+            axes[0].plot(steps, rates.mean(0), color=col[arm], ls=ls, marker="o", label=f"{arm} (mean of {len(rates)})")
+            for i, r in enumerate(rs):
+                c = np.asarray(r["val_curve"])
+                if len(c):
+                    axes[1].plot(c[:, 0], c[:, 1], color=col[arm], ls=ls, alpha=0.5, label=arm if i == 0 else None)
+        axes[0].set(xlabel="training step", ylabel="success rate", ylim=(-0.05, 1.05),
+                    title="rollout success over training (EMA weights)")
+        axes[1].set(xlabel="training step", ylabel="validation FM loss", yscale="log", title="validation loss")
+        for a in axes:
+            a.legend(fontsize=8)
+        fig.suptitle(f"{results['task']} (dashed: base, solid: DoPr)")
+        fig.tight_layout()
+        paths.append(out / "success_over_training.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
