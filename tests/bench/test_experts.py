@@ -25,17 +25,17 @@ def test_lqr_expert_balances_idp() -> None:
     assert ep.ret > 0.99 * 9.36 * 200  # alive bonus 10 per step minus tiny distance/velocity penalties
 
 
-@pytest.mark.parametrize("task", ["hopper", "humanoid"])
+ENV_IDS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "humanoid": "Humanoid-v5"}
+
+
+@pytest.mark.parametrize("task", sorted(ENV_IDS))
 def test_committed_ppo_expert_loads_weights_only(task: str) -> None:
     pt, js = expert_paths(task)
-    if not (pt.exists() and js.exists()):  # a humanoid.pt without its json is a training run in progress
-        if task == "hopper":
-            pytest.fail(f"the hopper expert {pt} must be committed")
-        pytest.skip(f"no {task} expert committed")
+    assert pt.exists() and js.exists(), f"the {task} expert {pt} and its {js.name} must be committed"
     state = torch.load(pt, map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     expert = MLPExpert(state)
-    env = gym.make({"hopper": "Hopper-v5", "humanoid": "Humanoid-v5"}[task])
+    env = gym.make(ENV_IDS[task])
     obs, _ = env.reset(seed=0)
     a = expert(obs)
     assert a.shape == env.action_space.shape and np.all(np.isfinite(a))
