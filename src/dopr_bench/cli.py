@@ -42,6 +42,8 @@ def _report(args: argparse.Namespace) -> None:
     elif results.get("settings", {}).get("task") == "flow-digits":
         from .flow.run import plots as make_plots
         from .flow.run import summary as summary_markdown
+    elif results.get("bench") == "robo":
+        from .robo.report import make_plots, summary_markdown
     else:
         from .report import make_plots, summary_markdown
     md = summary_markdown(results)

@@ -35,3 +35,8 @@ def test_same_seed_same_episode(env):
     np.testing.assert_array_equal(runs[0].states, runs[1].states)
     other = run_episode(env, EXPERTS[env.task](), seed=4, horizon=40, obs_keys=("robot0_eef_pos",))
     assert not np.array_equal(other.states[0], runs[0].states[0])
+    # a second environment (as in another process: robosuite draws e.g. Lift's cube size when it builds the model)
+    env2 = RoboEnv(default_env_args(TASKS[env.task], cameras=()), cameras=())
+    again = run_episode(env2, EXPERTS[env.task](), seed=3, horizon=40, obs_keys=("robot0_eef_pos",))
+    env2.close()
+    np.testing.assert_array_equal(again.actions, runs[0].actions)

@@ -67,6 +67,7 @@ def default_env_args(env_name: str, cameras: tuple[str, ...] = CAMERAS, size: in
             "ignore_done": True,
             "hard_reset": False,
             "lite_physics": True,
+            "seed": 0,
         },
         "dopr_render": render,
     }
@@ -101,6 +102,9 @@ def make_kwargs(env_args: dict[str, Any], cameras: tuple[str, ...], size: int) -
         kw["controller_configs"] = refactor_composite_controller_config(kw["controller_configs"], robots[0], ["right"])
     if "lite_physics" not in kw and _version(env_args.get("env_version")) < (1, 5):
         kw["lite_physics"] = False
+    # robosuite draws some model properties once per model load (Lift's cube size) from the env's rng: seed it, or
+    # every process would roll out in a slightly different environment
+    kw.setdefault("seed", 0)
     kw.update(robots=robots, has_renderer=False, has_offscreen_renderer=bool(cameras), use_camera_obs=bool(cameras),
               camera_names=list(cameras) or ["agentview"], camera_heights=size, camera_widths=size, camera_depths=False,
               ignore_done=True, hard_reset=False, render_gpu_device_id=-1)

@@ -98,7 +98,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
                        marker="o" if arm.startswith("dopr-") else "x", s=36, alpha=0.8)
         ax.set_xscale("log")
         ax.set(xlabel="validation flow-matching loss (EMA weights, fixed draws)", ylabel="rollout success rate",
-               title=f"{results['task']}: validation loss vs success (one point per checkpoint)")
+               ylim=(-0.05, 1.05), title=f"{results['task']}: validation loss vs success (one point per checkpoint)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(out / "val_loss_vs_success.png")

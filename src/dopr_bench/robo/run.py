@@ -23,7 +23,7 @@ from .train import RoboSpec, make_data, train_run
 MAX_EPISODE_STEPS = {"Lift": 150, "Stack": 250, "PickPlaceCan": 400, "NutAssemblySquare": 400, "ToolHang": 700,
                      "TwoArmTransport": 700}
 DEMO_HORIZON = {"lift": 200, "stack": 400}
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {"lift": {}, "stack": {"demos": 50, "max_episode_steps": 250}}
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"lift": {}, "stack": {"demos": 50}}
 QUICK: dict[str, Any] = dict(demos=8, val_demos=3, steps=150, batch=32, episodes=3, evals=1, log_every=50,
                              max_episode_steps=100)
 
@@ -108,13 +108,13 @@ def run_robo_bench(task: str, optimizers: list[str], seeds: list[int], out: Path
     sizes = {d.obs[f"{c}_image"].shape[1] for d in train_demos for c in spec.cameras}
     if sizes != {spec.image_size}:
         raise SystemExit(f"images are {sorted(sizes)} pixels, the bench is set for {spec.image_size} (--image-size)")
-    if dataset and spec.max_episode_steps == RoboSpec.max_episode_steps:
+    if spec.max_episode_steps is None:
         spec = replace(spec, max_episode_steps=MAX_EPISODE_STEPS.get(env_args["env_name"], 400))
     env = RoboEnv(env_args, spec.cameras, spec.image_size, render)
     settings = spec.settings() | {"task": task, "env_name": env_args["env_name"], "dataset": dataset,
                                   "source": source["source"], "render": env.render}
     path = out / "results.json"
-    results: dict[str, Any] = {"task": task, "settings": settings, "runs": []}
+    results: dict[str, Any] = {"bench": "robo", "task": task, "settings": settings, "runs": []}
     if (old := saved_results(path, settings)) is not None:
         results["runs"] = old["runs"]
     if command:

@@ -42,7 +42,7 @@ class RoboSpec:
     image_size: int = 84
     shift: int = 4  # random-shift augmentation (pixels)
     episodes: int = 20  # rollouts per checkpoint
-    max_episode_steps: int = 150
+    max_episode_steps: int | None = None  # rollout cap; None: the task's (MAX_EPISODE_STEPS in run.py)
     evals: int = 3  # evenly spaced checkpoints with rollouts (the last is the final weights)
     val_draws: int = 4
     log_every: int = 100
@@ -95,9 +95,10 @@ def make_data(demos: list[Demo], cameras: tuple[str, ...], chunk: int, pad: int)
     images = {}
     for cam in cameras:
         x = torch.as_tensor(np.concatenate([d.obs[f"{cam}_image"] for d in demos]))
-        if pad:
-            x = torch.nn.functional.pad(x.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
-            x = x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        if pad:  # replicate padding works on floats: pad in blocks to bound the temporary memory
+            x = torch.cat([torch.nn.functional.pad(x[i:i + 512].permute(0, 3, 1, 2).float(), (pad,) * 4,
+                                                   mode="replicate").to(torch.uint8).permute(0, 2, 3, 1)
+                           for i in range(0, len(x), 512)]).contiguous()
         images[cam] = x
     low = np.concatenate([low_dim(d.obs) for d in demos])
     return RoboData(images, torch.as_tensor(low), torch.as_tensor(np.concatenate(chunks), dtype=torch.float32), pad)
@@ -138,7 +139,7 @@ def rollouts(model: FlowPolicy, env: RoboEnv, spec: RoboSpec, episodes: int) -> 
         obs = env.reset(seed)
         queue: list[np.ndarray] = []
         success, steps = False, 0
-        while steps < spec.max_episode_steps:
+        while steps < (spec.max_episode_steps or 0):
             steps += 1
             if not queue:
                 images = {c: torch.as_tensor(np.ascontiguousarray(obs[f"{c}_image"]))[None] for c in model.cameras}
