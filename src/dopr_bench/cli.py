@@ -32,11 +32,8 @@ def _run(args: argparse.Namespace) -> None:
               video=args.video, progress=not args.no_progress)
 
 
-def _report(args: argparse.Namespace) -> None:
-    import json
-
-    out = Path(args.dir)
-    results = json.loads((out / "results.json").read_text())
+def write_report(out: Path, results: dict) -> str:
+    """summary.md and the plots of ``out`` from ``results``, by the bench that made them."""
     if str(results.get("task", "")).startswith("lm:"):
         from .lm.report import make_plots, summary_markdown
     elif results.get("settings", {}).get("task") == "flow-digits":
@@ -49,7 +46,36 @@ def _report(args: argparse.Namespace) -> None:
     md = summary_markdown(results)
     (out / "summary.md").write_text(md)
     make_plots(results, out)
-    print(md)
+    return md
+
+
+def _report(args: argparse.Namespace) -> None:
+    import json
+
+    out = Path(args.dir)
+    print(write_report(out, json.loads((out / "results.json").read_text())))
+
+
+def _merge(args: argparse.Namespace) -> None:
+    import json
+
+    from .results_io import merge_results, save_json
+
+    out, sources = Path(args.out), [Path(d) for d in args.sources]
+    parts = [json.loads((d / "results.json").read_text()) for d in ([out] if (out / "results.json").exists() else [])
+             + sources]
+    try:
+        merged = merge_results(parts)
+    except ValueError as err:
+        raise SystemExit(f"dopr-bench merge: {err}") from err
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "results.json", merged)
+    with (out / "COMMAND.txt").open("a") as f:
+        for d in sources:
+            if (d / "COMMAND.txt").exists():
+                f.write((d / "COMMAND.txt").read_text())
+        f.write("dopr-bench merge " + " ".join([args.out, *args.sources]) + "\n")
+    print(write_report(out, merged))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     rp = sub.add_parser("report", help="rewrite summary.md and the plots of an output directory from its results.json")
     rp.add_argument("dir")
     rp.set_defaults(func=_report)
+    mg = sub.add_parser("merge", help="add the runs of other output directories (same settings) to OUT, then report")
+    mg.add_argument("out")
+    mg.add_argument("sources", nargs="+")
+    mg.set_defaults(func=_merge)
     te = sub.add_parser("train-expert", help="train (or resume) a PPO expert for hopper / walker2d / humanoid")
     te.add_argument("task", choices=["hopper", "walker2d", "humanoid"])
     te.add_argument("--steps", type=int, default=None, help="total env steps (default: the recipe's)")

@@ -31,3 +31,31 @@ def saved_results(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None
         diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         raise SystemExit(f"{path} was made with other settings {diff}; use another --out or delete it")
     return old
+
+
+def run_key(run: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies one run in any bench: (lr where the bench sweeps it, optimizer, seed)."""
+    return run.get("lr"), run["optimizer"], run["seed"]
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from several made with the same settings (e.g. seeds run on different machines).
+
+    Raises ValueError if the settings differ or a run appears twice; the first part's other fields are kept.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    merged = dict(parts[0])
+    merged["runs"] = []
+    seen: set[tuple[Any, ...]] = set()
+    for i, part in enumerate(parts):
+        if part.get("settings") != parts[0].get("settings"):
+            diff = {k: (parts[0]["settings"].get(k), v) for k, v in part.get("settings", {}).items()
+                    if parts[0]["settings"].get(k) != v}
+            raise ValueError(f"part {i} was made with other settings {diff}; only runs of one setting can be merged")
+        for run in part["runs"]:
+            if run_key(run) in seen:
+                raise ValueError(f"run {run_key(run)} (lr, optimizer, seed) is in more than one part")
+            seen.add(run_key(run))
+            merged["runs"].append(run)
+    return merged

@@ -95,3 +95,22 @@ def test_refresh_every_reaches_dopr() -> None:
     _, every3 = train_bc("dopr-adamw", 0, data, cfg | {"refresh_every": 3}, None)
     assert {s["refreshes"] for s in exact["dopr_stats"].values()} == {7}
     assert {s["refreshes"] for s in every3["dopr_stats"].values()} == {3}  # steps 0, 3, 6
+
+
+def test_merge_runs_of_parallel_seeds(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    base = ["run", "idp", "--optimizers", "adamw,dopr-adamw", "--seeds", "1", "--cache", str(cache)] + TINY
+    main(base + ["--out", str(tmp_path / "a")])
+    main(base + ["--first-seed", "1", "--out", str(tmp_path / "b")])
+    main(["merge", str(tmp_path / "a"), str(tmp_path / "b")])
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert sorted((r["optimizer"], r["seed"]) for r in res["runs"]) == [("adamw", 0), ("adamw", 1),
+                                                                        ("dopr-adamw", 0), ("dopr-adamw", 1)]
+    summary = (tmp_path / "a" / "summary.md").read_text()
+    assert "| adamw | 2 |" in summary and "dopr-adamw − adamw | 2 |" in summary
+    assert "dopr-bench merge" in (tmp_path / "a" / "COMMAND.txt").read_text()
+    with pytest.raises(SystemExit, match="more than one part"):  # the same runs twice
+        main(["merge", str(tmp_path / "a"), str(tmp_path / "b")])
+    main(base[:-1] + ["--lr", "0.5", "--no-progress", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["merge", str(tmp_path / "a"), str(tmp_path / "c")])
