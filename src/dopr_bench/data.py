@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -152,5 +154,16 @@ def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarr
     eps = [rollout(env, expert, s, max_steps) for s in seeds]
     env.close()
     desc = f"{task} expert demonstrations ({tag}), seeds {first_seed}+"
-    write_minari(eps, dataset_id, env_id, cache, description=desc)
+    # written aside and renamed into place: runs started together (e.g. one per seed) may all be making it
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
+    try:
+        write_minari(eps, dataset_id, env_id, tmp_root, description=desc)
+        if not (path / "data" / "metadata.json").exists():
+            shutil.rmtree(path, ignore_errors=True)  # a broken entry
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # another process renamed its copy first: keep that one
+                os.rename(tmp_root / dataset_id, path)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
     return eps

@@ -89,3 +89,22 @@ def test_dataset_by_public_id_uses_the_local_copy_through_the_cli(tmp_path: Path
     assert res["settings"]["source"] == f"minari:{dataset_id}" and res["settings"]["env_id"] == env_id
     assert res["n_train_transitions"] == sum(e.length for e in eps[:2])
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.hdf5"))  # no expert demos made
+
+
+def test_demos_made_by_a_concurrent_run_are_kept(tmp_path: Path, monkeypatch) -> None:
+    """Runs started together all make the same cached dataset; the one that lands second must not fail."""
+    import dopr_bench.data as data
+
+    real = data.write_minari
+    env_id = "InvertedDoublePendulum-v5"
+
+    def other_run_finishes_first(eps, dataset_id, env, root, **kw):
+        real(eps, dataset_id, env, tmp_path / "cache", **kw)  # the other process's copy, already in place
+        return real(eps, dataset_id, env, root, **kw)
+
+    monkeypatch.setattr(data, "write_minari", other_run_finishes_first)
+    eps = expert_demos("idp", env_id, lambda o: np.zeros(1), 2, 0, "t", tmp_path / "cache", max_steps=5)
+    monkeypatch.setattr(data, "write_minari", real)
+    again = expert_demos("idp", env_id, lambda o: np.ones(1), 2, 0, "t", tmp_path / "cache", max_steps=5)
+    assert [e.actions.tolist() for e in again] == [e.actions.tolist() for e in eps]  # read from the cache
+    assert not list((tmp_path / "cache").glob(".tmp-*"))  # no temporary copies left behind
