@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
+
+
+def library_version() -> str:
+    """dopr's version plus the git commit of its source tree (``+dirty`` if src/dopr has local changes)."""
+    import dopr
+
+    src = Path(dopr.__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return dopr.__version__
+    return f"{dopr.__version__} {sha}{'+dirty' if dirty else ''}" if sha else dopr.__version__
 
 
 def save_json(path: Path, obj: dict[str, Any]) -> None:

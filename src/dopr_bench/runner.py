@@ -17,7 +17,7 @@ from .bc import BCData, parse_arm, train_bc
 from .data import DEFAULT_CACHE, Episode, expert_demos, read_minari, rollout
 from .policy import ActPolicy
 from .report import make_plots, summary_markdown
-from .results_io import save_json, saved_results
+from .results_io import library_version, save_json, saved_results
 from .tasks import EVAL_SEED, TASKS, VAL_SEED, TaskSpec, drift, expert_tag, quick
 
 
@@ -43,23 +43,6 @@ def load_episodes(spec: TaskSpec, dataset: str | None, cache: Path) -> tuple[lis
     train = expert_demos(spec.name, spec.env_id, expert, spec.demos, 0, tag, cache, progress=True)
     val = expert_demos(spec.name, spec.env_id, expert, spec.val_demos, VAL_SEED, tag, cache, progress=True)
     return train, val, spec.env_id, f"expert:{tag}"
-
-
-def library_version() -> str:
-    """dopr's version plus the git commit of its source tree (``+dirty`` if src/dopr has local changes)."""
-    import subprocess
-
-    import dopr
-
-    src = Path(dopr.__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return dopr.__version__
-    return f"{dopr.__version__} {sha}{'+dirty' if dirty else ''}" if sha else dopr.__version__
 
 
 def _stack(eps: list[Episode]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ of the EMA weights for several numbers of integration steps.
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from ..bc import build_optimizer
+from ..nets import Block, TimeEmbedding
 from ..policy import EMA
 from ..report import arm_order, t_ci
 from ..results_io import save_json, saved_results
@@ -47,25 +47,6 @@ class FlowSpec:
 
 
 QUICK = dict(steps=300, samples=300, integration_steps=(1, 4, 16), log_every=50)
-
-
-class TimeEmbedding(nn.Module):
-    def __init__(self, dim: int = 16) -> None:
-        super().__init__()
-        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), dim // 2)))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t[:, None] * self.freqs[None] * math.pi
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-class Block(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(torch.relu(self.fc1(torch.relu(h))))
 
 
 class VelocityField(nn.Module):

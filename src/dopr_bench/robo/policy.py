@@ -7,12 +7,12 @@ expert's chunk, target ``x_1 - x_0``), sampled by Euler integration from noise i
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..nets import Block, TimeEmbedding
 
 
 class SpatialSoftmax(nn.Module):
@@ -44,25 +44,6 @@ class ConvEncoder(nn.Module):
         h = F.relu(self.conv2(h))
         h = F.relu(self.conv3(h))
         return self.proj(self.softmax(self.keypoints(h)))
-
-
-class TimeEmbedding(nn.Module):
-    def __init__(self, dim: int = 32) -> None:
-        super().__init__()
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(100.0), dim // 2)))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t[:, None] * self.freqs[None] * math.pi
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-class Block(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(F.relu(self.fc1(F.relu(h))))
 
 
 class FlowPolicy(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 
 from ..bc import parse_arm
-from ..results_io import save_json, saved_results
+from ..results_io import library_version, save_json, saved_results
 from .data import DEFAULT_CACHE, cached_expert_demos, read_hdf5, split
 from .envs import PROPRIO_KEYS, TASKS, RoboEnv
 from .experts import Demo
@@ -73,21 +72,6 @@ def load_demos(task: str, spec: RoboSpec, dataset: str | None, cache: Path,
                                     "expert_attempts": attempts,
                                     "expert_mean_length": float(sum(len(d) for d in train + valid)
                                                                 / len(train + valid))}
-
-
-def library_version() -> str:
-    """dopr's version and the git commit of its source (``+dirty`` with local changes); as in the BC runner."""
-    import dopr
-
-    src = Path(dopr.__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return dopr.__version__
-    return f"{dopr.__version__} {sha}{'+dirty' if dirty else ''}" if sha else dopr.__version__
 
 
 def run_robo_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spec: RoboSpec, *,
