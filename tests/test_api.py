@@ -88,7 +88,7 @@ def test_dtypes(dtype, stat_dtype):
     x, y = torch.randn(16, 5, dtype=dtype), torch.randn(16, 3, dtype=dtype)
     losses = [_step(model, opt, x, y).item() for _ in range(20)]
     assert losses[-1] < losses[0]
-    assert all(g.inverse.dtype == stat_dtype for g in opt.preconditioner.groups.values())
+    assert all(g.factor.dtype == stat_dtype for g in opt.preconditioner.groups.values())
     assert all(p.dtype == dtype for p in model.parameters())
 
 
@@ -99,7 +99,7 @@ def test_bf16_autocast_keeps_statistics_in_fp32():
         loss = model(torch.randn(16, 5)).float().pow(2).mean()
     loss.backward()
     opt.step()
-    ref = copy.deepcopy(opt.preconditioner.groups["0"].inverse)
+    ref = copy.deepcopy(opt.preconditioner.groups["0"].factor)
     assert ref.dtype == torch.float32
 
 

@@ -41,9 +41,11 @@ def _worker(rank: int, port: int, mode: str, out: dict) -> None:
     try:
         torch.set_num_threads(1)
         model = _model()
-        if mode in ("ddp", "ddp-split"):
+        solve = "cholesky" if mode.endswith("-cholesky") else "inverse"
+        if mode.startswith("ddp"):
             wrapped = nn.parallel.DistributedDataParallel(model)
-            opt = DoPr(wrapped, base="adamw", lr=1e-2, damping=1e-2, split_factorization=mode == "ddp-split")
+            opt = DoPr(wrapped, base="adamw", lr=1e-2, damping=1e-2, split_factorization="split" in mode,
+                       solve=solve)
             _train(wrapped, opt, _data(), rank, WORLD)
             params = [p.detach().clone() for p in model.parameters()]
         else:
@@ -55,7 +57,7 @@ def _worker(rank: int, port: int, mode: str, out: dict) -> None:
                 if isinstance(layer, nn.Linear):
                     fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
-            opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2)
+            opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2, solve=solve)
             _train(model, opt, _data(), rank, WORLD)
             params = [p.full_tensor().detach().clone() for p in model.parameters()]
         out[rank] = params
@@ -77,7 +79,9 @@ def test_assign_owners_balances_cost_deterministically() -> None:
     assert assign_owners([8.0, 1.0], 4) == [0, 1]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "ddp-split", "fsdp2"])
+# "-cholesky": triangular solves with the Cholesky factor instead of the explicit inverse (split: the
+# factors themselves are all-reduced; FSDP2: each rank solves its own gradient rows)
+@pytest.mark.parametrize("mode", ["ddp", "ddp-split", "fsdp2", "ddp-split-cholesky", "fsdp2-cholesky"])
 def test_two_ranks_equal_one_rank_on_the_combined_batch(mode):
     if not dist.is_available():
         pytest.skip("torch built without distributed")

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from dopr.functional import apply_inverse, factorize, second_moment_sum
+from dopr.functional import (
+    apply_cholesky,
+    apply_factor,
+    apply_inverse,
+    factorize,
+    second_moment_sum,
+    symmetric_blocks,
+    symmetric_product_,
+)
 
 
 def test_second_moment_sum_with_bias_equals_the_augmented_outer_products():
@@ -80,3 +88,54 @@ def test_finite_rows_matches_isfinite_all() -> None:
     big = torch.full((2, 4), 6e4, dtype=torch.float16)  # finite values whose sum would overflow fp16
     assert finite_rows(big).all()
     assert finite_rows(torch.zeros(3, 0)).tolist() == [True, True, True]
+
+
+@pytest.mark.parametrize("d", [5, 255, 256, 300, 1031])
+def test_block_symmetric_product_equals_the_full_product(d: int) -> None:
+    z = torch.randn(40, d, dtype=torch.float64)
+    acc = torch.randn(d, d, dtype=torch.float64)
+    acc = acc + acc.T  # accumulating into a symmetric running sum, as over micro-batches
+    expected = acc + z.T @ z
+    symmetric_product_(acc, z)
+    assert torch.allclose(acc, expected, rtol=1e-12, atol=1e-10)
+    assert torch.allclose(acc, acc.T, rtol=1e-12, atol=1e-10)
+    assert symmetric_blocks(d) == (1 if d < 256 else min(8, d // 128))
+
+
+def test_second_moment_sum_with_bias_uses_the_block_product_for_wide_inputs() -> None:
+    z = torch.randn(30, 600, dtype=torch.float64)
+    za = torch.cat([z, torch.ones(30, 1, dtype=torch.float64)], dim=1)
+    assert torch.allclose(second_moment_sum(z, augment_bias=True), za.T @ za, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("d_out", [3, 40])
+def test_cholesky_solves_equal_the_explicit_inverse(d_out: int) -> None:
+    a = torch.randn(3, 50, 20, dtype=torch.float64) * torch.logspace(2, -3, 20, dtype=torch.float64)
+    sigma = a.mT @ a / 50
+    chol, inv = factorize(sigma, 1e-4, cholesky=True), factorize(sigma, 1e-4)
+    assert chol.kind == "cholesky" and inv.kind == "inverse" and bool(chol.ok.all())
+    assert torch.allclose(chol.factor @ chol.factor.mT, sigma + chol.damping[:, None, None] * torch.eye(20,
+                          dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    assert torch.equal(chol.condition, inv.condition) and torch.equal(chol.damping, inv.damping)
+    g = torch.randn(d_out, 20, dtype=torch.float64)
+    for b in range(3):
+        expected = torch.linalg.solve(sigma[b] + inv.damping[b] * torch.eye(20, dtype=torch.float64), g.T).T
+        assert torch.allclose(apply_cholesky(g, chol.factor[b]), expected, rtol=1e-8, atol=1e-10)
+        assert torch.allclose(apply_factor(g, chol.factor[b], "cholesky"), apply_factor(g, inv.factor[b], "inverse"),
+                              rtol=1e-8, atol=1e-10)
+    with pytest.raises(AttributeError, match="Cholesky factors"):
+        _ = chol.inverse
+
+
+def test_cholesky_factor_is_retried_in_float64_like_the_inverse() -> None:
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    bad = ((q * torch.logspace(0, -9, 12, dtype=torch.float64)) @ q.T).float()
+    bad = (bad + bad.T) / 2
+    if torch.linalg.cholesky_ex(bad).info == 0:
+        pytest.skip("this BLAS factorizes the matrix in float32; the retry path is not reached")
+    f = factorize(torch.stack([torch.eye(12), bad]), 0.0, cholesky=True)
+    assert f.ok.tolist() == [True, True] and f.used_float64.tolist() == [False, True]
+    assert f.factor.dtype == torch.float32
+    chol = f.factor[1].double()
+    assert torch.allclose(chol @ chol.T, bad.double(), rtol=0, atol=1e-6)

@@ -31,6 +31,33 @@ def test_linear_matches_reference(bias):
     _compare(mlp(bias=bias), _batches())
 
 
+@pytest.mark.parametrize("solve", ["cholesky", "inverse"])
+def test_both_solves_match_reference(solve):
+    model = mlp().double()
+    other = twin(model)
+    batches = _batches(sizes=(7, 16))
+    opt = train_fast(model, batches, 3, solve=solve)
+    train_reference(other, batches, 3)
+    assert {g.kind for g in opt.preconditioner.groups.values()} == {solve}
+    assert max_rel_diff(model, other) < 1e-9
+
+
+def test_auto_solve_picks_cholesky_for_wide_inputs_refreshed_every_step():
+    from dopr import ActivationPreconditioner
+
+    model = nn.Sequential(nn.Linear(8, 1100), nn.Tanh(), nn.Linear(1100, 16), nn.Tanh(), nn.Linear(16, 1200))
+    kinds = {}
+    for refresh in (1, 2):
+        ap = ActivationPreconditioner(model, refresh_every=refresh)
+        model(torch.randn(32, 8)).sum().backward()
+        ap.precondition_()
+        kinds[refresh] = {name: g.kind for name, g in ap.groups.items()}
+        ap.remove()
+    # layer 2 reads 1100 inputs into 16 outputs: Cholesky solves; layer 4 has more outputs than inputs
+    assert kinds[1] == {"0": "inverse", "2": "cholesky", "4": "inverse"}
+    assert kinds[2] == {"0": "inverse", "2": "inverse", "4": "inverse"}
+
+
 def test_gradient_accumulation_matches_reference():
     # micro-batches of different sizes: Sigma must be the mean over all rows of the step
     _compare(mlp(), _batches(sizes=(7, 16, 3)))

@@ -17,6 +17,7 @@ CONFIGS = {
     "muon": dict(base="muon", lr=2e-2, aux_lr=1e-2),
     "adamuon": dict(base="adamuon", lr=1e-2),
     "signum": dict(base="signum", lr=1e-3),
+    "adamw-cholesky-refresh3": dict(base="adamw", lr=1e-2, solve="cholesky", refresh_every=3),
 }
 
 
@@ -79,7 +80,7 @@ def test_state_dict_is_keyed_by_module_name_and_keeps_fp32_statistics_in_bf16_mo
     o_bf16 = DoPr(m_bf16, lr=1e-3, sigma="ema")
     o_bf16.load_state_dict(state)
     group = o_bf16.preconditioner.groups["0"]
-    assert group.ema.dtype == torch.float32 and group.inverse.dtype == torch.float32
+    assert group.ema.dtype == torch.float32 and group.factor.dtype == torch.float32
     # base optimizer state follows the parameter dtype, as torch.optim does
     assert all(v["exp_avg"].dtype == torch.bfloat16 for v in o_bf16.state.values())
 
@@ -103,7 +104,7 @@ def test_loading_state_of_a_different_model_names_the_layers():
 
 @pytest.mark.parametrize("corrupt,match", [
     (lambda s: s["dopr"].pop("groups"), r"missing \['groups'\]"),
-    (lambda s: s["dopr"]["groups"]["0"].pop("inverse"), "group '0' is malformed"),
+    (lambda s: s["dopr"]["groups"]["0"].pop("factor"), "group '0' is malformed"),
     (lambda s: s["dopr"]["groups"]["0"].update(members=[]), "no valid member names"),
     (lambda s: s["dopr"]["groups"]["0"].update(inverse=torch.eye(3)), "differently shaped model"),
 ])
@@ -129,3 +130,22 @@ def test_malformed_state_is_refused_before_anything_changes(corrupt, match):
     assert after["dopr"]["step_count"] == before["dopr"]["step_count"]
     assert all(torch.equal(a["exp_avg"], b["exp_avg"]) for a, b in zip(after["state"].values(),
                                                                           before["state"].values()))
+
+
+def test_a_state_dict_of_dopr_0_1_with_inverse_still_loads() -> None:
+    data = _data()
+    m = _make()
+    o = DoPr(m, damping=1e-2, base="adamw", lr=1e-2)
+    _train(m, o, data[:3])
+    state = copy.deepcopy(o.state_dict())  # as a checkpoint file would hold it: no aliasing of live tensors
+    for g in state["dopr"]["groups"].values():  # the layout before factors could be Cholesky factors
+        g["inverse"] = g.pop("factor")
+        del g["kind"]
+    m2 = _make()
+    m2.load_state_dict(m.state_dict())
+    o2 = DoPr(m2, damping=1e-2, base="adamw", lr=1e-2)
+    o2.load_state_dict(state)
+    _train(m, o, data[3:])
+    _train(m2, o2, data[3:])
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)

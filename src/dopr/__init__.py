@@ -5,7 +5,7 @@ inverse second moment of that layer's inputs, then hands the result to any base 
 """
 
 from .bases import AdaMuon, Signum
-from .functional import Factors, apply_inverse, factorize, second_moment_sum
+from .functional import Factors, apply_cholesky, apply_factor, apply_inverse, factorize, second_moment_sum
 from .optimizer import DoPr
 from .preconditioner import ActivationPreconditioner, NonFiniteError
 from .routing import BASES
@@ -18,6 +18,8 @@ __all__ = [
     "Factors",
     "NonFiniteError",
     "Signum",
+    "apply_cholesky",
+    "apply_factor",
     "apply_inverse",
     "factorize",
     "second_moment_sum",

@@ -54,27 +54,28 @@ def assign_owners(costs: list[float], world: int) -> list[int]:
     return owners
 
 
-def factorize_across_ranks(stacks: list[tuple[Tensor, bool]], gamma: float, eps: float,
+def factorize_across_ranks(stacks: list[tuple[Tensor, bool, bool]], gamma: float, eps: float,
                            process_group: Any = None) -> list[Factors]:
-    """:func:`~dopr.functional.factorize` of each ``(sigmas, diagonal)`` stack, the work split over the ranks.
+    """:func:`~dopr.functional.factorize` of each ``(sigmas, diagonal, cholesky)`` stack, the work split over the ranks.
 
     Every rank must pass the same stacks (the all-reduced Sigma); every rank gets every factor. Entries a
     rank does not own are zeros in its contribution, so the sum over ranks is exactly the owner's factor.
     """
     rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
-    costs = [float(s.shape[-1]) ** (1 if diagonal else 3) for s, diagonal in stacks for _ in range(s.shape[0])]
+    costs = [float(s.shape[-1]) ** (1 if diagonal else 3) for s, diagonal, _ in stacks for _ in range(s.shape[0])]
     owners = iter(assign_owners(costs, world))
     out: list[Factors] = []
-    for sigmas, diagonal in stacks:
+    for sigmas, diagonal, cholesky in stacks:
         mine = torch.tensor([next(owners) == rank for _ in range(sigmas.shape[0])], device=sigmas.device)
+        kind = "diagonal" if diagonal else "cholesky" if cholesky else "inverse"
         full = Factors(torch.zeros_like(sigmas), *(torch.zeros(sigmas.shape[0], dtype=sigmas.dtype,
-                                                               device=sigmas.device) for _ in range(4)))
+                                                               device=sigmas.device) for _ in range(4)), kind=kind)
         if bool(mine.any()):
-            f = factorize(sigmas[mine], gamma, eps=eps, diagonal=diagonal)
-            full.inverse[mine], full.damping[mine], full.condition[mine] = f.inverse, f.damping, f.condition
+            f = factorize(sigmas[mine], gamma, eps=eps, diagonal=diagonal, cholesky=cholesky)
+            full.factor[mine], full.damping[mine], full.condition[mine] = f.factor, f.damping, f.condition
             full.ok[mine], full.used_float64[mine] = f.ok.to(sigmas.dtype), f.used_float64.to(sigmas.dtype)
         out.append(full)
-    all_reduce_sum_([t for f in out for t in (f.inverse, f.damping, f.condition, f.ok, f.used_float64)],
+    all_reduce_sum_([t for f in out for t in (f.factor, f.damping, f.condition, f.ok, f.used_float64)],
                     process_group)
     for f in out:
         f.ok, f.used_float64 = f.ok > 0.5, f.used_float64 > 0.5

@@ -34,7 +34,8 @@ class Group:
     rows: int = 0
     accumulations: int = 0
     ema: Tensor | None = None
-    inverse: Tensor | None = None
+    factor: Tensor | None = None  # (Sigma + lambda I)^{-1}, its Cholesky factor, or diagonal reciprocals
+    kind: str = "inverse"  # how ``factor`` is applied: "inverse", "cholesky" or "diagonal"
     # telemetry
     refreshes: int = 0
     fallbacks: int = 0
@@ -54,7 +55,7 @@ class Group:
 
 def validate_state(state: Any) -> None:
     required = ("step_count", "skipped_steps", "grouping_frozen", "generator", "groups")
-    per_group = ("members", "ema", "inverse", *TELEMETRY)
+    per_group = ("members", "ema", *TELEMETRY)
     problem = None
     if not isinstance(state, dict):
         problem = f"expected a dict, got {type(state).__name__}"
@@ -66,6 +67,9 @@ def validate_state(state: Any) -> None:
         for key, g in state["groups"].items():
             if not isinstance(g, dict) or (missing := [k for k in per_group if k not in g]):
                 problem = f"group {key!r} is malformed (missing {missing if isinstance(g, dict) else 'everything'})"
+                break
+            if "factor" not in g and "inverse" not in g:  # "inverse": state dicts of dopr <= 0.1
+                problem = f"group {key!r} is malformed (missing ['factor'])"
                 break
             if not g["members"] or not all(isinstance(m, str) for m in g["members"]):
                 problem = f"group {key!r} has no valid member names"

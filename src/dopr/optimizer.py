@@ -39,7 +39,7 @@ class DoPr(Optimizer):
             keyword arguments of the AdamW that takes the other parameters, and the module-name
             patterns of Linear layers (output heads) that go to AdamW as well.
         sigma, ema_decay, refresh_every, max_rows, share_inputs, exclude, fallback, nonfinite, seed,
-            process_group, split_factorization: see :class:`~dopr.ActivationPreconditioner`.
+            process_group, split_factorization, solve: see :class:`~dopr.ActivationPreconditioner`.
         **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
     """
 
@@ -64,6 +64,7 @@ class DoPr(Optimizer):
         seed: int = 0,
         process_group: Any = None,
         split_factorization: bool = False,
+        solve: str = "auto",
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -78,7 +79,7 @@ class DoPr(Optimizer):
             model, damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
             max_rows=max_rows, share_inputs=share_inputs, exclude=exclude, fallback=fallback,
             nonfinite=nonfinite, seed=seed, process_group=process_group,
-            split_factorization=split_factorization,
+            split_factorization=split_factorization, solve=solve,
         )
         self.bases: list[tuple[str, Optimizer]] = bases
         self.routes: list[Route] = routes

@@ -22,7 +22,7 @@ from torch.autograd.profiler import record_function
 
 from . import distributed
 from .capture import InputHooks
-from .functional import apply_inverse, factorize, finite_rows, second_moment_sum, statistics_dtype
+from .functional import apply_factor, factorize, finite_rows, second_moment_sum, statistics_dtype
 from .groups import TELEMETRY, Group, Layer, validate_state
 from .layers import Adapter, ConvAdapter, adapter_for, local, unsupported_reason
 
@@ -31,6 +31,7 @@ __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 _SIGMA_MODES = ("batch", "ema")
 _FALLBACKS = ("last", "identity")
 _NONFINITE = ("raise", "skip")
+_SOLVES = ("auto", "inverse", "cholesky")
 
 
 class NonFiniteError(FloatingPointError):
@@ -63,6 +64,12 @@ class ActivationPreconditioner:
         split_factorization: under torch.distributed, each rank factorizes a cost-balanced share of the
             groups and the factors are all-reduced into place (worth it when factorization, ``~d^3``,
             outweighs one more all-reduce of Sigma's size).
+        solve: how ``(Sigma + lambda I)^{-1}`` is applied. ``"inverse"``: form it (``~d^3`` flops)
+            and multiply; ``"cholesky"``: keep the Cholesky factor (``d^3/3``) and do two triangular
+            solves. ``"auto"`` (default) picks ``"cholesky"`` for a group when Sigma is refreshed every
+            step, ``d >= 1024`` and the group's layers have at most ``d`` outputs in all (the wide
+            input of an MLP's down projection), where it saves most of the factorization; the
+            results agree to rounding.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class ActivationPreconditioner:
         seed: int = 0,
         process_group: Any = None,
         split_factorization: bool = False,
+        solve: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -99,6 +107,8 @@ class ActivationPreconditioner:
             raise ValueError(f"refresh_every must be an int >= 1, got {refresh_every!r}")
         if max_rows is not None and not (isinstance(max_rows, int) and max_rows >= 1):
             raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+        if solve not in _SOLVES:
+            raise ValueError(f"solve must be one of {_SOLVES}, got {solve!r}")
         if fallback not in _FALLBACKS:
             raise ValueError(f"fallback must be one of {_FALLBACKS}, got {fallback!r}")
         if nonfinite not in _NONFINITE:
@@ -117,6 +127,7 @@ class ActivationPreconditioner:
         self.eps = eps
         self.process_group = process_group
         self.split_factorization = bool(split_factorization)
+        self.solve = solve
         self.step_count = 0
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
@@ -290,7 +301,7 @@ class ActivationPreconditioner:
 
     def _apply(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor]) -> None:
         for entry, group in work:
-            if group.inverse is None:
+            if group.factor is None:
                 group.missing_statistics += 1
                 if group.missing_statistics == 1:
                     warnings.warn(
@@ -302,8 +313,8 @@ class ActivationPreconditioner:
                     )
                 continue
             g = grads[entry.name]
-            inverse = entry.adapter.local_inverse(entry.module, group.inverse)
-            m = apply_inverse(g.to(inverse.dtype), inverse)
+            factor = entry.adapter.local_inverse(entry.module, group.factor) if group.diagonal else group.factor
+            m = apply_factor(g.to(factor.dtype), factor, group.kind)
             entry.adapter.write_gradient(entry.module, m.to(g.dtype))
 
     def _reduce_across_ranks(self) -> None:
@@ -368,24 +379,27 @@ class ActivationPreconditioner:
                 else:
                     group.ema.mul_(self.ema_decay).add_(sigma, alpha=1 - self.ema_decay)
                 sigma = group.ema
-            buckets.setdefault((group.dim, group.diagonal, sigma.dtype, sigma.device), []).append((group, sigma))
-        stacks = [(torch.stack([s for _, s in items]), key[1]) for key, items in buckets.items()]
+            key = (group.dim, group.diagonal, self._uses_cholesky(group), sigma.dtype, sigma.device)
+            buckets.setdefault(key, []).append((group, sigma))
+        stacks = [(torch.stack([s for _, s in items]), key[1], key[2]) for key, items in buckets.items()]
         if self.split_factorization and distributed.is_distributed(self.process_group):
             factors = distributed.factorize_across_ranks(stacks, self.damping, self.eps, self.process_group)
         else:
-            factors = [factorize(sigmas, self.damping, eps=self.eps, diagonal=diag) for sigmas, diag in stacks]
-        for items, (sigmas, diagonal), f in zip(buckets.values(), stacks, factors):
+            factors = [factorize(sigmas, self.damping, eps=self.eps, diagonal=diag, cholesky=chol)
+                       for sigmas, diag, chol in stacks]
+        for items, (sigmas, diagonal, _), f in zip(buckets.values(), stacks, factors):
             traces = (sigmas if diagonal else sigmas.diagonal(dim1=-2, dim2=-1)).sum(dim=-1)
             for i, (ok, retried) in enumerate(zip(f.ok.tolist(), f.used_float64.tolist())):
                 group = items[i][0]
                 group.refreshes += 1
                 group.trace = traces[i]
                 if ok:
-                    group.inverse, group.damping, group.condition = f.inverse[i], f.damping[i], f.condition[i]
+                    group.factor, group.kind = f.factor[i], f.kind
+                    group.damping, group.condition = f.damping[i], f.condition[i]
                     group.float64_retries += int(retried)
                     continue
                 group.fallbacks += 1
-                kept = self.fallback == "last" and group.inverse is not None
+                kept = self.fallback == "last" and group.factor is not None
                 warnings.warn(
                     f"Cholesky of Sigma + lambda I failed in float32 and float64 for layer(s) {group.members} "
                     f"(trace of Sigma {float(traces[i]):.3g}, damping {self.damping}); "
@@ -393,9 +407,17 @@ class ActivationPreconditioner:
                     "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
                     RuntimeWarning, stacklevel=4,
                 )
-                if not kept:
+                if not kept:  # the identity is its own inverse and its own Cholesky factor
                     eye = torch.ones(group.dim, dtype=sigmas.dtype, device=sigmas.device)
-                    group.inverse = eye if diagonal else torch.diag(eye)
+                    group.factor, group.kind = (eye, "diagonal") if diagonal else (torch.diag(eye), f.kind)
+
+    def _uses_cholesky(self, group: Group) -> bool:
+        if group.diagonal or self.solve == "inverse":
+            return False
+        if self.solve == "cholesky":
+            return True
+        outputs = sum(self.layers[m].module.weight.shape[0] for m in group.members)
+        return self.refresh_every == 1 and group.dim >= 1024 and outputs <= group.dim
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> dict[str, dict[str, float | int | list[str]]]:
@@ -428,7 +450,8 @@ class ActivationPreconditioner:
                     "total": g.total,
                     "rows": g.rows,
                     "accumulations": g.accumulations,
-                    "inverse": g.inverse,
+                    "factor": g.factor,
+                    "kind": g.kind,
                     **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in TELEMETRY},
                 }
                 for key, g in self.groups.items()
@@ -448,7 +471,7 @@ class ActivationPreconditioner:
         for saved in groups.values():
             first = self.layers[saved["members"][0]]
             dim = first.adapter.dim(first.module)
-            for name in ("ema", "inverse", "total"):
+            for name in ("ema", "factor", "inverse", "total"):
                 t = saved.get(name)
                 if t is not None and t.shape[-1] != dim:
                     raise ValueError(
@@ -467,7 +490,9 @@ class ActivationPreconditioner:
                        first.adapter.has_bias(first.module))
             device = first.module.weight.device
             g.ema = None if saved["ema"] is None else saved["ema"].to(device)
-            g.inverse = None if saved["inverse"] is None else saved["inverse"].to(device)
+            factor = saved.get("factor", saved.get("inverse"))
+            g.factor = None if factor is None else factor.to(device)
+            g.kind = saved.get("kind", "diagonal" if g.diagonal else "inverse")
             for k in TELEMETRY:
                 setattr(g, k, saved[k])
             for m in g.members:
