@@ -1,11 +1,15 @@
 """Step time and memory of DoPr-X over X, measured side by side in one run.
 
 Arms are stepped round-robin (one step of each arm in turn) so that machine noise hits all arms
-alike; the ratio of medians is printed. A profiled step per DoPr arm gives the per-phase split
-(Sigma accumulation in the hooks, factorization, applying the inverse, the base optimizer step).
+alike; the ratio of medians is printed (for modes that refresh every k steps, the median is over
+whole k-step cycles, so the refresh is amortized). Profiled steps per DoPr arm (one full refresh
+cycle) give the per-phase split per step: Sigma accumulation in the hooks, factorization, applying
+the factor, the base optimizer step. On CUDA the peak allocated memory of each arm's step is
+measured as well.
 
     python benchmarks/overhead.py --model gpt --steps 20            # CPU, ~5M-parameter GPT
     python benchmarks/overhead.py --model cnn --steps 20
+    python benchmarks/overhead.py --model gpt --variants "exact:;rows1k:max_rows=1024"   # other modes
     python benchmarks/overhead.py --model gpt --preset gpt2-small --device cuda --dtype bfloat16   # GPU
 """
 
@@ -15,6 +19,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -93,9 +98,32 @@ def state_bytes(opt: object) -> int:
                 if torch.is_tensor(t))
     if isinstance(opt, DoPr):
         for g in opt.preconditioner.groups.values():
-            total += sum(t.numel() * t.element_size() for t in (g.inverse, g.ema) if t is not None)
+            total += sum(t.numel() * t.element_size() for t in (g.factor, g.ema) if t is not None)
             total += g.dim * (g.dim if not g.diagonal else 1) * 4  # the per-step Sigma accumulator
     return total
+
+
+def _value(v: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_variants(spec: str) -> dict[str, dict[str, object]]:
+    """``"exact:;fast:refresh_every=10,sigma=ema"`` -> ``{"exact": {}, "fast": {"refresh_every": 10, ...}}``."""
+    out: dict[str, dict[str, object]] = {}
+    for item in filter(None, spec.split(";")):
+        label, _, opts = item.partition(":")
+        out[label.strip()] = {k.strip(): _value(v.strip()) for k, v in (kv.split("=") for kv in opts.split(",") if kv)}
+    return out
+
+
+def cycle(opt: object) -> int:
+    """Steps after which an arm's costs repeat (its refresh period)."""
+    return opt.preconditioner.refresh_every if isinstance(opt, DoPr) else 1
 
 
 def main() -> None:
@@ -107,11 +135,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--bases", default="adamw,muon")
-    parser.add_argument("--fast", default="refresh_every=10", help="DoPr options of the 'fast' arm, k=v,...")
+    parser.add_argument("--variants", default="exact:;fast:refresh_every=10",
+                        help="DoPr arms as 'label:k=v,k=v;label2:...' (no options: the default, exact mode)")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-    fast_kw = {k: int(v) for k, v in (kv.split("=") for kv in args.fast.split(",") if kv)}
+    variants = parse_variants(args.variants)
 
     torch.manual_seed(0)
     if args.model == "gpt":
@@ -130,48 +160,64 @@ def main() -> None:
     arms: dict[str, tuple[nn.Module, object]] = {}
     for base in args.bases.split(","):
         lr = 0.02 if base == "muon" else 1e-3
-        for name, make in ((base, lambda m, b=base, lr=lr: Plain(m, b, lr)),
-                           (f"dopr-{base} exact", lambda m, b=base, lr=lr: DoPr(m, base=b, lr=lr)),
-                           (f"dopr-{base} fast", lambda m, b=base, lr=lr: DoPr(m, base=b, lr=lr, **fast_kw))):
+        model = copy.deepcopy(proto)
+        arms[base] = (model, Plain(model, base, lr))
+        for label, kw in variants.items():
             model = copy.deepcopy(proto)
-            arms[name] = (model, make(model))
+            arms[f"dopr-{base} {label}"] = (model, DoPr(model, base=base, lr=lr, **kw))
 
     def one_step(model: nn.Module, opt: object) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss_fn(model).backward()
+        for _ in range(args.accum):
+            loss_fn(model).backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    # Each round runs every arm for the length of its refresh cycle, so a round's time per step is
+    # that arm's amortized cost; rounds interleave the arms.
     times: dict[str, list[float]] = {name: [] for name in arms}
+    peaks: dict[str, int] = {name: 0 for name in arms}
     for i in range(args.warmup + args.steps):
         for name, (model, opt) in arms.items():
-            dt = one_step(model, opt)
+            k = cycle(opt)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            dt = sum(one_step(model, opt) for _ in range(k)) / k
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
             if i >= args.warmup:
                 times[name].append(dt)
 
     phases: dict[str, dict[str, float]] = {}
     for name, (model, opt) in arms.items():
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        k = cycle(opt)
         with profile(activities=acts) as prof:
-            one_step(model, opt)
+            for _ in range(k):
+                one_step(model, opt)
         split = {"sigma": 0.0, "factorize": 0.0, "apply": 0.0, "base step": 0.0}
         for evt in prof.key_averages():
             key = evt.key
-            ms = evt.cpu_time_total / 1e3
+            # device time where there is one (CPU time of a CUDA op is only its launch)
+            ms = (evt.device_time_total if device.type == "cuda" else evt.cpu_time_total) / 1e3 / k
             if key.startswith("dopr::"):
                 split[key.removeprefix("dopr::")] += ms
             elif key.startswith("Optimizer.step#") and "DoPr" not in key:
                 split["base step"] += ms
         phases[name] = split
 
+    tokens = f", {args.accum} micro-batches per step" if args.accum > 1 else ""
     print(f"{args.model} ({args.preset if args.model == 'gpt' else 'cnn'}), {n_params / 1e6:.1f}M params, "
-          f"{args.dtype} on {args.device}, median of {args.steps} interleaved steps")
-    print(f"{'arm':<20} {'ms/step':>9} {'ratio':>7} {'opt state MB':>13}  phases ms (sigma / factorize / apply / base)")
+          f"{args.dtype} on {args.device}{tokens}, median of {args.steps} interleaved rounds")
+    print("command: " + " ".join(sys.argv))
+    mem_head = f" {'peak MB':>8} {'mem ratio':>9}" if device.type == "cuda" else ""
+    print(f"{'arm':<26} {'ms/step':>9} {'ratio':>7} {'opt state MB':>13}{mem_head}  "
+          "phases ms/step (sigma / factorize / apply / base)")
     rows = []
     for name, ts in times.items():
         base = name.split(" ")[0].removeprefix("dopr-")
@@ -179,13 +225,16 @@ def main() -> None:
         ratio = med / statistics.median(times[base])
         mb = state_bytes(arms[name][1]) / 2**20
         p = phases[name]
-        print(f"{name:<20} {med * 1e3:>9.1f} {ratio:>7.3f} {mb:>13.1f}  "
+        mem = f" {peaks[name] / 2**20:>8.0f} {peaks[name] / max(peaks[base], 1):>9.3f}" if device.type == "cuda" else ""
+        print(f"{name:<26} {med * 1e3:>9.1f} {ratio:>7.3f} {mb:>13.1f}{mem}  "
               f"{p['sigma']:.1f} / {p['factorize']:.1f} / {p['apply']:.1f} / {p['base step']:.1f}")
-        rows.append(dict(arm=name, ms=med * 1e3, ratio=ratio, state_mb=mb, phases_ms=p))
+        rows.append(dict(arm=name, ms=med * 1e3, ratio=ratio, state_mb=mb, phases_ms=p,
+                         **({"peak_mb": peaks[name] / 2**20} if device.type == "cuda" else {})))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=args.model, preset=args.preset, params=n_params, dtype=args.dtype,
-                           device=args.device, steps=args.steps, rows=rows), f, indent=1)
+                           device=args.device, steps=args.steps, accum=args.accum, variants=variants,
+                           command=" ".join(sys.argv), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,32 @@ def test_non_finite_activation_names_the_layer():
     assert _unchanged(model, snap)
 
 
+def test_non_finite_activation_kept_as_rows_names_the_layer():
+    model = nn.Sequential(nn.Linear(20, 3))  # 4 rows into 21 columns: the rows are kept (Woodbury form)
+    opt = DoPr(model, lr=1e-2)
+    x = torch.randn(4, 20)
+    x[1, 2] = float("nan")
+    snap = _snapshot(model)
+    model(x).nan_to_num().sum().backward()
+    for p in model.parameters():
+        p.grad.nan_to_num_(0.0, 0.0, 0.0)
+    assert opt.preconditioner.groups["0"].kept and opt.preconditioner.groups["0"].total is None
+    with pytest.raises(NonFiniteError, match=r"input activations of layer\(s\) \['0'\]"):
+        opt.step()
+    assert _unchanged(model, snap)
+
+
+def test_singular_low_rank_form_falls_back_and_is_counted():
+    model = nn.Linear(10, 2, bias=False)
+    ap = ActivationPreconditioner(model, damping=0.0, fallback="identity")
+    model(torch.randn(3, 10)).sum().backward()  # 3 rows of 10 columns, no damping: singular
+    g = model.weight.grad.clone()
+    with pytest.warns(RuntimeWarning, match="using the plain gradient"):
+        ap.precondition_()
+    assert torch.equal(model.weight.grad, g)
+    assert ap.stats()[""]["fallbacks"] == 1
+
+
 def test_nonfinite_skip_skips_the_step_with_a_warning():
     model = mlp()
     opt = DoPr(model, lr=1e-2, nonfinite="skip")
@@ -67,6 +93,7 @@ def test_nonfinite_skip_skips_the_step_with_a_warning():
     (dict(lr=1e-3, damping=-0.1), ValueError, "damping must be"),
     (dict(lr=1e-3, sigma="running"), ValueError, "sigma must be one of"),
     (dict(lr=1e-3, refresh_every=0), ValueError, "refresh_every"),
+    (dict(lr=1e-3, solve="qr"), ValueError, "solve must be one of"),
     (dict(lr=1e-3, max_rows=0), ValueError, "max_rows"),
     (dict(lr=1e-3, ema_decay=1.0), ValueError, "ema_decay"),
     (dict(lr=1e-3, fallback="zero"), ValueError, "fallback"),

@@ -7,7 +7,9 @@ from dopr.functional import (
     apply_cholesky,
     apply_factor,
     apply_inverse,
+    apply_low_rank,
     factorize,
+    factorize_low_rank,
     second_moment_sum,
     symmetric_blocks,
     symmetric_product_,
@@ -139,3 +141,18 @@ def test_cholesky_factor_is_retried_in_float64_like_the_inverse() -> None:
     assert f.factor.dtype == torch.float32
     chol = f.factor[1].double()
     assert torch.allclose(chol @ chol.T, bad.double(), rtol=0, atol=1e-6)
+
+
+def test_low_rank_form_equals_the_inverse_of_the_formed_sigma() -> None:
+    z = torch.randn(6, 20, dtype=torch.float64) * torch.logspace(1, -1, 20, dtype=torch.float64)
+    g = torch.randn(4, 20, dtype=torch.float64)
+    f = factorize_low_rank(z, 1e-2)
+    full = factorize((z.T @ z / 6)[None], 1e-2)
+    assert f.ok and not f.used_float64 and torch.isclose(f.damping, full.damping[0])
+    assert torch.allclose(apply_low_rank(g, z, f.chol, f.damping), g @ full.inverse[0], rtol=1e-9, atol=1e-12)
+    eig = torch.linalg.eigvalsh(z.T @ z / 6 + f.damping * torch.eye(20, dtype=torch.float64))
+    assert 1 <= f.condition <= eig.max() / eig.min() * (1 + 1e-9)
+
+
+def test_low_rank_form_without_damping_is_singular_and_reported() -> None:
+    assert not factorize_low_rank(torch.randn(3, 10), 0.0).ok

@@ -149,3 +149,48 @@ def test_a_state_dict_of_dopr_0_1_with_inverse_still_loads() -> None:
     _train(m2, o2, data[3:])
     for a, b in zip(m.parameters(), m2.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_between_micro_batches_with_kept_rows_resumes_exactly() -> None:
+    # 3 + 3 rows into a 25-wide layer: the rows are kept until the step (Woodbury form)
+    g = torch.Generator().manual_seed(5)
+    data = [[(torch.randn(3, 24, generator=g), torch.randn(3, 2, generator=g)) for _ in range(2)] for _ in range(4)]
+
+    def make():
+        torch.manual_seed(6)
+        return nn.Sequential(nn.Linear(24, 30), nn.Tanh(), nn.Linear(30, 2))
+
+    def micro(model, x, y):
+        ((model(x) - y) ** 2).mean().backward()
+
+    m, m1 = make(), make()
+    o, o1 = DoPr(m, lr=1e-2, damping=1e-2), DoPr(m1, lr=1e-2, damping=1e-2)
+    for i, step in enumerate(data):
+        for model, opt in ((m, o), (m1, o1)) if i < 2 else ((m, o),):
+            opt.zero_grad()
+            for x, y in step:
+                micro(model, x, y)
+            opt.step()
+    assert o.preconditioner.groups["0"].kind == "low_rank"
+    o1.zero_grad()
+    micro(m1, *data[2][0])
+    assert o1.preconditioner.groups["0"].kept
+    buf = io.BytesIO()
+    torch.save({"model": m1.state_dict(), "opt": o1.state_dict(),
+                "grads": [p.grad for p in m1.parameters()]}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    m2 = make()
+    o2 = DoPr(m2, lr=1e-2, damping=1e-2)
+    m2.load_state_dict(ckpt["model"])
+    o2.load_state_dict(ckpt["opt"])
+    for p, grad in zip(m2.parameters(), ckpt["grads"]):
+        p.grad = grad
+    micro(m2, *data[2][1])
+    o2.step()
+    o2.zero_grad()
+    for x, y in data[3]:
+        micro(m2, x, y)
+    o2.step()
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)

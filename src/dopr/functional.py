@@ -20,9 +20,12 @@ from torch import Tensor
 
 __all__ = [
     "Factors",
+    "LowRankFactor",
     "apply_cholesky",
     "apply_factor",
     "apply_inverse",
+    "apply_low_rank",
+    "factorize_low_rank",
     "factorize",
     "finite_rows",
     "second_moment_sum",
@@ -200,3 +203,66 @@ def apply_factor(grad: Tensor, factor: Tensor, kind: str) -> Tensor:
     if kind == "cholesky":
         return apply_cholesky(grad, factor)
     return apply_inverse(grad, factor)
+
+
+@dataclass
+class LowRankFactor:
+    """``(Sigma + lambda I)^{-1}`` for ``Sigma = Z^T Z / n`` with fewer rows than columns (``n < d``).
+
+    Kept as ``Z`` (``n x d``) and the lower Cholesky factor ``L`` of ``K = n lambda I + Z Z^T``
+    (``n x n``); by the Woodbury identity ``(Sigma + lambda I)^{-1} = (I - Z^T K^{-1} Z) / lambda``.
+    ``condition`` estimates ``cond(Sigma + lambda I) = lambda_max(K) / (n lambda)`` from ``L``'s diagonal.
+    """
+
+    rows: Tensor
+    chol: Tensor
+    damping: Tensor
+    condition: Tensor
+    ok: bool
+    used_float64: bool
+
+
+def factorize_low_rank(z: Tensor, gamma: float, *, eps: float = 0.0) -> LowRankFactor:
+    """The Woodbury form of ``(Sigma + lambda I)^{-1}`` from the rows ``z`` (``n x d``) themselves.
+
+    Costs ``2 n^2 d + n^3/3`` instead of the ``2 n d^2 + d^3/3`` of forming and factorizing Sigma,
+    so it pays when ``n < d`` (small batches into wide layers). ``lambda = gamma tr(Sigma)/d + eps``
+    as in :func:`factorize`; ``lambda = 0`` with ``n < d`` is singular and reported as not ok.
+    """
+    n, d = z.shape
+    lam = gamma * z.square().sum() / (n * d) + eps
+    chol, ok = _cholesky_rows(z, lam)
+    used_float64 = False
+    if not ok and z.dtype != torch.float64:
+        chol64, ok64 = _cholesky_rows(z.double(), lam.double())
+        chol32 = chol64.to(z.dtype)
+        ok64 = ok64 and bool(finite_rows(chol32.reshape(1, -1))) and bool(chol32.diagonal().abs().amin() > 0)
+        if ok64:
+            chol, ok, used_float64 = chol32, True, True
+    cond = chol.diagonal().square().amax() / (n * lam) if ok else torch.full_like(lam, float("inf"))
+    return LowRankFactor(z, chol, lam, cond, ok, used_float64)
+
+
+def _cholesky_rows(z: Tensor, lam: Tensor) -> tuple[Tensor, bool]:
+    k = z @ z.T
+    k.diagonal().add_(z.shape[0] * lam)
+    chol, info = torch.linalg.cholesky_ex(k)
+    return chol, bool(info == 0) and bool(lam > 0) and bool(finite_rows(chol.reshape(1, -1)))
+
+
+def apply_low_rank(grad: Tensor, rows: Tensor, chol: Tensor, damping: Tensor) -> Tensor:
+    """``M = G (Z^T Z / n + lambda I)^{-1} = (G - (G Z^T) K^{-1} Z) / lambda`` (see :class:`LowRankFactor`).
+
+    The subtraction cancels most of ``G`` when ``lambda`` is small, so one step of iterative
+    refinement follows (``M += R P`` with the residual ``R = G - M (Sigma + lambda I)``): in float32
+    that makes it as accurate as the explicit inverse or better, for ``~4 d_out n d`` more flops.
+    """
+    n = rows.shape[0]
+    m = _woodbury(grad, rows, chol, damping)
+    residual = grad - (m @ rows.T) @ rows / n - damping * m
+    return m + _woodbury(residual, rows, chol, damping)
+
+
+def _woodbury(grad: Tensor, rows: Tensor, chol: Tensor, damping: Tensor) -> Tensor:
+    gz = grad @ rows.T
+    return (grad - torch.cholesky_solve(gz.T, chol).T @ rows) / damping

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .layers import Adapter
 
-__all__ = ["TELEMETRY", "Group", "Layer", "validate_state"]
+__all__ = ["TELEMETRY", "Group", "Layer", "check_group_shapes", "group_from_state", "group_state", "validate_state"]
 
 
 @dataclass
@@ -31,11 +32,14 @@ class Group:
     diagonal: bool
     bias: bool
     total: Tensor | None = None  # running sum of z z^T (or of one-hot counts) this step
+    kept: list[Tensor] = field(default_factory=list)  # or the rows themselves, while fewer than dim/2
     rows: int = 0
     accumulations: int = 0
     ema: Tensor | None = None
     factor: Tensor | None = None  # (Sigma + lambda I)^{-1}, its Cholesky factor, or diagonal reciprocals
-    kind: str = "inverse"  # how ``factor`` is applied: "inverse", "cholesky" or "diagonal"
+    kind: str = "inverse"  # how ``factor`` is applied: "inverse", "cholesky", "diagonal" or "low_rank"
+    low_rank_chol: Tensor | None = None  # kind "low_rank": factor is Z, this is chol(n lambda I + Z Z^T)
+    low_rank_damping: Tensor | None = None  # and this is lambda
     # telemetry
     refreshes: int = 0
     fallbacks: int = 0
@@ -82,3 +86,44 @@ def validate_state(state: Any) -> None:
 
 
 TELEMETRY = ("refreshes", "fallbacks", "float64_retries", "missing_statistics", "trace", "condition", "damping")
+
+
+def group_state(g: Group) -> dict[str, Any]:
+    """A group's entry in the preconditioner's state dict (telemetry as floats)."""
+    return {
+        "members": list(g.members),
+        "ema": g.ema,
+        # statistics of a step in progress, so a checkpoint taken mid-accumulation resumes exactly
+        "total": g.total,
+        "kept": torch.cat(g.kept) if g.kept else None,
+        "rows": g.rows,
+        "accumulations": g.accumulations,
+        "factor": g.factor,
+        "kind": g.kind,
+        "low_rank_chol": g.low_rank_chol,
+        "low_rank_damping": g.low_rank_damping,
+        **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in TELEMETRY},
+    }
+
+
+def check_group_shapes(saved: dict[str, Any], dim: int, bias: bool) -> None:
+    for name in ("ema", "factor", "inverse", "total", "kept"):
+        t = saved.get(name)
+        if t is not None and t.shape[-1] != dim - (bias and name == "kept"):  # kept rows lack the bias column
+            raise ValueError(
+                f"the saved {name} of layer(s) {saved['members']} is {tuple(t.shape)}, but this model's "
+                f"Sigma is {dim}x{dim}: the state dict belongs to a differently shaped model"
+            )
+
+
+def group_from_state(saved: dict[str, Any], dim: int, diagonal: bool, bias: bool, device: torch.device) -> Group:
+    """The group :func:`group_state` saved, without the statistics of a step in progress."""
+    g = Group(list(saved["members"]), dim, diagonal, bias)
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    g.ema = to(saved["ema"])
+    g.factor = to(saved.get("factor", saved.get("inverse")))  # "inverse": dopr 0.1
+    g.kind = saved.get("kind", "diagonal" if diagonal else "inverse")
+    g.low_rank_chol, g.low_rank_damping = to(saved.get("low_rank_chol")), to(saved.get("low_rank_damping"))
+    for k in TELEMETRY:
+        setattr(g, k, saved[k])
+    return g

@@ -22,8 +22,16 @@ from torch.autograd.profiler import record_function
 
 from . import distributed
 from .capture import InputHooks
-from .functional import apply_factor, factorize, finite_rows, second_moment_sum, statistics_dtype
-from .groups import TELEMETRY, Group, Layer, validate_state
+from .functional import (
+    apply_factor,
+    apply_low_rank,
+    factorize,
+    factorize_low_rank,
+    finite_rows,
+    second_moment_sum,
+    statistics_dtype,
+)
+from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .layers import Adapter, ConvAdapter, adapter_for, local, unsupported_reason
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -68,8 +76,11 @@ class ActivationPreconditioner:
             and multiply; ``"cholesky"``: keep the Cholesky factor (``d^3/3``) and do two triangular
             solves. ``"auto"`` (default) picks ``"cholesky"`` for a group when Sigma is refreshed every
             step, ``d >= 1024`` and the group's layers have at most ``d`` outputs in all (the wide
-            input of an MLP's down projection), where it saves most of the factorization; the
-            results agree to rounding.
+            input of an MLP's down projection), where it saves most of the factorization. Also with
+            ``"auto"``, a step with at most ``d/2`` rows (a small batch into a wide layer) keeps the
+            rows instead of forming Sigma and applies the inverse in its Woodbury form,
+            ``(I - Z^T (n lambda I + Z Z^T)^{-1} Z) / lambda`` (``sigma="batch"``, one process). All
+            forms agree to rounding.
     """
 
     def __init__(
@@ -231,12 +242,22 @@ class ActivationPreconditioner:
             if group.diagonal:
                 counts = torch.bincount(z, minlength=group.dim).to(dtype)
                 group.total = counts if group.total is None else group.total.add_(counts)
+            elif group.total is None and 2 * (group.rows + n) <= group.dim and self._low_rank_allowed():
+                group.kept.append(z.to(dtype))  # fewer rows than columns so far: keep the rows (Woodbury)
             else:
                 if group.total is None:
                     group.total = torch.zeros(group.dim, group.dim, dtype=dtype, device=z.device)
+                for kept in group.kept:
+                    second_moment_sum(kept, augment_bias=group.bias, out=group.total)
+                group.kept.clear()
                 second_moment_sum(z.to(dtype), augment_bias=group.bias, out=group.total)
         group.rows += n
         group.accumulations += 1
+
+    def _low_rank_allowed(self) -> bool:
+        # the Woodbury form needs this step's rows on this rank: not for EMA Sigma or a Sigma summed over ranks
+        return (self.solve == "auto" and self.sigma_mode == "batch"
+                and not distributed.is_distributed(self.process_group))
 
     @contextmanager
     def row_mask(self, mask: Tensor) -> Iterator[None]:
@@ -265,6 +286,7 @@ class ActivationPreconditioner:
         """Forget what forwards recorded since the last step (to discard an abandoned step)."""
         for group in self.groups.values():
             group.total, group.rows, group.accumulations = None, 0, 0
+            group.kept.clear()
             group.seen.clear()
         for layer in self.layers.values():
             layer.fires = layer.fires_outside_backward = 0
@@ -314,7 +336,10 @@ class ActivationPreconditioner:
                 continue
             g = grads[entry.name]
             factor = entry.adapter.local_inverse(entry.module, group.factor) if group.diagonal else group.factor
-            m = apply_factor(g.to(factor.dtype), factor, group.kind)
+            if group.kind == "low_rank":
+                m = apply_low_rank(g.to(factor.dtype), factor, group.low_rank_chol, group.low_rank_damping)
+            else:
+                m = apply_factor(g.to(factor.dtype), factor, group.kind)
             entry.adapter.write_gradient(entry.module, m.to(g.dtype))
 
     def _reduce_across_ranks(self) -> None:
@@ -350,7 +375,8 @@ class ActivationPreconditioner:
         checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
             checks += [(f"second moment of the input activations of layer(s) {g.members} (NaN/inf inputs, or "
-                        "activations so large that z z^T overflows float32, |z| > ~1e19)", g.total)
+                        "activations so large that z z^T overflows float32, |z| > ~1e19)",
+                        g.total if g.total is not None else torch.cat(g.kept))
                        for g in self.groups.values() if g.rows]
         if not checks:
             return True
@@ -372,6 +398,9 @@ class ActivationPreconditioner:
         """New Sigma (batch or EMA) and factorization for each group; equal sizes share one batched call."""
         buckets: dict[tuple, list[tuple[Group, Tensor]]] = {}
         for group in groups:
+            if group.total is None:
+                self._refresh_low_rank(group)
+                continue
             sigma = group.total / group.rows
             if self.sigma_mode == "ema":
                 if group.ema is None:
@@ -395,21 +424,40 @@ class ActivationPreconditioner:
                 group.trace = traces[i]
                 if ok:
                     group.factor, group.kind = f.factor[i], f.kind
+                    group.low_rank_chol = group.low_rank_damping = None
                     group.damping, group.condition = f.damping[i], f.condition[i]
                     group.float64_retries += int(retried)
                     continue
-                group.fallbacks += 1
-                kept = self.fallback == "last" and group.factor is not None
-                warnings.warn(
-                    f"Cholesky of Sigma + lambda I failed in float32 and float64 for layer(s) {group.members} "
-                    f"(trace of Sigma {float(traces[i]):.3g}, damping {self.damping}); "
-                    f"{'keeping the last good factor' if kept else 'using the plain gradient'} for this step. "
-                    "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
-                    RuntimeWarning, stacklevel=4,
-                )
-                if not kept:  # the identity is its own inverse and its own Cholesky factor
-                    eye = torch.ones(group.dim, dtype=sigmas.dtype, device=sigmas.device)
-                    group.factor, group.kind = (eye, "diagonal") if diagonal else (torch.diag(eye), f.kind)
+                self._fall_back(group, float(traces[i]), f.kind, stacklevel=5)
+
+    def _refresh_low_rank(self, group: Group) -> None:
+        z = torch.cat(group.kept)
+        if group.bias:
+            z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], dim=1)
+        f = factorize_low_rank(z, self.damping, eps=self.eps)
+        group.refreshes += 1
+        group.trace = z.square().sum() / z.shape[0]
+        if not f.ok:
+            self._fall_back(group, float(group.trace), "inverse", stacklevel=6)
+            return
+        group.factor, group.kind, group.low_rank_chol, group.low_rank_damping = z, "low_rank", f.chol, f.damping
+        group.damping, group.condition = f.damping, f.condition
+        group.float64_retries += int(f.used_float64)
+
+    def _fall_back(self, group: Group, trace: float, kind: str, stacklevel: int) -> None:
+        group.fallbacks += 1
+        kept = self.fallback == "last" and group.factor is not None
+        warnings.warn(
+            f"Cholesky of Sigma + lambda I failed in float32 and float64 for layer(s) {group.members} "
+            f"(trace of Sigma {trace:.3g}, damping {self.damping}); "
+            f"{'keeping the last good factor' if kept else 'using the plain gradient'} for this step. "
+            "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
+            RuntimeWarning, stacklevel=stacklevel,
+        )
+        if not kept:  # the identity is its own inverse and its own Cholesky factor
+            weight = self.layers[group.members[0]].module.weight
+            eye = torch.ones(group.dim, dtype=statistics_dtype(weight.dtype), device=local(weight).device)
+            group.factor, group.kind = (eye, "diagonal") if group.diagonal else (torch.diag(eye), kind)
 
     def _uses_cholesky(self, group: Group) -> bool:
         if group.diagonal or self.solve == "inverse":
@@ -442,20 +490,7 @@ class ActivationPreconditioner:
             "grouping_frozen": self._grouping_frozen,
             "generator": self._generator.get_state(),
             "fires": {n: (e.fires, e.fires_outside_backward) for n, e in self.layers.items()},
-            "groups": {
-                key: {
-                    "members": list(g.members),
-                    "ema": g.ema,
-                    # statistics of a step in progress, so a checkpoint taken mid-accumulation resumes exactly
-                    "total": g.total,
-                    "rows": g.rows,
-                    "accumulations": g.accumulations,
-                    "factor": g.factor,
-                    "kind": g.kind,
-                    **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in TELEMETRY},
-                }
-                for key, g in self.groups.items()
-            },
+            "groups": {key: group_state(g) for key, g in self.groups.items()},
         }
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
@@ -470,14 +505,7 @@ class ActivationPreconditioner:
             )
         for saved in groups.values():
             first = self.layers[saved["members"][0]]
-            dim = first.adapter.dim(first.module)
-            for name in ("ema", "factor", "inverse", "total"):
-                t = saved.get(name)
-                if t is not None and t.shape[-1] != dim:
-                    raise ValueError(
-                        f"the saved {name} of layer(s) {saved['members']} is {tuple(t.shape)}, but this model's "
-                        f"Sigma is {dim}x{dim}: the state dict belongs to a differently shaped model"
-                    )
+            check_group_shapes(saved, first.adapter.dim(first.module), first.adapter.has_bias(first.module))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore statistics saved by :meth:`state_dict`; validates everything before changing anything."""
@@ -486,18 +514,10 @@ class ActivationPreconditioner:
         new_groups: dict[str, Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]
-            g = Group(list(saved["members"]), first.adapter.dim(first.module), first.adapter.diagonal,
-                       first.adapter.has_bias(first.module))
-            device = first.module.weight.device
-            g.ema = None if saved["ema"] is None else saved["ema"].to(device)
-            factor = saved.get("factor", saved.get("inverse"))
-            g.factor = None if factor is None else factor.to(device)
-            g.kind = saved.get("kind", "diagonal" if g.diagonal else "inverse")
-            for k in TELEMETRY:
-                setattr(g, k, saved[k])
-            for m in g.members:
+            new_groups[key] = group_from_state(saved, first.adapter.dim(first.module), first.adapter.diagonal,
+                                               first.adapter.has_bias(first.module), first.module.weight.device)
+            for m in saved["members"]:
                 self.layers[m].group = key
-            new_groups[key] = g
         self.groups = new_groups
         self.step_count = int(state["step_count"])
         self.skipped_steps = int(state["skipped_steps"])
@@ -506,8 +526,10 @@ class ActivationPreconditioner:
         self.reset_statistics()
         for key, saved in groups.items():
             g = self.groups[key]
-            if saved.get("total") is not None:
-                g.total = saved["total"].to(local(self.layers[g.members[0]].module.weight).device)
+            device = local(self.layers[g.members[0]].module.weight).device
+            if saved.get("total") is not None or saved.get("kept") is not None:
+                g.total = None if saved.get("total") is None else saved["total"].to(device)
+                g.kept = [] if saved.get("kept") is None else [saved["kept"].to(device)]
                 g.rows, g.accumulations = int(saved["rows"]), int(saved["accumulations"])
         for name, (fires, outside) in state.get("fires", {}).items():
             self.layers[name].fires, self.layers[name].fires_outside_backward = fires, outside
