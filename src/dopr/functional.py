@@ -41,12 +41,18 @@ def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
 def finite_rows(x: Tensor) -> Tensor:
     """``B`` booleans: whether row ``b`` of ``x`` (``B x ...``) holds only finite values.
 
-    ``max |x|`` is finite exactly when every entry is (NaN propagates through ``amax``); one reduction
-    instead of the three passes of ``isfinite(x).all()``, which dominated DoPr's overhead on small layers.
+    A finite row sum proves the row finite (an inf or NaN entry makes the sum inf or NaN), and a sum
+    is one cheap pass, several times faster than ``isfinite(x).all()`` or ``abs().amax()`` on CPU;
+    only when a sum is not finite (a bad entry, or finite entries whose sum overflows) are the row's
+    extremes checked.
     """
     if x.numel() == 0:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return torch.isfinite(x.flatten(1).abs().amax(dim=1))
+    flat = x.flatten(1)
+    ok = torch.isfinite(flat.sum(dim=1))
+    if bool(ok.all()):
+        return ok
+    return torch.isfinite(flat.amax(dim=1)) & torch.isfinite(flat.amin(dim=1))
 
 
 def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = None) -> Tensor:
@@ -173,8 +179,9 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
 def _cholesky(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor]:
     chol, info = torch.linalg.cholesky_ex(damped)
     factored = info == 0
-    # failed entries hold a partial factor that cholesky_inverse would reject; give it I instead
-    chol = torch.where(factored[:, None, None], chol, torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device))
+    if not bool(factored.all()):  # failed entries hold a partial factor that cholesky_inverse would reject
+        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+        chol = torch.where(factored[:, None, None], chol, eye)
     factor = chol if keep_factor else torch.cholesky_inverse(chol)
     ok = factored & finite_rows(factor)
     d = chol.diagonal(dim1=-2, dim2=-1).abs()
