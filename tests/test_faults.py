@@ -112,13 +112,16 @@ def test_a_module_used_twice_in_one_forward_matches_the_reference():
     assert max_rel_diff(model, twin) < 1e-9
 
 
-def test_resume_in_the_middle_of_gradient_accumulation():
+# (24 inputs, 3 rows): the first layer keeps its rows for the Woodbury form (9 rows per step <= 25/2),
+# the second folds them into Sigma at the second micro-batch (6 rows > 9/2)
+@pytest.mark.parametrize("d_in, rows", [(5, 8), (24, 3)])
+def test_resume_in_the_middle_of_gradient_accumulation(d_in, rows):
     def make():
         torch.manual_seed(0)
-        return mlp()
+        return mlp(d_in=d_in)
 
     g = torch.Generator().manual_seed(1)
-    micro = [(torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)) for _ in range(6)]
+    micro = [(torch.randn(rows, d_in, generator=g), torch.randn(rows, 3, generator=g)) for _ in range(6)]
 
     def run(model, opt, batches, start=0):
         for i, (x, y) in enumerate(batches, start):
@@ -134,6 +137,7 @@ def test_resume_in_the_middle_of_gradient_accumulation():
     m1 = make()
     o1 = DoPr(m1, lr=1e-2)
     run(m1, o1, micro[:4])  # stop after the first micro-batch of the second step
+    assert bool(o1.preconditioner.groups["0"].kept) == (d_in == 24)
     buf = io.BytesIO()
     torch.save({"model": m1.state_dict(), "opt": o1.state_dict(),
                 "grads": [p.grad for p in m1.parameters()]}, buf)

@@ -39,14 +39,20 @@ def test_factorize_matches_explicit_inverse_for_a_batch():
     assert f.ok.all() and not f.used_float64.any()
 
 
-def test_float32_failure_is_retried_in_float64():
-    # a positive definite float32 matrix with condition 1e9: float32 Cholesky breaks down, float64 does not
+def _fails_in_float32() -> torch.Tensor:
+    """A positive definite float32 matrix with condition 1e9 (skips where float32 Cholesky copes)."""
     g = torch.Generator().manual_seed(4)
     q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
     bad = ((q * torch.logspace(0, -9, 12, dtype=torch.float64)) @ q.T).float()
     bad = (bad + bad.T) / 2
     if torch.linalg.cholesky_ex(bad).info == 0:
         pytest.skip("this BLAS factorizes the matrix in float32; the retry path is not reached")
+    return bad
+
+
+def test_float32_failure_is_retried_in_float64():
+    # a positive definite float32 matrix with condition 1e9: float32 Cholesky breaks down, float64 does not
+    bad = _fails_in_float32()
     f = factorize(torch.stack([torch.eye(12), bad]), 0.0)
     assert f.ok.tolist() == [True, True] and f.used_float64.tolist() == [False, True]
     assert f.inverse.dtype == torch.float32
@@ -132,12 +138,7 @@ def test_cholesky_solves_equal_the_explicit_inverse(d_out: int) -> None:
 
 
 def test_cholesky_factor_is_retried_in_float64_like_the_inverse() -> None:
-    g = torch.Generator().manual_seed(4)
-    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
-    bad = ((q * torch.logspace(0, -9, 12, dtype=torch.float64)) @ q.T).float()
-    bad = (bad + bad.T) / 2
-    if torch.linalg.cholesky_ex(bad).info == 0:
-        pytest.skip("this BLAS factorizes the matrix in float32; the retry path is not reached")
+    bad = _fails_in_float32()
     f = factorize(torch.stack([torch.eye(12), bad]), 0.0, cholesky=True)
     assert f.ok.tolist() == [True, True] and f.used_float64.tolist() == [False, True]
     assert f.factor.dtype == torch.float32
