@@ -98,8 +98,9 @@ def state_bytes(opt: object) -> int:
                 if torch.is_tensor(t))
     if isinstance(opt, DoPr):
         for g in opt.preconditioner.groups.values():
-            total += sum(t.numel() * t.element_size() for t in (g.factor, g.ema) if t is not None)
-            total += g.dim * (g.dim if not g.diagonal else 1) * 4  # the per-step Sigma accumulator
+            total += sum(t.numel() * t.element_size() for t in (g.factor, g.ema, g.low_rank_chol) if t is not None)
+            if g.kind != "low_rank":  # the per-step Sigma accumulator (the Woodbury form keeps rows instead)
+                total += g.dim * (g.dim if not g.diagonal else 1) * 4
     return total
 
 
