@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,26 @@ def arm_colors(arms: list[str]) -> dict[str, Any]:
     return {a: cmap(bases.index(a.removeprefix("dopr-")) % 10) for a in arms}
 
 
+def scatter_by_arm(ax: Any, arms: list[str], points: Callable[[str], tuple[list[float], list[float]]],
+                   **style: Any) -> None:
+    """One scatter series per arm (``points(arm) -> (xs, ys)``): base arms as x, DoPr arms as o, log x axis."""
+    col = arm_colors(arms)
+    for arm in arms:
+        xs, ys = points(arm)
+        ax.scatter(xs, ys, color=col[arm], label=arm, marker="o" if arm.startswith("dopr-") else "x", **style)
+    ax.set_xscale("log")
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -107,19 +128,15 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
     col = arm_colors(arms)
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for arm in arms:
+
+    def points(arm: str) -> tuple[list[float], list[float]]:
         rs = [r for r in runs if r["optimizer"] == arm]
-        ax.scatter([r["val_loss"] for r in rs], [run_return(r) for r in rs], color=col[arm], label=arm,
-                   marker="o" if arm.startswith("dopr-") else "x", s=40)
-    ax.set_xscale("log")
-    ax.set_xlabel("validation loss (EMA weights, held-out expert demos)")
-    ax.set_ylabel("mean rollout return")
-    ax.set_title(f"{results['task']}: validation loss vs test return (one point per seed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "scatter_val_vs_return.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+        return [r["val_loss"] for r in rs], [run_return(r) for r in rs]
+
+    scatter_by_arm(ax, arms, points, s=40)
+    ax.set(xlabel="validation loss (EMA weights, held-out expert demos)", ylabel="mean rollout return",
+           title=f"{results['task']}: validation loss vs test return (one point per seed)")
+    paths.append(save_figure(fig, out / "scatter_val_vs_return.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm in arms:
@@ -135,8 +152,5 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.suptitle(f"{results['task']}: training curves (dashed: base, solid: DoPr)")
-    fig.tight_layout()
-    paths.append(out / "curves.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "curves.png"))
     return paths

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report import arm_colors, arm_order, t_ci
+from ..report import arm_colors, arm_order, save_figure, scatter_by_arm, t_ci
 
 
 def _cell(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -92,18 +92,15 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        for arm in arms:
+
+        def points(arm: str) -> tuple[list[float], list[float]]:
             cks = [c for r in runs if r["optimizer"] == arm for c in r["checkpoints"]]
-            ax.scatter([c["val_loss"] for c in cks], [c["success_rate"] for c in cks], color=col[arm], label=arm,
-                       marker="o" if arm.startswith("dopr-") else "x", s=36, alpha=0.8)
-        ax.set_xscale("log")
+            return [c["val_loss"] for c in cks], [c["success_rate"] for c in cks]
+
+        scatter_by_arm(ax, arms, points, s=36, alpha=0.8)
         ax.set(xlabel="validation flow-matching loss (EMA weights, fixed draws)", ylabel="rollout success rate",
                ylim=(-0.05, 1.05), title=f"{results['task']}: validation loss vs success (one point per checkpoint)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "val_loss_vs_success.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "val_loss_vs_success.png"))
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for arm in arms:
@@ -125,8 +122,5 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
         for a in axes:
             a.legend(fontsize=8)
         fig.suptitle(f"{results['task']} (dashed: base, solid: DoPr)")
-        fig.tight_layout()
-        paths.append(out / "success_over_training.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "success_over_training.png"))
     return paths
