@@ -159,3 +159,15 @@ def test_low_rank_form_equals_the_inverse_of_the_formed_sigma() -> None:
 
 def test_low_rank_form_without_damping_is_singular_and_reported() -> None:
     assert not factorize_low_rank(torch.randn(3, 10), 0.0).ok
+
+
+def test_low_rank_form_is_retried_in_float64() -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 50, generator=g)
+    z = base.repeat(6, 1) + 1e-4 * torch.randn(6, 50, generator=g)  # nearly equal rows: K breaks down in float32
+    if torch.linalg.cholesky_ex(z @ z.T + 6 * 1e-12 * (z.square().sum() / 300) * torch.eye(6)).info == 0:
+        pytest.skip("this BLAS factorizes K in float32; the retry path is not reached")
+    f = factorize_low_rank(z, 1e-12)
+    assert f.ok and f.used_float64 and f.chol.dtype == torch.float32
+    k = (z.double() @ z.double().T) + 6 * f.damping.double() * torch.eye(6, dtype=torch.float64)
+    assert torch.allclose(f.chol.double() @ f.chol.double().T, k, rtol=1e-5, atol=1e-5 * k.abs().max().item())

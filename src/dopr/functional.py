@@ -167,13 +167,21 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
     if sigma.dtype != torch.float64 and not bool(ok.all()):
         retry = (~ok).nonzero().flatten()
         f64, cond64, ok64 = _cholesky((sigma[retry] + lam[retry, None, None] * eye).double(), cholesky)
-        f64 = f64.to(sigma.dtype)
-        ok64 &= finite_rows(f64)  # must also fit the statistics dtype
-        if cholesky:  # a float32 L whose diagonal underflowed to 0 cannot be solved with
-            ok64 &= f64.diagonal(dim1=-2, dim2=-1).abs().amin(dim=-1) > 0
+        f64, fits = _narrowed(f64, sigma.dtype, triangular=cholesky)
+        ok64 &= fits
         factor[retry], cond[retry] = f64, cond64.to(sigma.dtype)
         ok[retry], used_float64[retry] = ok64, ok64
     return Factors(factor, lam, cond, ok, used_float64, "cholesky" if cholesky else "inverse")
+
+
+def _narrowed(factors64: Tensor, dtype: torch.dtype, *, triangular: bool) -> tuple[Tensor, Tensor]:
+    """``B`` float64 factors cast back to the statistics dtype, and whether each still fits it: finite, and
+    for a triangular factor a diagonal that did not underflow to 0 (it could not be solved with)."""
+    narrow = factors64.to(dtype)
+    fits = finite_rows(narrow)
+    if triangular:
+        fits &= narrow.diagonal(dim1=-2, dim2=-1).abs().amin(dim=-1) > 0
+    return narrow, fits
 
 
 def _cholesky(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -242,10 +250,9 @@ def factorize_low_rank(z: Tensor, gamma: float, *, eps: float = 0.0) -> LowRankF
     used_float64 = False
     if not ok and z.dtype != torch.float64:
         chol64, ok64 = _cholesky_rows(z.double(), lam.double())
-        chol32 = chol64.to(z.dtype)
-        ok64 = ok64 and bool(finite_rows(chol32.reshape(1, -1))) and bool(chol32.diagonal().abs().amin() > 0)
-        if ok64:
-            chol, ok, used_float64 = chol32, True, True
+        narrow, fits = _narrowed(chol64[None], z.dtype, triangular=True)
+        if ok64 and bool(fits[0]):
+            chol, ok, used_float64 = narrow[0], True, True
     cond = chol.diagonal().square().amax() / (n * lam) if ok else torch.full_like(lam, float("inf"))
     return LowRankFactor(z, chol, lam, cond, ok, used_float64)
 

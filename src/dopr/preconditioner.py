@@ -375,9 +375,9 @@ class ActivationPreconditioner:
         checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
             checks += [(f"second moment of the input activations of layer(s) {g.members} (NaN/inf inputs, or "
-                        "activations so large that z z^T overflows float32, |z| > ~1e19)",
-                        g.total if g.total is not None else torch.cat(g.kept))
-                       for g in self.groups.values() if g.rows]
+                        "activations so large that z z^T overflows float32, |z| > ~1e19)", t)
+                       for g in self.groups.values() if g.rows
+                       for t in ([g.total] if g.total is not None else g.kept)]  # kept rows: each piece, no copy
         if not checks:
             return True
         flags = torch.cat([finite_rows(t.reshape(1, -1)) for _, t in checks])
