@@ -73,7 +73,8 @@ class Adapter:
         return g
 
     def local_inverse(self, module: nn.Module, inverse: Tensor) -> Tensor:
-        """The part of ``(Sigma + lambda I)^{-1}`` that multiplies this rank's gradient."""
+        """The part of the factor of ``(Sigma + lambda I)^{-1}`` that multiplies this rank's gradient (all of it,
+        except for a diagonal factor whose entries follow sharded gradient rows)."""
         return inverse
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:

@@ -335,7 +335,7 @@ class ActivationPreconditioner:
                     )
                 continue
             g = grads[entry.name]
-            factor = entry.adapter.local_inverse(entry.module, group.factor) if group.diagonal else group.factor
+            factor = entry.adapter.local_inverse(entry.module, group.factor)
             if group.kind == "low_rank":
                 m = apply_low_rank(g.to(factor.dtype), factor, group.low_rank_chol, group.low_rank_damping)
             else:
