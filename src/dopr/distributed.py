@@ -13,13 +13,16 @@ volume as Sigma's, in exchange for 1/world of the factorization work.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .functional import Factors, factorize
+
+if TYPE_CHECKING:
+    from .refresh import Stack
 
 __all__ = ["all_reduce_sum_", "assign_owners", "factorize_across_ranks", "is_distributed"]
 
@@ -54,24 +57,25 @@ def assign_owners(costs: list[float], world: int) -> list[int]:
     return owners
 
 
-def factorize_across_ranks(stacks: list[tuple[Tensor, bool, bool]], gamma: float, eps: float,
-                           process_group: Any = None) -> list[Factors]:
-    """:func:`~dopr.functional.factorize` of each ``(sigmas, diagonal, cholesky)`` stack, the work split over the ranks.
+def factorize_across_ranks(stacks: list[Stack], gamma: float, eps: float, process_group: Any = None) -> list[Factors]:
+    """:func:`~dopr.functional.factorize` of each stack (see :class:`~dopr.refresh.Stack`), the work split over ranks.
 
     Every rank must pass the same stacks (the all-reduced Sigma); every rank gets every factor. Entries a
     rank does not own are zeros in its contribution, so the sum over ranks is exactly the owner's factor.
     """
     rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
-    costs = [float(s.shape[-1]) ** (1 if diagonal else 3) for s, diagonal, _ in stacks for _ in range(s.shape[0])]
+    costs = [float(s.sigmas.shape[-1]) ** (1 if s.diagonal else 3) for s in stacks for _ in range(s.sigmas.shape[0])]
     owners = iter(assign_owners(costs, world))
     out: list[Factors] = []
-    for sigmas, diagonal, cholesky in stacks:
+    for s in stacks:
+        sigmas = s.sigmas
         mine = torch.tensor([next(owners) == rank for _ in range(sigmas.shape[0])], device=sigmas.device)
-        kind = "diagonal" if diagonal else "cholesky" if cholesky else "inverse"
+        kind = "diagonal" if s.diagonal else "cholesky" if s.cholesky else "inverse"
         full = Factors(torch.zeros_like(sigmas), *(torch.zeros(sigmas.shape[0], dtype=sigmas.dtype,
                                                                device=sigmas.device) for _ in range(4)), kind=kind)
         if bool(mine.any()):
-            f = factorize(sigmas[mine], gamma, eps=eps, diagonal=diagonal, cholesky=cholesky)
+            f = factorize(sigmas[mine], gamma, eps=eps, diagonal=s.diagonal, cholesky=s.cholesky,
+                          damping=None if s.damping is None else s.damping[mine])
             full.factor[mine], full.damping[mine], full.condition[mine] = f.factor, f.damping, f.condition
             full.ok[mine], full.used_float64[mine] = f.ok.to(sigmas.dtype), f.used_float64.to(sigmas.dtype)
         out.append(full)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .functional import block_size
 from .layers import Adapter
 
 __all__ = ["TELEMETRY", "Group", "Layer", "check_group_shapes", "group_from_state", "group_state", "validate_state"]
@@ -31,6 +32,7 @@ class Group:
     dim: int
     diagonal: bool
     bias: bool
+    blocks: int = 1  # > 1: Sigma is kept as this many diagonal blocks (blocks x b x b), see functional.py
     total: Tensor | None = None  # running sum of z z^T (or of one-hot counts) this step
     kept: list[Tensor] = field(default_factory=list)  # or the rows themselves, while fewer than dim/2
     rows: int = 0
@@ -50,8 +52,17 @@ class Group:
     damping: float | Tensor = float("nan")
     seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
 
+    def sigma_shape(self) -> tuple[int, ...]:
+        """Shape of this group's Sigma (and of its accumulator, EMA and factor)."""
+        if self.diagonal:
+            return (self.dim,)
+        if self.blocks > 1:
+            b = block_size(self.dim, self.blocks)
+            return (self.blocks, b, b)
+        return (self.dim, self.dim)
+
     def telemetry(self) -> dict[str, float | int | list[str]]:
-        return {"layers": list(self.members), "dim": self.dim, "trace_sigma": float(self.trace),
+        return {"layers": list(self.members), "dim": self.dim, "blocks": self.blocks, "trace_sigma": float(self.trace),
                 "condition_estimate": float(self.condition), "damping_used": float(self.damping),
                 "refreshes": self.refreshes, "fallbacks": self.fallbacks, "float64_retries": self.float64_retries,
                 "missing_statistics": self.missing_statistics}
@@ -106,23 +117,32 @@ def group_state(g: Group) -> dict[str, Any]:
     }
 
 
-def check_group_shapes(saved: dict[str, Any], dim: int, bias: bool) -> None:
+def check_group_shapes(saved: dict[str, Any], group: Group) -> None:
+    """Raise if the tensors of a saved group do not fit ``group`` (a fresh group of this model)."""
+    want = group.sigma_shape()
     for name in ("ema", "factor", "inverse", "total", "kept"):
         t = saved.get(name)
-        if t is not None and t.shape[-1] != dim - (bias and name == "kept"):  # kept rows lack the bias column
+        if t is None:
+            continue
+        if group.blocks > 1:
+            fits = name != "kept" and tuple(t.shape) == want
+        else:  # a low-rank factor and the kept rows are n x dim (kept rows lack the bias column)
+            fits = t.shape[-1] == group.dim - (group.bias and name == "kept")
+        if not fits:
             raise ValueError(
                 f"the saved {name} of layer(s) {saved['members']} is {tuple(t.shape)}, but this model's "
-                f"Sigma is {dim}x{dim}: the state dict belongs to a differently shaped model"
+                f"Sigma is {' x '.join(map(str, want))}: the state dict belongs to a differently shaped model "
+                "or was saved with another max_block"
             )
 
 
-def group_from_state(saved: dict[str, Any], dim: int, diagonal: bool, bias: bool, device: torch.device) -> Group:
-    """The group :func:`group_state` saved, without the statistics of a step in progress."""
-    g = Group(list(saved["members"]), dim, diagonal, bias)
+def group_from_state(saved: dict[str, Any], fresh: Group, device: torch.device) -> Group:
+    """The group :func:`group_state` saved (shaped like ``fresh``), without the statistics of a step in progress."""
+    g = Group(list(saved["members"]), fresh.dim, fresh.diagonal, fresh.bias, fresh.blocks)
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
     g.ema = to(saved["ema"])
     g.factor = to(saved.get("factor", saved.get("inverse")))  # "inverse": dopr 0.1
-    g.kind = saved.get("kind", "diagonal" if diagonal else "inverse")
+    g.kind = saved.get("kind", "diagonal" if fresh.diagonal else "inverse")
     g.low_rank_chol, g.low_rank_damping = to(saved.get("low_rank_chol")), to(saved.get("low_rank_damping"))
     for k in TELEMETRY:
         setattr(g, k, saved[k])

@@ -39,7 +39,7 @@ class DoPr(Optimizer):
             keyword arguments of the AdamW that takes the other parameters, and the module-name
             patterns of Linear layers (output heads) that go to AdamW as well.
         sigma, ema_decay, refresh_every, max_rows, share_inputs, exclude, fallback, nonfinite, seed,
-            process_group, split_factorization, solve: see :class:`~dopr.ActivationPreconditioner`.
+            process_group, split_factorization, solve, max_block: see :class:`~dopr.ActivationPreconditioner`.
         **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
     """
 
@@ -65,6 +65,7 @@ class DoPr(Optimizer):
         process_group: Any = None,
         split_factorization: bool = False,
         solve: str = "auto",
+        max_block: int | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -79,7 +80,7 @@ class DoPr(Optimizer):
             model, damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
             max_rows=max_rows, share_inputs=share_inputs, exclude=exclude, fallback=fallback,
             nonfinite=nonfinite, seed=seed, process_group=process_group,
-            split_factorization=split_factorization, solve=solve,
+            split_factorization=split_factorization, solve=solve, max_block=max_block,
         )
         self.bases: list[tuple[str, Optimizer]] = bases
         self.routes: list[Route] = routes

@@ -23,16 +23,17 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .capture import InputHooks
 from .functional import (
+    apply_blocks,
     apply_factor,
     apply_low_rank,
-    factorize,
-    factorize_low_rank,
+    block_second_moment_sum,
     finite_rows,
     second_moment_sum,
     statistics_dtype,
 )
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .layers import Adapter, ConvAdapter, adapter_for, local, unsupported_reason
+from .refresh import refresh_groups
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
@@ -81,6 +82,12 @@ class ActivationPreconditioner:
             rows instead of forming Sigma and applies the inverse in its Woodbury form,
             ``(I - Z^T (n lambda I + Z Z^T)^{-1} Z) / lambda`` (``sigma="batch"``, one process). All
             forms agree to rounding.
+        max_block: ``None`` (default: the paper's full Sigma) or a width: a layer with more inputs than
+            this gets a block-diagonal Sigma of ``ceil(d_in / max_block)`` equal contiguous blocks, each
+            damped with the whole Sigma's lambda (Newton-Muon's choice for wide MLP inputs). Cuts the
+            cost of Sigma, its factorization and its application for wide layers (an MLP's down
+            projection, a convolution over many channels) by about ``d_in / max_block``, at the price
+            of the invariance to maps that mix inputs across blocks.
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class ActivationPreconditioner:
         process_group: Any = None,
         split_factorization: bool = False,
         solve: str = "auto",
+        max_block: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -118,6 +126,8 @@ class ActivationPreconditioner:
             raise ValueError(f"refresh_every must be an int >= 1, got {refresh_every!r}")
         if max_rows is not None and not (isinstance(max_rows, int) and max_rows >= 1):
             raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+        if max_block is not None and not (isinstance(max_block, int) and max_block >= 1):
+            raise ValueError(f"max_block must be None (full Sigma) or an int >= 1, got {max_block!r}")
         if solve not in _SOLVES:
             raise ValueError(f"solve must be one of {_SOLVES}, got {solve!r}")
         if fallback not in _FALLBACKS:
@@ -139,6 +149,7 @@ class ActivationPreconditioner:
         self.process_group = process_group
         self.split_factorization = bool(split_factorization)
         self.solve = solve
+        self.max_block = max_block
         self.step_count = 0
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
@@ -181,7 +192,15 @@ class ActivationPreconditioner:
                 self.skipped[name] = "parameter shared with another layer (e.g. tied embeddings)"
                 continue
             self.layers[name] = Layer(name, module, adapter, group=name)
-            self.groups[name] = Group([name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module))
+            self.groups[name] = self._fresh_group(self.layers[name])
+
+    def _fresh_group(self, layer: Layer) -> Group:
+        """An empty input group for ``layer`` alone, shaped by its adapter and ``max_block``."""
+        adapter, module = layer.adapter, layer.module
+        blocks = 1
+        if self.max_block is not None and not adapter.diagonal:
+            blocks = -(-adapter.in_features(module) // self.max_block)
+        return Group([layer.name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module), blocks)
 
     def preconditioned_parameters(self) -> list[nn.Parameter]:
         return [p for entry in self.layers.values() for p in entry.adapter.params(entry.module)]
@@ -226,7 +245,8 @@ class ActivationPreconditioner:
 
     @staticmethod
     def _compatible(a: Group, b: Group) -> bool:
-        return (a.dim, a.diagonal, a.bias) == (b.dim, b.diagonal, b.bias) and a.rows > 0 and b.rows == 0
+        same_shape = (a.dim, a.diagonal, a.bias, a.blocks) == (b.dim, b.diagonal, b.bias, b.blocks)
+        return same_shape and a.rows > 0 and b.rows == 0
 
     @torch.no_grad()
     def _accumulate(self, layer: Layer, group: Group, x: Tensor) -> None:
@@ -242,6 +262,10 @@ class ActivationPreconditioner:
             if group.diagonal:
                 counts = torch.bincount(z, minlength=group.dim).to(dtype)
                 group.total = counts if group.total is None else group.total.add_(counts)
+            elif group.blocks > 1:
+                if group.total is None:
+                    group.total = torch.zeros(group.sigma_shape(), dtype=dtype, device=z.device)
+                block_second_moment_sum(z.to(dtype), augment_bias=group.bias, blocks=group.blocks, out=group.total)
             elif group.total is None and 2 * (group.rows + n) <= group.dim and self._low_rank_allowed():
                 group.kept.append(z.to(dtype))  # fewer rows than columns so far: keep the rows (Woodbury)
             else:
@@ -338,6 +362,8 @@ class ActivationPreconditioner:
             factor = entry.adapter.local_inverse(entry.module, group.factor)
             if group.kind == "low_rank":
                 m = apply_low_rank(g.to(factor.dtype), factor, group.low_rank_chol, group.low_rank_damping)
+            elif group.blocks > 1:
+                m = apply_blocks(g.to(factor.dtype), factor, group.kind)
             else:
                 m = apply_factor(g.to(factor.dtype), factor, group.kind)
             entry.adapter.write_gradient(entry.module, m.to(g.dtype))
@@ -351,8 +377,8 @@ class ActivationPreconditioner:
         for group in groups:
             if group.total is None:  # every rank must contribute the same tensors, in the same order
                 weight = self.layers[group.members[0]].module.weight
-                shape = (group.dim,) if group.diagonal else (group.dim, group.dim)
-                group.total = torch.zeros(shape, dtype=statistics_dtype(weight.dtype), device=local(weight).device)
+                group.total = torch.zeros(group.sigma_shape(), dtype=statistics_dtype(weight.dtype),
+                                          device=local(weight).device)
         rows = torch.tensor([float(g.rows) for g in groups], dtype=torch.float64, device=groups[0].total.device)
         distributed.all_reduce_sum_([g.total for g in groups] + [rows], self.process_group)
         for group, n in zip(groups, rows.tolist()):
@@ -396,53 +422,14 @@ class ActivationPreconditioner:
 
     def _refresh(self, groups: list[Group]) -> None:
         """New Sigma (batch or EMA) and factorization for each group; equal sizes share one batched call."""
-        buckets: dict[tuple, list[tuple[Group, Tensor]]] = {}
-        for group in groups:
-            if group.total is None:
-                self._refresh_low_rank(group)
-                continue
-            sigma = group.total / group.rows
-            if self.sigma_mode == "ema":
-                if group.ema is None:
-                    group.ema = sigma.clone()
-                else:
-                    group.ema.mul_(self.ema_decay).add_(sigma, alpha=1 - self.ema_decay)
-                sigma = group.ema
-            key = (group.dim, group.diagonal, self._uses_cholesky(group), sigma.dtype, sigma.device)
-            buckets.setdefault(key, []).append((group, sigma))
-        stacks = [(torch.stack([s for _, s in items]), key[1], key[2]) for key, items in buckets.items()]
+        factorizer = None
         if self.split_factorization and distributed.is_distributed(self.process_group):
-            factors = distributed.factorize_across_ranks(stacks, self.damping, self.eps, self.process_group)
-        else:
-            factors = [factorize(sigmas, self.damping, eps=self.eps, diagonal=diag, cholesky=chol)
-                       for sigmas, diag, chol in stacks]
-        for items, (sigmas, diagonal, _), f in zip(buckets.values(), stacks, factors):
-            traces = (sigmas if diagonal else sigmas.diagonal(dim1=-2, dim2=-1)).sum(dim=-1)
-            for i, (ok, retried) in enumerate(zip(f.ok.tolist(), f.used_float64.tolist())):
-                group = items[i][0]
-                group.refreshes += 1
-                group.trace = traces[i]
-                if ok:
-                    group.factor, group.kind = f.factor[i], f.kind
-                    group.low_rank_chol = group.low_rank_damping = None
-                    group.damping, group.condition = f.damping[i], f.condition[i]
-                    group.float64_retries += int(retried)
-                    continue
-                self._fall_back(group, float(traces[i]), f.kind, stacklevel=5)
-
-    def _refresh_low_rank(self, group: Group) -> None:
-        z = torch.cat(group.kept)
-        if group.bias:
-            z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], dim=1)
-        f = factorize_low_rank(z, self.damping, eps=self.eps)
-        group.refreshes += 1
-        group.trace = z.square().sum() / z.shape[0]
-        if not f.ok:
-            self._fall_back(group, float(group.trace), "inverse", stacklevel=6)
-            return
-        group.factor, group.kind, group.low_rank_chol, group.low_rank_damping = z, "low_rank", f.chol, f.damping
-        group.damping, group.condition = f.damping, f.condition
-        group.float64_retries += int(f.used_float64)
+            factorizer = lambda stacks: distributed.factorize_across_ranks(  # noqa: E731
+                stacks, self.damping, self.eps, self.process_group)
+        failures = refresh_groups(groups, gamma=self.damping, eps=self.eps, sigma_mode=self.sigma_mode,
+                                  ema_decay=self.ema_decay, uses_cholesky=self._uses_cholesky, factorizer=factorizer)
+        for failure in failures:
+            self._fall_back(failure.group, failure.trace, failure.kind, stacklevel=5)
 
     def _fall_back(self, group: Group, trace: float, kind: str, stacklevel: int) -> None:
         group.fallbacks += 1
@@ -456,8 +443,10 @@ class ActivationPreconditioner:
         )
         if not kept:  # the identity is its own inverse and its own Cholesky factor
             weight = self.layers[group.members[0]].module.weight
-            eye = torch.ones(group.dim, dtype=statistics_dtype(weight.dtype), device=local(weight).device)
-            group.factor, group.kind = (eye, "diagonal") if group.diagonal else (torch.diag(eye), kind)
+            shape = group.sigma_shape()
+            eye = torch.ones(shape if group.diagonal else shape[:-1], dtype=statistics_dtype(weight.dtype),
+                             device=local(weight).device)
+            group.factor, group.kind = (eye, "diagonal") if group.diagonal else (torch.diag_embed(eye), kind)
 
     def _uses_cholesky(self, group: Group) -> bool:
         if group.diagonal or self.solve == "inverse":
@@ -476,7 +465,7 @@ class ActivationPreconditioner:
         lines = [f"ActivationPreconditioner: {len(self.layers)} layers in {len(self.groups)} input groups"
                  + ("" if self._grouping_frozen else " (layers sharing an input are grouped on the first step)")]
         for g in self.groups.values():
-            kind = "diagonal" if g.diagonal else "full"
+            kind = "diagonal" if g.diagonal else f"{g.blocks} diagonal blocks" if g.blocks > 1 else "full"
             lines.append(f"  AP   {', '.join(g.members)}  (Sigma {g.dim}x{g.dim} {kind}{', bias' if g.bias else ''})")
         for name, why in self.skipped.items():
             lines.append(f"  --   {name}: {why}")
@@ -504,8 +493,7 @@ class ActivationPreconditioner:
                 "precondition; build it on the same model with the same exclude patterns"
             )
         for saved in groups.values():
-            first = self.layers[saved["members"][0]]
-            check_group_shapes(saved, first.adapter.dim(first.module), first.adapter.has_bias(first.module))
+            check_group_shapes(saved, self._fresh_group(self.layers[saved["members"][0]]))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore statistics saved by :meth:`state_dict`; validates everything before changing anything."""
@@ -514,8 +502,7 @@ class ActivationPreconditioner:
         new_groups: dict[str, Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]
-            new_groups[key] = group_from_state(saved, first.adapter.dim(first.module), first.adapter.diagonal,
-                                               first.adapter.has_bias(first.module), first.module.weight.device)
+            new_groups[key] = group_from_state(saved, self._fresh_group(first), first.module.weight.device)
             for m in saved["members"]:
                 self.layers[m].group = key
         self.groups = new_groups
