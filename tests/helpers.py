@@ -46,8 +46,9 @@ def train_fast(model: nn.Module, batches: list, steps: int, base: str = "sgd", l
 
 
 def train_reference(model: nn.Module, batches: list, steps: int, base: str = "sgd", lr: float = 0.05,
-                    damping: float = 1e-3, loss_fn: Callable | None = None, **kw) -> None:
-    ref = ReferenceAP(model, damping)
+                    damping: float = 1e-3, loss_fn: Callable | None = None, max_block: int | None = None,
+                    **kw) -> None:
+    ref = ReferenceAP(model, damping, max_block=max_block)
     opts = [o for _, o in build_bases(model, base, lr, kw, None, None, DEFAULT_AUX_PATTERNS)[0]]
     loss_fn = loss_fn or (lambda out, y: ((out - y) ** 2).mean())
     for step in range(steps):

@@ -42,10 +42,11 @@ def _worker(rank: int, port: int, mode: str, out: dict) -> None:
         torch.set_num_threads(1)
         model = _model()
         solve = "cholesky" if mode.endswith("-cholesky") else "inverse"
+        blocks = _blocks(mode)
         if mode.startswith("ddp"):
             wrapped = nn.parallel.DistributedDataParallel(model)
             opt = DoPr(wrapped, base="adamw", lr=1e-2, damping=1e-2, split_factorization="split" in mode,
-                       solve=solve)
+                       solve=solve, max_block=blocks)
             _train(wrapped, opt, _data(), rank, WORLD)
             params = [p.detach().clone() for p in model.parameters()]
         else:
@@ -57,12 +58,16 @@ def _worker(rank: int, port: int, mode: str, out: dict) -> None:
                 if isinstance(layer, nn.Linear):
                     fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
-            opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2, solve=solve)
+            opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2, solve=solve, max_block=blocks)
             _train(model, opt, _data(), rank, WORLD)
             params = [p.full_tensor().detach().clone() for p in model.parameters()]
         out[rank] = params
     finally:
         dist.destroy_process_group()
+
+
+def _blocks(mode: str) -> int | None:
+    return 3 if "-blocks" in mode else None  # block-diagonal Sigma: 5, 7 and 6 inputs (+ bias) in 2-3 blocks
 
 
 def _free_port() -> int:
@@ -80,14 +85,18 @@ def test_assign_owners_balances_cost_deterministically() -> None:
 
 
 # "-cholesky": triangular solves with the Cholesky factor instead of the explicit inverse (split: the
-# factors themselves are all-reduced; FSDP2: each rank solves its own gradient rows)
-@pytest.mark.parametrize("mode", ["ddp", "ddp-split", "fsdp2", "ddp-split-cholesky", "fsdp2-cholesky"])
+# factors themselves are all-reduced; FSDP2: each rank solves its own gradient rows); "-blocks": block-diagonal
+# Sigma (max_block=3), its blocks all-reduced, split over the ranks, and applied to sharded rows
+@pytest.mark.parametrize("mode", ["ddp", "ddp-split", "fsdp2", "ddp-split-cholesky", "fsdp2-cholesky",
+                                  "ddp-split-blocks", "fsdp2-blocks-cholesky"])
 def test_two_ranks_equal_one_rank_on_the_combined_batch(mode):
     if not dist.is_available():
         pytest.skip("torch built without distributed")
     model = _model()
-    opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2)
+    opt = DoPr(model, base="adamw", lr=1e-2, damping=1e-2, max_block=_blocks(mode))
     _train(model, opt, _data())
+    if _blocks(mode):
+        assert all(g.blocks > 1 for g in opt.preconditioner.groups.values())
     expected = [p.detach() for p in model.parameters()]
 
     with mp.Manager() as manager:

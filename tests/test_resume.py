@@ -18,6 +18,7 @@ CONFIGS = {
     "adamuon": dict(base="adamuon", lr=1e-2),
     "signum": dict(base="signum", lr=1e-3),
     "adamw-cholesky-refresh3": dict(base="adamw", lr=1e-2, solve="cholesky", refresh_every=3),
+    "adamw-blocks-ema": dict(base="adamw", lr=1e-2, max_block=2, sigma="ema", ema_decay=0.9),
 }
 
 

@@ -5,6 +5,8 @@ float64 (explicit patch extraction for convolutions, explicit one-hot vectors fo
 explicit appended 1 for biases), inverts ``Sigma + lambda I`` with ``torch.linalg.inv`` and writes
 ``G @ inverse`` into ``.grad``. Each layer computes its own Sigma (no sharing), so it also checks
 that sharing one Sigma between layers that read one input changes nothing.
+With ``max_block`` it keeps only the diagonal blocks of Sigma (an explicit mask over the
+``ceil(d_in / max_block)`` contiguous blocks of width ``ceil(dim / blocks)``) and the full Sigma's lambda.
 Use it only on tiny models: it is quadratic in everything.
 """
 
@@ -50,8 +52,10 @@ def _patches(module: nn.Module, x: Tensor) -> list[Tensor]:
 class ReferenceAP:
     """Reference activation-wise preconditioner for Linear, Conv1d/2d and Embedding layers."""
 
-    def __init__(self, model: nn.Module, damping: float, modules: list[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, damping: float, modules: list[str] | None = None,
+                 max_block: int | None = None) -> None:
         self.damping = damping
+        self.max_block = max_block
         wanted = set(modules) if modules is not None else None
         self.modules = {
             n: m
@@ -111,6 +115,8 @@ class ReferenceAP:
             s = self.sigma(name)
             d = s.shape[0]
             lam = self.damping * torch.trace(s) / d
+            if self.max_block is not None and not isinstance(module, nn.Embedding):
+                s = s * self._block_mask(d, d - int(getattr(module, "bias", None) is not None))
             m = self.gradient_matrix(name) @ torch.linalg.inv(s + lam * torch.eye(d, dtype=torch.float64))
             if isinstance(module, nn.Embedding):
                 module.weight.grad.copy_(m.T)
@@ -121,6 +127,12 @@ class ReferenceAP:
                 module.bias.grad.copy_(m[:, k])
         for rows in self.inputs.values():
             rows.clear()
+
+    def _block_mask(self, dim: int, in_features: int) -> Tensor:
+        blocks = -(-in_features // self.max_block)
+        width = -(-dim // blocks)
+        which = torch.arange(dim) // width
+        return (which[:, None] == which[None, :]).to(torch.float64)
 
     def remove(self) -> None:
         for h in self._handles:
