@@ -83,7 +83,7 @@ def train_bc(arm: str, seed: int, data: BCData, cfg: dict[str, Any], obs_stats: 
     """Train one policy; returns the EMA model and a record (loss curves, final losses, wall time).
 
     ``cfg`` keys: width, blocks, steps, batch, lr, damping, weight_decay, aux_lr, ema, std_floor, clip,
-    standardize, log_every, sigma, and optionally refresh_every.
+    standardize, log_every, sigma, and optionally refresh_every and max_block.
     """
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     torch.manual_seed(seed)  # same init for every arm with this seed
@@ -94,7 +94,7 @@ def train_bc(arm: str, seed: int, data: BCData, cfg: dict[str, Any], obs_stats: 
         model.norm.std.copy_(torch.as_tensor(std + cfg["std_floor"], dtype=torch.float32))
         model.norm.clip.fill_(cfg["clip"])
     ema = EMA(model, cfg["ema"])
-    dopr_kwargs = {k: cfg[k] for k in ("sigma", "refresh_every") if cfg.get(k)} or None
+    dopr_kwargs = {k: cfg[k] for k in ("sigma", "refresh_every", "max_block") if cfg.get(k)} or None
     opt = build_optimizer(model, arm, cfg["lr"], cfg["damping"], cfg["weight_decay"], cfg["aux_lr"], dopr_kwargs)
     gen = torch.Generator().manual_seed(10_000 + seed)  # same minibatch order for every arm with this seed
     n, steps, batch = len(data.obs), cfg["steps"], min(cfg["batch"], len(data.obs))

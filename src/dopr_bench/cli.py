@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> None:
     run_bench(args.task, optimizers, seeds, Path(args.out or f"results/{args.task}{'-quick' if args.quick else ''}"),
               spec, dataset=args.dataset, cache=Path(args.cache) if args.cache else DEFAULT_CACHE,
               threads=args.threads, sigma=args.sigma, refresh_every=args.refresh_every, aux_lr=args.aux_lr,
+              max_block=args.max_block,
               weight_decay=args.weight_decay,
               video=args.video, progress=not args.no_progress)
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--sigma", default=None, choices=["batch", "ema"], help="DoPr Sigma mode (default batch)")
     r.add_argument("--refresh-every", type=int, default=None,
                    help="DoPr: recompute Sigma and its factorization every k steps (default 1, the paper's)")
+    r.add_argument("--max-block", type=int, default=None,
+                   help="DoPr: block-diagonal Sigma for layers with more inputs than this (default: full Sigma)")
     r.add_argument("--ema", type=float, default=None, help="EMA rate of the evaluated weights")
     r.add_argument("--width", type=int, default=None)
     r.add_argument("--blocks", type=int, default=None)

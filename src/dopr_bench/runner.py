@@ -52,7 +52,8 @@ def _stack(eps: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
 def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spec: TaskSpec, *,
               dataset: str | None = None, cache: Path = DEFAULT_CACHE, threads: int = 1, sigma: str | None = None,
               aux_lr: float | None = None, weight_decay: float = 0.0, video: bool = False,
-              progress: bool = True, refresh_every: int | None = None) -> dict[str, Any]:
+              progress: bool = True, refresh_every: int | None = None,
+              max_block: int | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -67,6 +68,8 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
                                   "weight_decay": weight_decay}
     if refresh_every not in (None, 1):  # only when set, so result folders made before the option still resume
         settings["refresh_every"] = refresh_every
+    if max_block is not None:
+        settings["max_block"] = max_block
     train_eps, val_eps, env_id, source = load_episodes(spec, dataset, cache)
     settings["env_id"], settings["source"] = env_id, source
     obs, act = _stack(train_eps)

@@ -97,6 +97,16 @@ def test_refresh_every_reaches_dopr() -> None:
     assert {s["refreshes"] for s in every3["dopr_stats"].values()} == {3}  # steps 0, 3, 6
 
 
+def test_max_block_reaches_dopr() -> None:
+    from dopr_bench.bc import train_bc
+
+    data, cfg = _tiny_bc(steps=2, standardize=False, log_every=2)
+    _, full = train_bc("dopr-adamw", 0, data, cfg, None)
+    _, blocked = train_bc("dopr-adamw", 0, data, cfg | {"max_block": 4}, None)
+    assert {s["blocks"] for s in full["dopr_stats"].values()} == {1}
+    assert max(s["blocks"] for s in blocked["dopr_stats"].values()) > 1
+
+
 def test_merge_runs_of_parallel_seeds(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     base = ["run", "idp", "--optimizers", "adamw,dopr-adamw", "--seeds", "1", "--cache", str(cache)] + TINY
