@@ -19,6 +19,8 @@ affine change of a layer's input coordinates):
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,7 +38,7 @@ def local(t: Tensor) -> Tensor:
         return t.to_local()
     return t
 
-__all__ = ["Adapter", "adapter_for", "unsupported_reason"]
+__all__ = ["Adapter", "adapter_for", "supported_layers", "unsupported_reason"]
 
 
 class Adapter:
@@ -184,3 +186,40 @@ def adapter_for(module: nn.Module) -> Adapter | None:
     if isinstance(module, nn.Embedding):
         return _EMBEDDING
     return None
+
+
+def supported_layers(model: nn.Module, exclude: tuple[str, ...]) -> tuple[dict[str, tuple[nn.Module, Adapter]],
+                                                                        dict[str, str]]:
+    """The layers of ``model`` DoPr preconditions (name -> module, adapter), and why each other candidate is not.
+
+    Left to the base optimizer: frozen or partly frozen layers, names matching an ``exclude`` fnmatch
+    pattern, unsupported configurations, and layers that share a parameter with another (tied weights).
+    """
+    owners: dict[int, list[str]] = {}
+    candidates: dict[str, tuple[nn.Module, Adapter]] = {}
+    skipped: dict[str, str] = {}
+    for name, module in model.named_modules():
+        adapter = adapter_for(module)
+        if adapter is None:
+            continue
+        params = adapter.params(module)
+        if not any(p.requires_grad for p in params):
+            skipped[name] = "frozen (no parameter requires grad)"
+            continue
+        if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
+            skipped[name] = "excluded by name pattern"
+            continue
+        reason = unsupported_reason(module)
+        if reason is not None:
+            skipped[name] = f"unsupported: {reason}"
+            continue
+        if not all(p.requires_grad for p in params):
+            skipped[name] = "partly frozen (weight or bias does not require grad)"
+            continue
+        candidates[name] = (module, adapter)
+        for p in params:
+            owners.setdefault(id(p), []).append(name)
+    shared = {n for names in owners.values() if len(names) > 1 for n in names}
+    for name in (n for n in candidates if n in shared):
+        skipped[name] = "parameter shared with another layer (e.g. tied embeddings)"
+    return {n: c for n, c in candidates.items() if n not in shared}, skipped

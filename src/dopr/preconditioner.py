@@ -9,7 +9,6 @@ factorization. State is keyed by module name.
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from .functional import (
     statistics_dtype,
 )
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
-from .layers import Adapter, ConvAdapter, adapter_for, local, unsupported_reason
+from .layers import ConvAdapter, local, supported_layers
 from .refresh import refresh_groups
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -163,34 +162,8 @@ class ActivationPreconditioner:
 
     # ----------------------------------------------------------------- discovery
     def _discover(self, model: nn.Module) -> None:
-        owners: dict[int, list[str]] = {}
-        candidates: dict[str, tuple[nn.Module, Adapter]] = {}
-        for name, module in model.named_modules():
-            adapter = adapter_for(module)
-            if adapter is None:
-                continue
-            params = adapter.params(module)
-            if not any(p.requires_grad for p in params):
-                self.skipped[name] = "frozen (no parameter requires grad)"
-                continue
-            if any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude):
-                self.skipped[name] = "excluded by name pattern"
-                continue
-            reason = unsupported_reason(module)
-            if reason is not None:
-                self.skipped[name] = f"unsupported: {reason}"
-                continue
-            if not all(p.requires_grad for p in params):
-                self.skipped[name] = "partly frozen (weight or bias does not require grad)"
-                continue
-            candidates[name] = (module, adapter)
-            for p in params:
-                owners.setdefault(id(p), []).append(name)
-        shared = {n for names in owners.values() if len(names) > 1 for n in names}
-        for name, (module, adapter) in candidates.items():
-            if name in shared:
-                self.skipped[name] = "parameter shared with another layer (e.g. tied embeddings)"
-                continue
+        supported, self.skipped = supported_layers(model, self.exclude)
+        for name, (module, adapter) in supported.items():
             self.layers[name] = Layer(name, module, adapter, group=name)
             self.groups[name] = self._fresh_group(self.layers[name])
 
