@@ -110,3 +110,17 @@ def test_padding_rows_stay_out_of_sigma(tmp_path: Path, monkeypatch: pytest.Monk
     lm_train.finetune(source.load_model(), encoded, [], lm_train.pad_id(source.tokenizer), "dopr-adamw", cfg, 0)
     tokens, padded = sum(len(e.ids) for e in encoded), len(encoded) * max(len(e.ids) for e in encoded)
     assert rows and set(rows) == {tokens if sigma_rows == "attention-mask" else padded}
+
+
+def test_max_block_reaches_dopr(tmp_path: Path) -> None:
+    from dopr_bench.lm import train as lm_train
+
+    source = synth.synth_source(TINY, tmp_path / "cache", progress=False)
+    encoded = lm_train.encode(source.tokenizer, source.train(0)[:4], 128)
+    cfg = FTConfig(steps=1, batch=4, lr=1e-3, max_block=16)
+    _, rec = lm_train.finetune(source.load_model(), encoded, [], lm_train.pad_id(source.tokenizer), "dopr-adamw",
+                               cfg, 0)
+    blocks = {name: s["blocks"] for name, s in rec["dopr_stats"].items()}
+    assert blocks.pop("model.embed_tokens") == 1  # a diagonal Sigma is never blocked
+    assert set(blocks.values()) == {2, 4}, blocks  # 32 and 64 inputs in blocks of 16
+    assert cfg.settings()["max_block"] == 16 and "max_block" not in FTConfig().settings()

@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of the steps, then cosine to zero")
     p.add_argument("--damping", type=float, default=0.1, help="DoPr gamma (lambda = gamma tr(Sigma)/d)")
     p.add_argument("--sigma", default="batch", choices=["batch", "ema"])
+    p.add_argument("--max-block", type=int, default=None,
+                   help="DoPr: block-diagonal Sigma for layers with more inputs than this (default: full Sigma)")
     p.add_argument("--sigma-rows", default="attention-mask", choices=["attention-mask", "all"],
                    help="DoPr's Sigma over the attention-masked tokens (default) or every token, padding included "
                         "(how results/lm-synthetic was made)")
@@ -146,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     lrs = _floats(a.lrs) if a.lrs else defaults["lrs"]
     cfg = FTConfig(steps=a.steps or defaults["steps"], batch=a.batch or defaults["batch"], lr=lrs[0],
                    warmup=a.warmup, damping=a.damping, weight_decay=a.weight_decay, aux_lr=a.aux_lr,
-                   grad_clip=a.grad_clip, sigma=a.sigma, sigma_rows=a.sigma_rows, lora=a.lora, lora_r=a.lora_r,
-                   lora_alpha=a.lora_alpha,
+                   grad_clip=a.grad_clip, sigma=a.sigma, sigma_rows=a.sigma_rows, max_block=a.max_block,
+                   lora=a.lora, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
                    lora_targets=a.lora_targets, max_len=a.max_len or defaults["max_len"],
                    max_new_tokens=a.max_new_tokens or defaults["max_new_tokens"],
                    eval_batch=a.eval_batch or defaults["eval_batch"])

@@ -42,6 +42,7 @@ class FTConfig:
     grad_clip: float = 1.0  # 0: off
     sigma: str = "batch"
     sigma_rows: str = "attention-mask"  # "all": padding tokens enter DoPr's Sigma too (results made before 2026-11-29)
+    max_block: int | None = None  # DoPr: block-diagonal Sigma for inputs wider than this
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -56,6 +57,8 @@ class FTConfig:
         out = {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
         if out["sigma_rows"] == "all":  # the setting before the option existed: old result folders still resume
             del out["sigma_rows"]
+        if out["max_block"] is None:  # likewise
+            del out["max_block"]
         return out
 
 
@@ -188,8 +191,9 @@ def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: in
     from dopr import NonFiniteError
 
     torch.manual_seed(seed)
-    opt = build_optimizer(model, arm, cfg.lr, cfg.damping, cfg.weight_decay, cfg.aux_lr,
-                          {"sigma": cfg.sigma} if cfg.sigma != "batch" else None)
+    dopr_kwargs = {k: v for k, v in (("sigma", cfg.sigma), ("max_block", cfg.max_block))
+                   if v is not None and v != "batch"}
+    opt = build_optimizer(model, arm, cfg.lr, cfg.damping, cfg.weight_decay, cfg.aux_lr, dopr_kwargs or None)
     groups = param_groups(opt)
     for g in groups:
         g["initial_lr"] = g["lr"]
