@@ -427,7 +427,8 @@ class ActivationPreconditioner:
         if self.solve == "cholesky":
             return True
         outputs = sum(self.layers[m].module.weight.shape[0] for m in group.members)
-        return self.refresh_every == 1 and group.dim >= 1024 and outputs <= group.dim
+        width = group.sigma_shape()[-1]  # a block's width for a block-diagonal Sigma
+        return self.refresh_every == 1 and width >= 1024 and outputs <= width
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> dict[str, dict[str, float | int | list[str]]]:
