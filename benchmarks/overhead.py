@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -80,8 +81,8 @@ def cnn() -> nn.Module:
 class Plain:
     """The base optimizer(s) with exactly DoPr's parameter routing, without AP."""
 
-    def __init__(self, model: nn.Module, base: str, lr: float) -> None:
-        self.opts = [o for _, o in build_bases(model, base, lr, {}, None, None, DEFAULT_AUX_PATTERNS)[0]]
+    def __init__(self, model: nn.Module, base: str, lr: float, **base_kwargs: object) -> None:
+        self.opts = [o for _, o in build_bases(model, base, lr, base_kwargs, None, None, DEFAULT_AUX_PATTERNS)[0]]
 
     def zero_grad(self) -> None:
         for o in self.opts:
@@ -100,7 +101,7 @@ def state_bytes(opt: object) -> int:
         for g in opt.preconditioner.groups.values():
             total += sum(t.numel() * t.element_size() for t in (g.factor, g.ema, g.low_rank_chol) if t is not None)
             if g.kind != "low_rank":  # the per-step Sigma accumulator (the Woodbury form keeps rows instead)
-                total += g.dim * (g.dim if not g.diagonal else 1) * 4
+                total += math.prod(g.sigma_shape()) * 4
     return total
 
 
@@ -122,6 +123,10 @@ def parse_variants(spec: str) -> dict[str, dict[str, object]]:
     return out
 
 
+#: base names beyond dopr's own: Muon with float32 Newton-Schulz (torch's bfloat16 is slow on CPUs without AMX)
+BASE_ALIASES: dict[str, tuple[str, dict[str, object]]] = {"muon32": ("muon", {"ns_dtype": torch.float32})}
+
+
 def cycle(opt: object) -> int:
     """Steps after which an arm's costs repeat (its refresh period)."""
     return opt.preconditioner.refresh_every if isinstance(opt, DoPr) else 1
@@ -135,7 +140,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--bases", default="adamw,muon")
+    parser.add_argument("--bases", default="adamw,muon",
+                        help="comma-separated: adamw, muon, ... or muon32 (Muon with float32 Newton-Schulz)")
     parser.add_argument("--variants", default="exact:;fast:refresh_every=10",
                         help="DoPr arms as 'label:k=v,k=v;label2:...' (no options: the default, exact mode)")
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -159,13 +165,14 @@ def main() -> None:
     n_params = sum(p.numel() for p in proto.parameters())
 
     arms: dict[str, tuple[nn.Module, object]] = {}
-    for base in args.bases.split(","):
+    for name in args.bases.split(","):
+        base, base_kw = BASE_ALIASES.get(name, (name, {}))
         lr = 0.02 if base == "muon" else 1e-3
         model = copy.deepcopy(proto)
-        arms[base] = (model, Plain(model, base, lr))
+        arms[name] = (model, Plain(model, base, lr, **base_kw))
         for label, kw in variants.items():
             model = copy.deepcopy(proto)
-            arms[f"dopr-{base} {label}"] = (model, DoPr(model, base=base, lr=lr, **kw))
+            arms[f"dopr-{name} {label}"] = (model, DoPr(model, base=base, lr=lr, **base_kw, **kw))
 
     def one_step(model: nn.Module, opt: object) -> float:
         if device.type == "cuda":

@@ -1,5 +1,7 @@
 """Signum and AdaMuon against their published update rules, written out step by step here."""
 
+import math
+
 import pytest
 import torch
 
@@ -84,3 +86,63 @@ def test_adamuon_rejects_non_matrices():
 def test_bases_check_arguments(cls, kw):
     with pytest.raises(ValueError):
         cls([torch.nn.Parameter(torch.zeros(2, 2))], **kw)
+
+
+@pytest.mark.parametrize("kw", [{}, {"nesterov": False, "weight_decay": 0.05},
+                                {"adjust_lr_fn": "match_rms_adamw"}])
+@pytest.mark.parametrize("shape", [(6, 4), (3, 8)])
+def test_muon_in_bfloat16_is_torch_muon_bit_for_bit(shape, kw):
+    from dopr import Muon
+
+    w0 = torch.randn(*shape)
+    p, q = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    ours, theirs = Muon([p], lr=0.02, **kw), torch.optim.Muon([q], lr=0.02, **kw)
+    for g in _grads(shape, 5, seed=3):
+        p.grad, q.grad = g.float(), g.float()
+        ours.step()
+        theirs.step()
+        assert torch.equal(p, q)
+    assert torch.equal(ours.state[p]["momentum_buffer"], theirs.state[q]["momentum_buffer"])
+
+
+def test_muon_in_float32_follows_the_update_rule_more_precisely_than_bfloat16():
+    from dopr import Muon
+
+    shape, lr, mu = (8, 5), 0.02, 0.95
+    w0 = torch.randn(*shape)
+    p32, p16 = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    o32, o16 = Muon([p32], lr=lr, ns_dtype=torch.float32), Muon([p16], lr=lr)
+    w, buf = w0.double(), torch.zeros(*shape, dtype=torch.float64)
+    for g in _grads(shape, 4, seed=5):
+        p32.grad, p16.grad = g.float(), g.float()
+        o32.step()
+        o16.step()
+        buf = mu * buf + (1 - mu) * g
+        u = g + mu * (buf - g)  # Nesterov
+        a, b, c = 3.4445, -4.7750, 2.0315
+        x = u.T / u.norm()  # 8 x 5 is tall: iterate on the wide orientation
+        for _ in range(5):
+            s = x @ x.T
+            x = a * x + (b * s + c * s @ s) @ x
+        w = w * (1 - lr * 0.1) - lr * math.sqrt(8 / 5) * x.T  # torch's default weight decay 0.1
+    err32, err16 = (p32.double() - w).abs().max(), (p16.double() - w).abs().max()
+    assert err32 < 1e-5 and err32 < err16 / 10, (err32, err16)
+
+
+def test_muon_ns_dtype_is_checked_and_survives_a_checkpoint():
+    import io
+
+    from dopr import Muon
+
+    with pytest.raises(ValueError, match="ns_dtype"):
+        Muon([torch.nn.Parameter(torch.zeros(2, 2))], ns_dtype="float32")
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = Muon([p], lr=0.02, ns_dtype=torch.float32)
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    other = Muon([torch.nn.Parameter(p.detach().clone())], lr=0.02)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert other.param_groups[0]["ns_dtype"] == torch.float32

@@ -4,7 +4,7 @@
 inverse second moment of that layer's inputs, then hands the result to any base optimizer.
 """
 
-from .bases import AdaMuon, Signum
+from .bases import AdaMuon, Muon, Signum
 from .functional import Factors, apply_cholesky, apply_factor, apply_inverse, factorize, second_moment_sum
 from .optimizer import DoPr
 from .preconditioner import ActivationPreconditioner, NonFiniteError
@@ -15,6 +15,7 @@ __all__ = [
     "ActivationPreconditioner",
     "AdaMuon",
     "DoPr",
+    "Muon",
     "Factors",
     "NonFiniteError",
     "Signum",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .bases import AdaMuon, Signum
+from .bases import AdaMuon, Muon, Signum
 
 __all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
 
@@ -24,7 +24,7 @@ BASES: dict[str, type[Optimizer]] = {
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
     "signum": Signum,
-    "muon": torch.optim.Muon,
+    "muon": Muon,  # torch.optim.Muon's update; ns_dtype=torch.float32 for CPUs without fast bfloat16
     "adamuon": AdaMuon,
 }
 _MATRIX_BASES = {"muon", "adamuon"}
