@@ -67,3 +67,11 @@ def max_rel_diff(a: nn.Module, b: nn.Module) -> float:
 
 def twin(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+def scaled_batches(d_in=5, d_out=3, sizes=(16,), n_batches=3, scale=True, gen_seed=1):
+    """Micro-batches of (x, y) in float64, x with column scales from 10 to 0.1 (an ill-conditioned Sigma)."""
+    g = torch.Generator().manual_seed(gen_seed)
+    scales = torch.logspace(1, -1, d_in, dtype=torch.float64) if scale else torch.ones(d_in, dtype=torch.float64)
+    return [[(torch.randn(n, d_in, generator=g, dtype=torch.float64) * scales,
+              torch.randn(n, d_out, generator=g, dtype=torch.float64)) for n in sizes] for _ in range(n_batches)]

@@ -6,14 +6,7 @@ from torch import nn
 
 from dopr import ActivationPreconditioner, DoPr
 from dopr.functional import apply_blocks, block_second_moment_sum, factorize, pad_blocks_
-from helpers import QKV, max_rel_diff, mlp, train_fast, train_reference, twin
-
-
-def _batches(d_in=5, d_out=3, sizes=(16,), n_batches=3, gen_seed=1):
-    g = torch.Generator().manual_seed(gen_seed)
-    scales = torch.logspace(1, -1, d_in, dtype=torch.float64)
-    return [[(torch.randn(n, d_in, generator=g, dtype=torch.float64) * scales,
-              torch.randn(n, d_out, generator=g, dtype=torch.float64)) for n in sizes] for _ in range(n_batches)]
+from helpers import QKV, max_rel_diff, mlp, scaled_batches, train_fast, train_reference, twin
 
 
 def _mask(dim: int, blocks: int) -> torch.Tensor:
@@ -58,7 +51,7 @@ def test_apply_blocks_is_the_inverse_of_the_damped_block_diagonal(cholesky):
 def test_mlp_with_blocks_matches_the_masked_reference(bias, solve):
     model = mlp(bias=bias).double()
     other = twin(model)
-    batches = _batches(sizes=(7, 16))  # two micro-batches: blocks accumulate over gradient accumulation
+    batches = scaled_batches(sizes=(7, 16))  # two micro-batches: blocks accumulate over gradient accumulation
     opt = train_fast(model, batches, 3, max_block=3, solve=solve)
     train_reference(other, batches, 3, max_block=3)
     assert {g.blocks for g in opt.preconditioner.groups.values()} == {2, 3}
@@ -68,7 +61,7 @@ def test_mlp_with_blocks_matches_the_masked_reference(bias, solve):
 def test_shared_input_blocks_match_reference():
     model = QKV(d=7).double()
     other = twin(model)
-    batches = _batches(d_out=2)
+    batches = scaled_batches(d_out=2)
     opt = train_fast(model, batches, 3, base="adamw", lr=1e-2, max_block=3)
     train_reference(other, batches, 3, base="adamw", lr=1e-2, max_block=3)
     assert ["q", "k", "v"] in [g["layers"] for g in opt.stats().values()]
@@ -89,7 +82,7 @@ def test_conv_blocks_match_reference():
 
 
 def test_max_block_at_least_every_width_is_the_full_update():
-    batches = _batches()
+    batches = scaled_batches()
     a, b = mlp().double(), mlp().double()
     b.load_state_dict(a.state_dict())
     train_fast(a, batches, 3)
@@ -100,7 +93,7 @@ def test_max_block_at_least_every_width_is_the_full_update():
 
 def test_a_blocked_state_does_not_load_into_a_full_preconditioner():
     model = mlp().double()
-    opt = train_fast(model, _batches(), 2, max_block=3)
+    opt = train_fast(model, scaled_batches(), 2, max_block=3)
     state = opt.state_dict()
     other = DoPr(mlp().double(), base="sgd", lr=0.05)
     with pytest.raises(ValueError, match="max_block"):

@@ -4,16 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import QKV, max_rel_diff, mlp, train_fast, train_reference, twin
+from helpers import QKV, max_rel_diff, mlp, scaled_batches, train_fast, train_reference, twin
 
 torch.set_default_dtype(torch.float32)
-
-
-def _batches(d_in=5, d_out=3, sizes=(16,), n_batches=3, scale=True, gen_seed=1):
-    g = torch.Generator().manual_seed(gen_seed)
-    scales = torch.logspace(1, -1, d_in, dtype=torch.float64) if scale else torch.ones(d_in, dtype=torch.float64)
-    return [[(torch.randn(n, d_in, generator=g, dtype=torch.float64) * scales,
-              torch.randn(n, d_out, generator=g, dtype=torch.float64)) for n in sizes] for _ in range(n_batches)]
 
 
 def _compare(model, batches, steps=3, tol=1e-9, **kw):
@@ -28,14 +21,14 @@ def _compare(model, batches, steps=3, tol=1e-9, **kw):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_matches_reference(bias):
-    _compare(mlp(bias=bias), _batches())
+    _compare(mlp(bias=bias), scaled_batches())
 
 
 @pytest.mark.parametrize("solve", ["cholesky", "inverse"])
 def test_both_solves_match_reference(solve):
     model = mlp().double()
     other = twin(model)
-    batches = _batches(sizes=(7, 16))
+    batches = scaled_batches(sizes=(7, 16))
     opt = train_fast(model, batches, 3, solve=solve)
     train_reference(other, batches, 3)
     assert {g.kind for g in opt.preconditioner.groups.values()} == {solve}
@@ -64,7 +57,7 @@ def test_few_rows_into_a_wide_layer_match_reference(sizes):
     # dim/2, so the kept rows are folded into Sigma mid-step
     model = nn.Sequential(nn.Linear(40, 48), nn.Tanh(), nn.Linear(48, 3)).double()
     other = twin(model)
-    batches = _batches(d_in=40, sizes=sizes)
+    batches = scaled_batches(d_in=40, sizes=sizes)
     opt = train_fast(model, batches, 3, damping=1e-2)
     train_reference(other, batches, 3, damping=1e-2)
     kinds = {name: g.kind for name, g in opt.preconditioner.groups.items()}
@@ -80,7 +73,7 @@ def test_low_rank_form_in_float32_is_as_accurate_as_the_inverse():
         other = twin(model.double()).float()
         model, other = model.float(), other.double()
         scales = torch.logspace(1, -2, 64, dtype=torch.float64)
-        batches = [[(x * scales, y)] for [(x, y)] in _batches(d_in=64, d_out=4, sizes=(12,))]
+        batches = [[(x * scales, y)] for [(x, y)] in scaled_batches(d_in=64, d_out=4, sizes=(12,))]
         train_fast(model, [[(x.float(), y.float()) for x, y in b] for b in batches], 3, damping=1e-3, solve=solve)
         train_reference(other, batches, 3, damping=1e-3)
         errors[solve] = max_rel_diff(model.double(), other)
@@ -90,12 +83,12 @@ def test_low_rank_form_in_float32_is_as_accurate_as_the_inverse():
 
 def test_gradient_accumulation_matches_reference():
     # micro-batches of different sizes: Sigma must be the mean over all rows of the step
-    _compare(mlp(), _batches(sizes=(7, 16, 3)))
+    _compare(mlp(), scaled_batches(sizes=(7, 16, 3)))
 
 
 def test_shared_input_layers_match_reference():
     model = QKV().double()
-    batches = _batches(d_out=2, sizes=(9, 4))
+    batches = scaled_batches(d_out=2, sizes=(9, 4))
     other = twin(model)
     opt = train_fast(model, batches, 3)
     train_reference(other, batches, 3)
@@ -168,4 +161,4 @@ def test_embedding_matches_reference():
 ])
 def test_each_base_matches_reference(base, kw, tol):
     model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    _compare(model, _batches(sizes=(32,)), steps=3, base=base, lr=1e-2, damping=1e-2, tol=tol, **kw)
+    _compare(model, scaled_batches(sizes=(32,)), steps=3, base=base, lr=1e-2, damping=1e-2, tol=tol, **kw)
