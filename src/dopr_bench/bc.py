@@ -40,20 +40,23 @@ class MultiOptimizer:
             opt.step()
 
 
-def base_kwargs_for(base: str, weight_decay: float) -> dict[str, Any]:
+def base_kwargs_for(base: str, weight_decay: float, muon_ns_dtype: str | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = {"weight_decay": weight_decay}
     if base == "muon":
         kw["adjust_lr_fn"] = "match_rms_adamw"  # update RMS 0.2 like AdamW, so one lr scale serves every base
+        if muon_ns_dtype is not None:  # None: torch's bfloat16 Newton-Schulz (what the committed results used)
+            kw["ns_dtype"] = getattr(torch, muon_ns_dtype)
     return kw
 
 
 def build_optimizer(model: nn.Module, arm: str, lr: float, damping: float, weight_decay: float,
-                    aux_lr: float | None, dopr_kwargs: dict[str, Any] | None = None) -> Any:
+                    aux_lr: float | None, dopr_kwargs: dict[str, Any] | None = None,
+                    muon_ns_dtype: str | None = None) -> Any:
     from dopr import DoPr
     from dopr.routing import DEFAULT_AUX_PATTERNS, build_bases
 
     base, use_dopr = parse_arm(arm)
-    kw = base_kwargs_for(base, weight_decay)
+    kw = base_kwargs_for(base, weight_decay, muon_ns_dtype)
     aux_kwargs = {"weight_decay": weight_decay}
     if use_dopr:
         return DoPr(model, base=base, lr=lr, damping=damping, aux_lr=aux_lr, aux_kwargs=aux_kwargs,
@@ -83,7 +86,7 @@ def train_bc(arm: str, seed: int, data: BCData, cfg: dict[str, Any], obs_stats: 
     """Train one policy; returns the EMA model and a record (loss curves, final losses, wall time).
 
     ``cfg`` keys: width, blocks, steps, batch, lr, damping, weight_decay, aux_lr, ema, std_floor, clip,
-    standardize, log_every, sigma, and optionally refresh_every and max_block.
+    standardize, log_every, sigma, and optionally refresh_every, max_block and muon_ns_dtype.
     """
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     torch.manual_seed(seed)  # same init for every arm with this seed
@@ -95,7 +98,8 @@ def train_bc(arm: str, seed: int, data: BCData, cfg: dict[str, Any], obs_stats: 
         model.norm.clip.fill_(cfg["clip"])
     ema = EMA(model, cfg["ema"])
     dopr_kwargs = {k: cfg[k] for k in ("sigma", "refresh_every", "max_block") if cfg.get(k)} or None
-    opt = build_optimizer(model, arm, cfg["lr"], cfg["damping"], cfg["weight_decay"], cfg["aux_lr"], dopr_kwargs)
+    opt = build_optimizer(model, arm, cfg["lr"], cfg["damping"], cfg["weight_decay"], cfg["aux_lr"], dopr_kwargs,
+                          cfg.get("muon_ns_dtype"))
     gen = torch.Generator().manual_seed(10_000 + seed)  # same minibatch order for every arm with this seed
     n, steps, batch = len(data.obs), cfg["steps"], min(cfg["batch"], len(data.obs))
     log_every = max(1, cfg["log_every"])

@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> None:
     run_bench(args.task, optimizers, seeds, Path(args.out or f"results/{args.task}{'-quick' if args.quick else ''}"),
               spec, dataset=args.dataset, cache=Path(args.cache) if args.cache else DEFAULT_CACHE,
               threads=args.threads, sigma=args.sigma, refresh_every=args.refresh_every, aux_lr=args.aux_lr,
-              max_block=args.max_block,
+              max_block=args.max_block, muon_ns_dtype=args.muon_ns_dtype,
               weight_decay=args.weight_decay,
               video=args.video, progress=not args.no_progress)
 
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="DoPr: recompute Sigma and its factorization every k steps (default 1, the paper's)")
     r.add_argument("--max-block", type=int, default=None,
                    help="DoPr: block-diagonal Sigma for layers with more inputs than this (default: full Sigma)")
+    r.add_argument("--muon-ns-dtype", default=None, choices=["bfloat16", "float32"],
+                   help="Newton-Schulz precision of the Muon arms (default bfloat16, torch's; float32 is several "
+                        "times faster on CPUs without native bfloat16)")
     r.add_argument("--ema", type=float, default=None, help="EMA rate of the evaluated weights")
     r.add_argument("--width", type=int, default=None)
     r.add_argument("--blocks", type=int, default=None)

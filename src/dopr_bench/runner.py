@@ -53,7 +53,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
               dataset: str | None = None, cache: Path = DEFAULT_CACHE, threads: int = 1, sigma: str | None = None,
               aux_lr: float | None = None, weight_decay: float = 0.0, video: bool = False,
               progress: bool = True, refresh_every: int | None = None,
-              max_block: int | None = None) -> dict[str, Any]:
+              max_block: int | None = None, muon_ns_dtype: str | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -70,6 +70,8 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
         settings["refresh_every"] = refresh_every
     if max_block is not None:
         settings["max_block"] = max_block
+    if muon_ns_dtype is not None:
+        settings["muon_ns_dtype"] = muon_ns_dtype
     train_eps, val_eps, env_id, source = load_episodes(spec, dataset, cache)
     settings["env_id"], settings["source"] = env_id, source
     obs, act = _stack(train_eps)

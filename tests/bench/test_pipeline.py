@@ -124,3 +124,18 @@ def test_merge_runs_of_parallel_seeds(tmp_path: Path) -> None:
     main(base[:-1] + ["--lr", "0.5", "--no-progress", "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="other settings"):
         main(["merge", str(tmp_path / "a"), str(tmp_path / "c")])
+
+
+def test_muon_ns_dtype_reaches_both_muon_arms() -> None:
+    import torch
+    from torch import nn
+
+    from dopr import Muon
+    from dopr_bench.bc import build_optimizer
+
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    for arm in ("muon", "dopr-muon"):
+        for choice, want in ((None, torch.bfloat16), ("float32", torch.float32)):
+            opt = build_optimizer(model, arm, 1e-3, 0.1, 0.0, None, muon_ns_dtype=choice)
+            muons = [o for _, o in opt.bases if isinstance(o, Muon)]  # DoPr and MultiOptimizer both keep .bases
+            assert muons and {g["ns_dtype"] for o in muons for g in o.param_groups} == {want}, (arm, choice)
