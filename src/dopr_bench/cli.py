@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="DoPr: recompute Sigma and its factorization every k steps (default 1, the paper's)")
     r.add_argument("--max-block", type=int, default=None,
                    help="DoPr: block-diagonal Sigma for layers with more inputs than this (default: full Sigma)")
-    r.add_argument("--muon-ns-dtype", default=None, choices=["bfloat16", "float32"],
-                   help="Newton-Schulz precision of the Muon arms (default bfloat16, torch's; float32 is several "
-                        "times faster on CPUs without native bfloat16)")
+    r.add_argument("--muon-ns-dtype", default="float32", choices=["bfloat16", "float32"],
+                   help="Newton-Schulz precision of the Muon arms (default float32: torch's bfloat16 was 100x "
+                        "slower on an AVX2 CPU; bfloat16 reproduces the result folders made before 2026-12-01)")
     r.add_argument("--ema", type=float, default=None, help="EMA rate of the evaluated weights")
     r.add_argument("--width", type=int, default=None)
     r.add_argument("--blocks", type=int, default=None)

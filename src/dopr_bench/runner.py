@@ -70,7 +70,7 @@ def run_bench(task: str, optimizers: list[str], seeds: list[int], out: Path, spe
         settings["refresh_every"] = refresh_every
     if max_block is not None:
         settings["max_block"] = max_block
-    if muon_ns_dtype is not None:
+    if muon_ns_dtype not in (None, "bfloat16"):  # bfloat16 is how earlier result folders were made: they still resume
         settings["muon_ns_dtype"] = muon_ns_dtype
     train_eps, val_eps, env_id, source = load_episodes(spec, dataset, cache)
     settings["env_id"], settings["source"] = env_id, source
