@@ -128,7 +128,8 @@ def pad_blocks_(sigma: Tensor, dim: int) -> Tensor:
 
     The padded coordinates are decoupled from the real ones (zero off-diagonal entries) and their
     gradient columns are zero, so any positive value there leaves ``M`` exact; the mean eigenvalue
-    keeps the blocks' scale (and condition estimates) unchanged. Returns ``tr(Sigma)`` of the real part.
+    keeps the blocks' scale (and condition estimates) unchanged. The padded diagonal must be 0 on entry
+    (as :func:`block_second_moment_sum` leaves it), so the returned trace is ``tr(Sigma)`` of the real part.
     """
     blocks, b = sigma.shape[0], sigma.shape[-1]
     trace = sigma.diagonal(dim1=-2, dim2=-1).sum()

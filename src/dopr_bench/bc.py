@@ -99,7 +99,7 @@ def train_bc(arm: str, seed: int, data: BCData, cfg: dict[str, Any], obs_stats: 
     ema = EMA(model, cfg["ema"])
     dopr_kwargs = {k: cfg[k] for k in ("sigma", "refresh_every", "max_block") if cfg.get(k)} or None
     opt = build_optimizer(model, arm, cfg["lr"], cfg["damping"], cfg["weight_decay"], cfg["aux_lr"], dopr_kwargs,
-                          cfg.get("muon_ns_dtype", "bfloat16"))
+                          cfg.get("muon_ns_dtype"))
     gen = torch.Generator().manual_seed(10_000 + seed)  # same minibatch order for every arm with this seed
     n, steps, batch = len(data.obs), cfg["steps"], min(cfg["batch"], len(data.obs))
     log_every = max(1, cfg["log_every"])

@@ -32,6 +32,7 @@ def test_pipeline_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert np.isfinite(r["val_loss"]) and np.isfinite(r["drift"]) and r["train_curve"]
         assert r["wall_s"] > 0
     assert res["settings"]["steps"] == 12 and res["settings"]["standardize"] is False
+    assert res["settings"]["muon_ns_dtype"] == "float32"  # the CLI's default for the Muon arms' Newton-Schulz
     assert res["expert_demo_return"] > 9000
     for name in ("summary.md", "scatter_val_vs_return.png", "curves.png"):
         assert (out / name).stat().st_size > 0
@@ -139,3 +140,20 @@ def test_muon_ns_dtype_reaches_both_muon_arms() -> None:
             opt = build_optimizer(model, arm, 1e-3, 0.1, 0.0, None, muon_ns_dtype=choice)
             muons = [o for _, o in opt.bases if isinstance(o, Muon)]  # DoPr and MultiOptimizer both keep .bases
             assert muons and {g["ns_dtype"] for o in muons for g in o.param_groups} == {want}, (arm, choice)
+
+
+def test_train_bc_passes_the_muon_ns_dtype_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dopr_bench import bc
+
+    seen: list[object] = []
+    real = bc.build_optimizer
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(args[7] if len(args) > 7 else kwargs.get("muon_ns_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bc, "build_optimizer", spy)
+    data, cfg = _tiny_bc(steps=1, standardize=False, log_every=1)
+    bc.train_bc("muon", 0, data, cfg, None)  # no setting: torch's bfloat16 (how the earlier folders were made)
+    bc.train_bc("muon", 0, data, cfg | {"muon_ns_dtype": "float32"}, None)
+    assert seen == [None, "float32"]

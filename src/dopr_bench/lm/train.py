@@ -191,8 +191,11 @@ def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: in
     from dopr import NonFiniteError
 
     torch.manual_seed(seed)
-    dopr_kwargs = {k: v for k, v in (("sigma", cfg.sigma), ("max_block", cfg.max_block))
-                   if v is not None and v != "batch"}
+    dopr_kwargs: dict[str, Any] = {}
+    if cfg.sigma != "batch":
+        dopr_kwargs["sigma"] = cfg.sigma
+    if cfg.max_block is not None:
+        dopr_kwargs["max_block"] = cfg.max_block
     opt = build_optimizer(model, arm, cfg.lr, cfg.damping, cfg.weight_decay, cfg.aux_lr, dopr_kwargs or None)
     groups = param_groups(opt)
     for g in groups:
