@@ -2,7 +2,7 @@
 
 ``torch.optim.Muon`` always runs Newton-Schulz in bfloat16. On CPUs without native bfloat16 matmuls
 (AVX2, AVX-512 without BF16/AMX) a bfloat16 matmul is several times slower than a float32 one
-(8.5x measured on this project's AVX2 machines), so Muon's step costs more than the whole forward
+(7-8.5x measured on this project's AVX2 machine), so Muon's step costs more than the whole forward
 and backward. This class keeps torch's update rule, hyperparameters, defaults and state layout
 (``momentum_buffer``), and runs Newton-Schulz in ``ns_dtype``:
 
