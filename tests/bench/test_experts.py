@@ -12,8 +12,8 @@ gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 pytest.importorskip("scipy")
 
-from dopr_bench.data import rollout  # noqa: E402
-from dopr_bench.experts import MLPExpert, expert_paths, load_expert  # noqa: E402
+from dopr_bench.bc.data import rollout  # noqa: E402
+from dopr_bench.bc.experts import MLPExpert, expert_paths, load_expert  # noqa: E402
 
 
 def test_lqr_expert_balances_idp() -> None:

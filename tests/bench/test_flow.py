@@ -11,8 +11,10 @@ pytest.importorskip("matplotlib")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dopr_bench.core.bench import get_bench  # noqa: E402
+from dopr_bench.core.sweep import run_sweep  # noqa: E402
+from dopr_bench.flow.bench import FlowSpec, sample  # noqa: E402
 from dopr_bench.flow.data import evaluator, frechet_distance, load_digits_split, sample_quality  # noqa: E402
-from dopr_bench.flow.run import FlowSpec, run_flow_bench, sample  # noqa: E402
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():
@@ -56,9 +58,10 @@ def test_euler_sampling_of_a_known_field():
 
 
 def test_pipeline_tiny_budget_and_resume(tmp_path):
-    spec = FlowSpec(steps=20, batch=32, width=32, blocks=1, samples=64, integration_steps=(1, 4), log_every=10)
-    out = tmp_path / "run"
-    res = run_flow_bench(["adamw", "dopr-adamw"], [0, 1], out, spec, tmp_path / "cache", progress=False)
+    spec = FlowSpec(steps=20, batch=32, width=32, blocks=1, samples=64, integration_steps=(1, 4), log_every=10,
+                    optimizers=("adamw", "dopr-adamw"), seeds=2)
+    out, flow = tmp_path / "run", get_bench("flow")
+    res = run_sweep(flow, "digits", spec, out, cache=tmp_path / "cache", progress=False)
     assert len(res["runs"]) == 4
     saved = json.loads((out / "results.json").read_text())
     run = saved["runs"][0]
@@ -68,5 +71,6 @@ def test_pipeline_tiny_budget_and_resume(tmp_path):
     a, d = (r for r in saved["runs"] if r["seed"] == 0)
     assert a["val_loss"] != d["val_loss"]
     # resume: nothing is redone
-    again = run_flow_bench(["adamw", "dopr-adamw"], [0, 1], out, spec, tmp_path / "cache", progress=False)
-    assert [r["wall_seconds"] for r in again["runs"]] == [r["wall_seconds"] for r in saved["runs"]]
+    again = run_sweep(flow, "digits", spec, out, cache=tmp_path / "cache", progress=False)
+    assert [r["wall_s"] for r in again["runs"]] == [r["wall_s"] for r in saved["runs"]]
+    assert saved["bench"] == "flow" and {"torch", "dopr", "diverged"} <= set(run)  # the provenance flow lacked

@@ -14,8 +14,22 @@ pytest.importorskip("matplotlib")
 
 from dopr_bench.lm import synth  # noqa: E402
 from dopr_bench.lm.answers import extract_answer  # noqa: E402
-from dopr_bench.lm.runner import run_lm_bench  # noqa: E402
-from dopr_bench.lm.train import FTConfig  # noqa: E402
+from dopr_bench.lm.bench import BENCH as LM  # noqa: E402
+from dopr_bench.lm.bench import LMSpec  # noqa: E402
+from dopr_bench.lm.bench import Prepared as LMPrepared  # noqa: E402
+
+
+def run_lm_bench(source: object, arms: list[str], seeds: list[int], lrs: list[float], spec: LMSpec,
+                 out: Path) -> dict:
+    """The core sweep over the LM bench, with ``source`` (a tiny synthetic task) in place of the built-in one."""
+    from dataclasses import replace
+
+    from dopr_bench.core.sweep import run_sweep
+
+    bench = replace(LM, prepare=lambda s, task, cache: LMPrepared(s, task, cache, source=source))
+    spec = replace(spec, optimizers=tuple(arms), seeds=len(seeds), first_seed=seeds[0], lrs=tuple(lrs))
+    return run_sweep(bench, "synthetic", spec, out, cache=out / "cache", progress=False)
+
 
 TINY = synth.SynthTask(synth.SynthModelSpec(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vocab=300,
                                             pretrain_docs=200, pretrain_steps=3, pretrain_batch=4),
@@ -54,10 +68,10 @@ def test_pipeline_tiny(tmp_path: Path, lora: bool) -> None:
     ckpt = Path(source.info["checkpoint"])
     assert (ckpt / "config.json").exists() and (ckpt / "tokenizer.json").exists()
     assert synth.synth_source(TINY, tmp_path / "cache", progress=False).info["checkpoint"] == str(ckpt)  # cached
-    cfg = FTConfig(steps=2, batch=4, lr=1e-3, lora=lora, lora_r=2, max_new_tokens=12, eval_batch=8, log_every=1)
+    cfg = LMSpec(steps=2, batch=4, lora=lora, lora_r=2, max_new_tokens=12, eval_batch=8, log_every=1)
     out = tmp_path / "out"
     arms = ["adamw", "dopr-adamw", "muon", "dopr-muon"]
-    res = run_lm_bench(source, arms, [0, 1], [1e-3], cfg, out, progress=False)
+    res = run_lm_bench(source, arms, [0, 1], [1e-3], cfg, out)
     assert len(res["runs"]) == 8
     for r in res["runs"]:
         assert r["mode"] == ("lora" if lora else "full")
@@ -76,15 +90,15 @@ def test_pipeline_tiny(tmp_path: Path, lora: bool) -> None:
     main(["report", str(out)])  # rewrites the LM summary from results.json
     assert "dopr-muon − muon" in (out / "summary.md").read_text()
     # resumable: a second call with the same settings trains nothing new
-    again = run_lm_bench(source, arms[:2], [0], [1e-3], cfg, out, progress=False, plots=False)
+    again = run_lm_bench(source, arms[:2], [0], [1e-3], cfg, out)
     assert len(again["runs"]) == 8
 
 
 def test_same_arm_same_seed_is_reproducible(tmp_path: Path) -> None:
     source = synth.synth_source(TINY, tmp_path / "cache", progress=False)
-    cfg = FTConfig(steps=2, batch=4, lr=1e-3, max_new_tokens=8, eval_batch=8)
-    r1 = run_lm_bench(source, ["dopr-adamw"], [0], [1e-3], cfg, tmp_path / "a", progress=False, plots=False)
-    r2 = run_lm_bench(source, ["dopr-adamw"], [0], [1e-3], cfg, tmp_path / "b", progress=False, plots=False)
+    cfg = LMSpec(steps=2, batch=4, max_new_tokens=8, eval_batch=8)
+    r1 = run_lm_bench(source, ["dopr-adamw"], [0], [1e-3], cfg, tmp_path / "a")
+    r2 = run_lm_bench(source, ["dopr-adamw"], [0], [1e-3], cfg, tmp_path / "b")
     assert r1["runs"][0]["val_nll"] == r2["runs"][0]["val_nll"]
     assert r1["runs"][0]["accuracy"] == r2["runs"][0]["accuracy"]
 
@@ -106,8 +120,8 @@ def test_padding_rows_stay_out_of_sigma(tmp_path: Path, monkeypatch: pytest.Monk
         return real(z, **kw)
 
     monkeypatch.setattr(pre, "second_moment_sum", spy)
-    cfg = FTConfig(steps=1, batch=4, lr=1e-3, sigma_rows=sigma_rows)  # batch = all 4 examples
-    lm_train.finetune(source.load_model(), encoded, [], lm_train.pad_id(source.tokenizer), "dopr-adamw", cfg, 0)
+    cfg = LMSpec(steps=1, batch=4, sigma_rows=sigma_rows)  # batch = all 4 examples
+    lm_train.finetune(source.load_model(), encoded, [], lm_train.pad_id(source.tokenizer), "dopr-adamw", 1e-3, cfg, 0)
     tokens, padded = sum(len(e.ids) for e in encoded), len(encoded) * max(len(e.ids) for e in encoded)
     assert rows and set(rows) == {tokens if sigma_rows == "attention-mask" else padded}
 
@@ -117,10 +131,10 @@ def test_max_block_reaches_dopr(tmp_path: Path) -> None:
 
     source = synth.synth_source(TINY, tmp_path / "cache", progress=False)
     encoded = lm_train.encode(source.tokenizer, source.train(0)[:4], 128)
-    cfg = FTConfig(steps=1, batch=4, lr=1e-3, max_block=16)
+    cfg = LMSpec(steps=1, batch=4, max_block=16)
     _, rec = lm_train.finetune(source.load_model(), encoded, [], lm_train.pad_id(source.tokenizer), "dopr-adamw",
-                               cfg, 0)
+                               1e-3, cfg, 0)
     blocks = {name: s["blocks"] for name, s in rec["dopr_stats"].items()}
     assert blocks.pop("model.embed_tokens") == 1  # a diagonal Sigma is never blocked
     assert set(blocks.values()) == {2, 4}, blocks  # 32 and 64 inputs in blocks of 16
-    assert cfg.settings()["max_block"] == 16 and "max_block" not in FTConfig().settings()
+    assert cfg.settings()["max_block"] == 16 and LMSpec().settings()["max_block"] is None

@@ -90,14 +90,14 @@ def test_real_recipe_through_cli(tiny_model: Path, tmp_path: Path, lora: bool) -
 
 
 def test_held_out_eval_split_without_eval_dataset(tiny_model: Path, tmp_path: Path) -> None:
-    from dopr_bench.lm.cli import main
+    from dopr_bench.cli import main
 
     train = tmp_path / "train.jsonl"
     _gsm8k_like(train, 20, 0)
     out = tmp_path / "out"
-    main(["--model", str(tiny_model), "--dataset", str(train), "--optimizers", "dopr-adamw", "--seeds", "1",
-          "--lrs", "1e-3", "--steps", "1", "--batch", "2", "--n-val", "3", "--n-eval", "3", "--max-new-tokens", "4",
-          "--out", str(out), "--no-progress", "--no-plots"])
+    main(["run", "lm", "--model", str(tiny_model), "--dataset", str(train), "--optimizers", "dopr-adamw", "--seeds",
+          "1", "--lrs", "1e-3", "--steps", "1", "--batch", "2", "--n-val", "3", "--n-eval", "3", "--max-new-tokens",
+          "4", "--out", str(out), "--no-progress"])
     res = json.loads((out / "results.json").read_text())
     assert res["runs"][0]["n_eval"] == 3 and res["settings"]["n_val"] == 3
     assert "14 examples" in res["source"]["description"]  # 20 - 3 val - 3 eval

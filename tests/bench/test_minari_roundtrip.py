@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("minari")
 gym = pytest.importorskip("gymnasium")
 
-from dopr_bench.data import Episode, expert_demos, read_minari, rollout, write_minari  # noqa: E402
+from dopr_bench.bc.data import Episode, expert_demos, read_minari, rollout, write_minari  # noqa: E402
 
 
 def test_write_read_same_arrays(tmp_path: Path) -> None:
@@ -67,8 +67,8 @@ def test_dataset_by_public_id_uses_the_local_copy_through_the_cli(tmp_path: Path
 
     import minari.storage.hosting as hosting
 
+    from dopr_bench.bc.experts.lqr import lqr_expert
     from dopr_bench.cli import main
-    from dopr_bench.experts.lqr import lqr_expert
 
     env_id, dataset_id = "InvertedDoublePendulum-v5", "mujoco/inverteddoublependulum/expert-v0"
     env = gym.make(env_id)
@@ -93,7 +93,7 @@ def test_dataset_by_public_id_uses_the_local_copy_through_the_cli(tmp_path: Path
 
 def test_demos_made_by_a_concurrent_run_are_kept(tmp_path: Path, monkeypatch) -> None:
     """Runs started together all make the same cached dataset; the one that lands second must not fail."""
-    import dopr_bench.data as data
+    import dopr_bench.bc.data as data
 
     real = data.write_minari
     env_id = "InvertedDoublePendulum-v5"

@@ -5,7 +5,8 @@ from torch import nn
 
 from dopr import ActivationPreconditioner
 from dopr.reference import ReferenceAP
-from dopr_bench.bc import build_optimizer
+from dopr_bench.core.arms import build_optimizer
+from dopr_bench.robo.bench import RoboSpec
 from dopr_bench.robo.policy import FlowPolicy
 
 CAMS = ("agentview", "robot0_eye_in_hand")
@@ -26,7 +27,7 @@ def test_summary_lists_every_conv_with_ap():
     model = _tiny()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 8  # 4 per camera
-    opt = build_optimizer(model, "dopr-adamw", 1e-3, 0.1, 0.0, None)
+    opt = build_optimizer(model, "dopr-adamw", 1e-3, RoboSpec())
     model.loss(*_batch()).backward()
     opt.step()
     text = opt.summary()

@@ -1,15 +1,35 @@
-"""Instruction datasets for the real recipe: a hub name or a local file/directory, through ``datasets``."""
+"""What the LM bench fine-tunes and judges (:class:`Source`), and the instruction datasets of the real recipe: a hub
+name or a local file/directory, through ``datasets``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .answers import extract_answer
 from .train import Example
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .bench import LMSpec
+
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:\n"
+
+
+@dataclass
+class Source:
+    """What a bench fine-tunes and how it judges it."""
+
+    name: str
+    load_model: Callable[[], nn.Module]  # a fresh copy of the base model
+    tokenizer: Any
+    train: Callable[[int], list[Example]]  # training examples for a seed
+    val: list[Example]  # held-out examples of the training distribution: validation NLL
+    evals: list[Example]  # judged by generation (exact match); ``group`` gives the breakdown
+    info: dict[str, Any] = field(default_factory=dict)
 _LOCAL_KINDS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
@@ -61,3 +81,44 @@ def to_examples(rows: Any, fields: Fields, group: str, limit: int | None = None,
 
 def shuffled(rows: Any, seed: int) -> Any:
     return rows.shuffle(seed=seed) if len(rows) > 1 else rows
+
+
+def real_source(a: LMSpec) -> Source:
+    """Any causal LM checkpoint (``a.model``) on any instruction dataset (``a.dataset``), judged on a held-out part of
+    it or on ``a.eval_dataset``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not a.dataset:
+        raise SystemExit("--model needs --dataset (hub name or local file)")
+    template = (a.prompt_template or DEFAULT_TEMPLATE).replace("\\n", "\n")
+    fields = Fields(a.question_field, a.answer_field, a.reference_field, template)
+    rows = shuffled(load_rows(a.dataset, a.dataset_config, a.train_split), 0)
+    name = Path(a.dataset).name or a.dataset
+    val = to_examples(rows, fields, name, limit=a.n_val)
+    skip = a.n_val
+    if a.eval_dataset:
+        efields = Fields(a.eval_question_field or a.question_field, a.eval_answer_field or a.answer_field,
+                         a.eval_reference_field or a.reference_field, template)
+        erows = load_rows(a.eval_dataset, a.eval_config, a.eval_split)
+        evals = to_examples(erows, efields, Path(a.eval_dataset).name or a.eval_dataset, limit=a.n_eval)
+    else:
+        evals = to_examples(rows, fields, name, limit=a.n_eval, skip=a.n_val)
+        skip += a.n_eval
+    train_all = to_examples(rows, fields, name, limit=a.n_train, skip=skip)
+    if not train_all:
+        raise SystemExit(f"no training examples left in {a.dataset} after {skip} held out (val + eval)")
+    tok = AutoTokenizer.from_pretrained(a.model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+
+    def load() -> Any:
+        import torch
+
+        return AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+
+    desc = (f"Model {a.model}; trained on {len(train_all)} examples of {a.dataset} (fields {fields.question!r} -> "
+            f"{fields.answer!r}); validation NLL on {len(val)} held-out ones; judged on {len(evals)} examples of "
+            f"{a.eval_dataset or a.dataset + ' (held out)'}.")
+    return Source(f"{Path(a.model).name}@{name}", load, tok, lambda seed: train_all, val, evals,
+                  {"description": desc, "model": a.model, "dataset": a.dataset, "eval_dataset": a.eval_dataset})

@@ -7,42 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from ..report import arm_colors, t_ci
-from ..report import arm_order as arms
-
-
-def _fmt(mean: float, half: float, digits: int = 3) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
-
-
-def lrs(runs: list[dict[str, Any]]) -> list[float]:
-    return sorted({float(r["lr"]) for r in runs})
+from ..core.plots import arm_colors, line_style, pyplot
+from ..core.stats import arm_order as arms
+from ..core.stats import fmt_fixed as _fmt
+from ..core.stats import lrs, pairs, select, t_ci
 
 
 def groups(runs: list[dict[str, Any]]) -> list[str]:
     gs = {g for r in runs for g in r.get("accuracy_by_group", {})}
     return sorted(gs, key=lambda g: (0, int(g)) if g.isdigit() else (1, g))
-
-
-def select(runs: list[dict[str, Any]], arm: str | None = None, lr: float | None = None) -> list[dict[str, Any]]:
-    return [r for r in runs if (arm is None or r["optimizer"] == arm) and (lr is None or float(r["lr"]) == lr)]
-
-
-def pairs(runs: list[dict[str, Any]], lr: float | None = None) -> dict[tuple[str, str], list[tuple[dict, dict]]]:
-    """(dopr-X, X) -> [(dopr run, base run)] matched on lr and seed."""
-    by = {(r["optimizer"], float(r["lr"]), r["seed"]): r for r in runs}
-    out: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
-    for arm in arms(runs):
-        if not arm.startswith("dopr-"):
-            continue
-        base = arm[5:]
-        ps = [(r, by[(base, k[1], k[2])]) for k, r in by.items()
-              if k[0] == arm and (lr is None or k[1] == lr) and (base, k[1], k[2]) in by]
-        if ps:
-            out[(arm, base)] = sorted(ps, key=lambda p: (float(p[0]["lr"]), p[0]["seed"]))
-    return out
 
 
 def nll_accuracy_corr(rs: list[dict[str, Any]]) -> float:
@@ -130,11 +103,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 
 def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     runs = results["runs"]
     names, all_lrs, gs = arms(runs), lrs(runs), groups(runs)
     col = arm_colors(names)
@@ -158,7 +127,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
                        facecolors=col[arm] if dopr else "none", linewidths=1.5)
             ax.annotate(f"{lr:g}", (mx, my), fontsize=7, xytext=(4, 3), textcoords="offset points")
         if pts:
-            ax.plot(*zip(*pts), color=col[arm], ls="-" if dopr else "--", lw=1, label=arm)
+            ax.plot(*zip(*pts), color=col[arm], ls=line_style(arm), lw=1, label=arm)
     ax.set_xlabel("validation NLL (teacher-forced, nats/token)")
     ax.set_ylabel("accuracy of generated answers")
     ax.set_title(f"{title}\nval NLL vs accuracy per lr (large: mean; small: seeds; filled/solid: DoPr)",
@@ -179,7 +148,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 stats = [t_ci([r["accuracy_by_group"].get(g, np.nan) for r in rs]) for g in gs]
                 x = np.arange(len(gs))
                 ax.errorbar(x, [m for m, _ in stats], yerr=[0 if not np.isfinite(h) else h for _, h in stats],
-                            color=col[arm], ls="-" if arm.startswith("dopr-") else "--", marker="o", ms=3,
+                            color=col[arm], ls=line_style(arm), marker="o", ms=3,
                             capsize=2, label=arm)
             ax.set_xticks(np.arange(len(gs)), gs)
             ax.set_xlabel("reasoning steps k" if all(g.isdigit() for g in gs) else "group")
@@ -199,7 +168,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 c = np.asarray(r["train_curve"])
                 if len(c):
                     ax.plot(c[:, 0], c[:, 1], color=col[arm], alpha=0.4, lw=0.8,
-                            ls="-" if arm.startswith("dopr-") else "--", label=arm if i == 0 else None)
+                            ls=line_style(arm), label=arm if i == 0 else None)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(f"train loss, lr {lr:g}", fontsize=9)

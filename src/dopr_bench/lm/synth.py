@@ -253,12 +253,12 @@ QUICK = SynthTask(SynthModelSpec(hidden=64, layers=2, heads=4, kv_heads=2, inter
 
 
 def synth_source(task: SynthTask, cache: Path, progress: bool = True) -> Any:
-    """The :class:`~dopr_bench.lm.runner.Source` of the synthetic task (pretrains the base model on first use)."""
+    """The :class:`~dopr_bench.lm.data.Source` of the synthetic task (pretrains the base model on first use)."""
     from collections import Counter
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .runner import Source
+    from .data import Source
 
     path = base_checkpoint(task.model, cache, progress)
     tok = AutoTokenizer.from_pretrained(path)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..bc import build_optimizer
+from ..core.arms import build_optimizer, telemetry
 from .answers import extract_answer, is_correct
+
+if TYPE_CHECKING:
+    from .bench import LMSpec
 
 
 @dataclass(frozen=True)
@@ -28,38 +31,6 @@ class Example:
 class Encoded:
     ids: list[int]
     labels: list[int]  # -100 on the prompt
-
-
-@dataclass
-class FTConfig:
-    steps: int = 100
-    batch: int = 16
-    lr: float = 1e-3
-    warmup: float = 0.1  # fraction of steps with linear warmup, then cosine decay to zero
-    damping: float = 0.1
-    weight_decay: float = 0.0
-    aux_lr: float | None = None
-    grad_clip: float = 1.0  # 0: off
-    sigma: str = "batch"
-    sigma_rows: str = "attention-mask"  # "all": padding tokens enter DoPr's Sigma too (results made before 2026-11-29)
-    max_block: int | None = None  # DoPr: block-diagonal Sigma for inputs wider than this
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_targets: str = "all-linear"
-    max_len: int = 512
-    eval_batch: int = 64
-    max_new_tokens: int = 256
-    log_every: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def settings(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
-        if out["sigma_rows"] == "all":  # the setting before the option existed: old result folders still resume
-            del out["sigma_rows"]
-        if out["max_block"] is None:  # likewise
-            del out["max_block"]
-        return out
 
 
 def encode(tokenizer: Any, examples: list[Example], max_len: int, with_eos: bool = True) -> list[Encoded]:
@@ -99,13 +70,6 @@ def collate(items: list[Encoded], pad: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def param_groups(opt: Any) -> list[dict[str, Any]]:
-    """The param groups of a DoPr or of a MultiOptimizer (for the lr schedule)."""
-    if hasattr(opt, "param_groups"):
-        return list(opt.param_groups)
-    return [g for _, o in opt.bases for g in o.param_groups]
-
-
 def lr_factor(step: int, steps: int, warmup: float) -> float:
     """Linear warmup over ``warmup * steps`` steps, then cosine decay to zero (``step`` counts from 0)."""
     w = max(1, round(warmup * steps)) if warmup > 0 else 0
@@ -114,7 +78,7 @@ def lr_factor(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
 
 
-def wrap_lora(model: nn.Module, cfg: FTConfig) -> nn.Module:
+def wrap_lora(model: nn.Module, cfg: LMSpec) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets: Any = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
@@ -185,19 +149,14 @@ def generate_eval(model: nn.Module, tokenizer: Any, examples: list[Example], bat
     }
 
 
-def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: int, arm: str, cfg: FTConfig,
+def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: int, arm: str, lr: float, cfg: LMSpec,
              seed: int, progress: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` (already LoRA-wrapped if wanted) on ``train``; returns it and a record of the run."""
     from dopr import NonFiniteError
 
     torch.manual_seed(seed)
-    dopr_kwargs: dict[str, Any] = {}
-    if cfg.sigma != "batch":
-        dopr_kwargs["sigma"] = cfg.sigma
-    if cfg.max_block is not None:
-        dopr_kwargs["max_block"] = cfg.max_block
-    opt = build_optimizer(model, arm, cfg.lr, cfg.damping, cfg.weight_decay, cfg.aux_lr, dopr_kwargs or None)
-    groups = param_groups(opt)
+    opt = build_optimizer(model, arm, lr, cfg)
+    groups = list(opt.param_groups)
     for g in groups:
         g["initial_lr"] = g["lr"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -246,12 +205,8 @@ def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: in
     rec: dict[str, Any] = {"train_curve": train_curve, "val_curve": val_curve, "diverged": diverged or not finite,
                            "error": error, "train_s": train_s, "steps_done": step + 1 if cfg.steps else 0,
                            "train_loss": train_curve[-1][1] if train_curve else float("nan")}
-    if hasattr(opt, "stats") and not rec["diverged"]:
-        try:
-            rec["dopr_stats"] = {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}
-                                 for k, v in opt.stats().items()}
-        except Exception:  # telemetry is optional
-            pass
+    if not rec["diverged"] and (stats := telemetry(opt)) is not None:
+        rec["dopr_stats"] = stats
     if hasattr(opt, "preconditioner"):
         opt.preconditioner.remove()  # unhook, so the evaluation and later runs are plain forwards
     return model, rec

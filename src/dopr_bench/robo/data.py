@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core import CACHE
 from .envs import CAMERAS, PROPRIO_KEYS, TASKS, TRAIN_SEED, VAL_SEED, RoboEnv, default_env_args, prepare_robosuite
 from .experts import Demo, collect_demos
 
-DEFAULT_CACHE = Path(os.environ.get("DOPR_BENCH_CACHE", Path.home() / ".cache" / "dopr_bench")) / "robo"
+DEFAULT_CACHE = CACHE / "robo"
 #: low-dim keys stored with generated demos besides the images ("object" is robomimic's name for object-state).
 STORED_LOW_DIM = (*PROPRIO_KEYS, "robot0_joint_pos", "object")
 _IMAGE_COMPRESSION = "lzf"

@@ -8,30 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from ..report import arm_colors, arm_order, save_figure, scatter_by_arm, t_ci
-
-
-def _cell(values: list[float], fmt: str = "{:.2f}") -> str:
-    mean, half = t_ci(values)
-    if not np.isfinite(mean):
-        return "n/a"
-    return fmt.format(mean) + (f" ± {fmt.replace('+', '').format(half)}" if np.isfinite(half) else "")
-
-
-def _pairs(runs: list[dict[str, Any]]) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
-    arms = arm_order(runs)
-    out = {}
-    for arm in arms:
-        if arm.startswith("dopr-") and arm[5:] in arms:
-            base = {r["seed"]: r for r in runs if r["optimizer"] == arm[5:]}
-            ps = [(r, base[r["seed"]]) for r in runs if r["optimizer"] == arm and r["seed"] in base]
-            if ps:
-                out[arm] = sorted(ps, key=lambda p: p[0]["seed"])
-    return out
+from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_by_arm
+from ..core.stats import arm_order, cell, pairs
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
     runs, s, demos = results["runs"], results["settings"], results.get("demos", {})
+    lr = runs[0]["lr"] if runs else "?"
     lines = [f"# {results['task']} ({s['env_name']}): flow-matching image policy, base vs DoPr", ""]
     lines.append(f"Demos: {s['demos']} training ({demos.get('train_frames', '?')} frames), {s['val_demos']} validation "
                  f"({demos.get('val_frames', '?')} frames), source `{s['source']}`.")
@@ -42,7 +25,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     params = runs[0]["params"] if runs else "?"
     lines += [f"Policy: {params:,} parameters; cameras {', '.join(s['cameras'])} at {s['image_size']} px "
               f"(render: {s['render']}), chunk {s['chunk']} actions, {s['execute']} executed per plan, "
-              f"{s['euler_steps']} Euler steps. Training: {s['steps']} steps at batch {s['batch']}, lr {s['lr']}, "
+              f"{s['euler_steps']} Euler steps. Training: {s['steps']} steps at batch {s['batch']}, lr {lr}, "
               f"damping {s['damping']}, EMA rate {s['ema']}, random shift ±{s['shift']} px.",
               f"Evaluation: EMA weights, {s['episodes']} rollouts (≤ {s['max_episode_steps']} steps, fixed start "
               f"states and sampling noise) at each of {s['evals']} checkpoints; best = the best checkpoint "
@@ -53,23 +36,23 @@ def summary_markdown(results: dict[str, Any]) -> str:
               "success at min val | train s | rollout s |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in arm_order(runs):
         rs = [r for r in runs if r["optimizer"] == arm]
-        lines.append(f"| {arm} | {len(rs)} | {_cell([r['val_loss'] for r in rs], '{:.4f}')} | "
-                     f"{_cell([r['train_loss'] for r in rs], '{:.4f}')} | "
-                     f"{_cell([r['success_best'] for r in rs])} | {_cell([r['success_final'] for r in rs])} | "
-                     f"{_cell([r['success_at_min_val'] for r in rs])} | {np.mean([r['train_s'] for r in rs]):.0f} | "
+        lines.append(f"| {arm} | {len(rs)} | {cell([r['val_loss'] for r in rs], '{:.4f}')} | "
+                     f"{cell([r['train_loss'] for r in rs], '{:.4f}')} | "
+                     f"{cell([r['success_best'] for r in rs])} | {cell([r['success_final'] for r in rs])} | "
+                     f"{cell([r['success_at_min_val'] for r in rs])} | {np.mean([r['train_s'] for r in rs]):.0f} | "
                      f"{np.mean([r['eval_s'] for r in rs]):.0f} |")
-    pairs = _pairs(runs)
-    if pairs:
+    ps_all = pairs(runs)
+    if ps_all:
         lines += ["", "Paired per-seed differences DoPr − base (success: higher is better; loss: lower is better; "
                   "wins = seeds where DoPr's best-checkpoint success is higher / equal):", "",
                   "| pair | seeds | Δ success best | Δ success final | Δ val FM loss | DoPr wins / ties |",
                   "|---|---|---|---|---|---|"]
-        for arm, ps in pairs.items():
+        for (arm, _), ps in ps_all.items():
             db = [a["success_best"] - b["success_best"] for a, b in ps]
             df = [a["success_final"] - b["success_final"] for a, b in ps]
             dv = [a["val_loss"] - b["val_loss"] for a, b in ps]
-            lines.append(f"| {arm} − {arm[5:]} | {len(ps)} | {_cell(db, '{:+.2f}')} | {_cell(df, '{:+.2f}')} | "
-                         f"{_cell(dv, '{:+.4f}')} | {sum(d > 0 for d in db)} / {sum(d == 0 for d in db)} |")
+            lines.append(f"| {arm} − {arm[5:]} | {len(ps)} | {cell(db, '{:+.2f}')} | {cell(df, '{:+.2f}')} | "
+                         f"{cell(dv, '{:+.4f}')} | {sum(d > 0 for d in db)} / {sum(d == 0 for d in db)} |")
     lines += ["", "Per seed (success best / final, final val loss):", ""]
     for arm in arm_order(runs):
         rs = sorted((r for r in runs if r["optimizer"] == arm), key=lambda r: r["seed"])
@@ -80,11 +63,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 
 def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     runs = results["runs"]
     arms = arm_order(runs)
     col = arm_colors(arms)
@@ -107,7 +86,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
             rs = [r for r in runs if r["optimizer"] == arm and r["checkpoints"]]
             if not rs:
                 continue
-            ls = "-" if arm.startswith("dopr-") else "--"
+            ls = line_style(arm)
             steps = [c["step"] for c in rs[0]["checkpoints"]]
             rates = np.array([[c["success_rate"] for c in r["checkpoints"]] for r in rs
                               if len(r["checkpoints"]) == len(steps)])

@@ -7,50 +7,20 @@ same validation draws, and the same rollout start states and sampling noise.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..bc import build_optimizer
-from ..policy import EMA
+from ..core.arms import build_optimizer, telemetry
+from ..core.nets import EMA
 from .envs import EVAL_SEED, PROPRIO_KEYS, RoboEnv
 from .experts import Demo
 from .policy import FlowPolicy, param_count
 
-
-@dataclass(frozen=True)
-class RoboSpec:
-    demos: int = 40
-    val_demos: int = 10
-    steps: int = 3000
-    batch: int = 64
-    lr: float = 1e-3
-    damping: float = 0.1
-    weight_decay: float = 0.0
-    ema: float = 0.005  # EMA rate max(ema, (1 + step) ** -0.75)
-    chunk: int = 8  # actions predicted per inference
-    execute: int = 4  # of which executed open-loop before re-planning
-    euler_steps: int = 8
-    width: int = 256
-    blocks: int = 2
-    channels: int = 32
-    keypoints: int = 32
-    feat: int = 64
-    cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
-    image_size: int = 84
-    shift: int = 4  # random-shift augmentation (pixels)
-    episodes: int = 20  # rollouts per checkpoint
-    max_episode_steps: int | None = None  # rollout cap; None: the task's (MAX_EPISODE_STEPS in run.py)
-    evals: int = 3  # evenly spaced checkpoints with rollouts (the last is the final weights)
-    val_draws: int = 4
-    log_every: int = 100
-
-    def settings(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cameras"] = list(self.cameras)
-        return d
+if TYPE_CHECKING:
+    from .bench import RoboSpec
 
 
 @dataclass
@@ -162,7 +132,7 @@ def eval_steps(spec: RoboSpec) -> list[int]:
     return sorted({max(1, round(spec.steps * (i + 1) / spec.evals)) for i in range(spec.evals)})
 
 
-def train_run(arm: str, seed: int, spec: RoboSpec, train: RoboData, val: RoboData, env: RoboEnv,
+def train_run(arm: str, seed: int, lr: float, spec: RoboSpec, train: RoboData, val: RoboData, env: RoboEnv,
               progress: Any = None) -> dict[str, Any]:
     torch.manual_seed(seed)  # the same initialization for every arm with this seed
     act_dim = train.chunks.shape[2]
@@ -170,7 +140,7 @@ def train_run(arm: str, seed: int, spec: RoboSpec, train: RoboData, val: RoboDat
                        spec.channels, spec.keypoints, spec.feat)
     model.fit_low_dim(train.low.numpy())
     ema = EMA(model, spec.ema)  # before the optimizer: DoPr's hooks stay on the trained model only
-    opt = build_optimizer(model, arm, spec.lr, spec.damping, spec.weight_decay, None)
+    opt = build_optimizer(model, arm, lr, spec)
     dim = spec.chunk * act_dim
     val_x0, val_t = fixed_draws(len(val), dim, spec.val_draws, seed=4242)
     n_sub = min(len(train), 1000)
@@ -219,16 +189,12 @@ def train_run(arm: str, seed: int, spec: RoboSpec, train: RoboData, val: RoboDat
             t0 = time.time()
     if diverged:
         train_s += time.time() - t0
-    rec: dict[str, Any] = {"optimizer": arm, "seed": seed, "diverged": diverged, "params": param_count(model),
+    rec: dict[str, Any] = {"diverged": diverged, "params": param_count(model),
                            "train_curve": train_curve, "val_curve": val_curve, "checkpoints": checkpoints,
                            "train_s": train_s, "eval_s": eval_s}
     rec.update(summarize_checkpoints(checkpoints, diverged))
-    if hasattr(opt, "stats") and not diverged:
-        try:
-            rec["dopr_stats"] = {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}
-                                 for k, v in opt.stats().items()}
-        except Exception:  # telemetry is optional
-            pass
+    if not diverged and (stats := telemetry(opt)) is not None:
+        rec["dopr_stats"] = stats
     return rec
 
 

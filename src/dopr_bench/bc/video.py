@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import EVAL_SEED
 from .policy import ActPolicy, ResidualMLP
-from .tasks import EVAL_SEED
 
 
 def save_model(model: nn.Module, path: Path) -> None:

@@ -84,3 +84,13 @@ def load_expert(task: str, env_id: str, directory: Path | None = None) -> Expert
 
         return lqr_expert(env_id)
     return load_mlp_expert(task, directory)
+
+
+def expert_tag(task: str) -> str:
+    """Cache tag of the expert: 'lqr' for idp, a hash of the checkpoint file for PPO experts."""
+    if task == "idp":
+        return "lqr"
+    import hashlib
+
+    pt, _ = expert_paths(task)
+    return "ppo-" + hashlib.sha1(pt.read_bytes()).hexdigest()[:10] if pt.exists() else "ppo-missing"

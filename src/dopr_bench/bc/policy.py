@@ -1,8 +1,6 @@
-"""Behavior-cloning policy: fixed observation normalizer + residual ReLU MLP + linear ``head``; EMA of weights."""
+"""Behavior-cloning policy: fixed observation normalizer + residual ReLU MLP + linear ``head``."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch
@@ -55,21 +53,6 @@ class ResidualMLP(nn.Module):
         for blk in self.blocks:
             h = blk(h)
         return self.head(torch.relu(h))
-
-
-class EMA:
-    """Exponential moving average of a model's parameters: ema <- (1 - rate) ema + rate * params."""
-
-    def __init__(self, model: nn.Module, rate: float) -> None:
-        self.rate = rate
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], self.rate)
 
 
 class ActPolicy:

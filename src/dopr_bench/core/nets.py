@@ -1,7 +1,9 @@
-"""Small modules shared by the flow-matching models of the benches (digits generator, robot action chunks)."""
+"""Modules shared by the benches: the EMA of weights that every bench evaluates, and the time embedding and
+residual block of the flow-matching models (digits generator, robot action chunks)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -29,3 +31,17 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.fc2(torch.relu(self.fc1(torch.relu(h))))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters: ema <- (1 - rate) ema + rate * params."""
+
+    def __init__(self, model: nn.Module, rate: float) -> None:
+        self.rate = rate
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], self.rate)

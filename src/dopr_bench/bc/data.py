@@ -19,7 +19,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-DEFAULT_CACHE = Path(os.environ.get("DOPR_BENCH_CACHE", Path.home() / ".cache" / "dopr_bench"))
+from ..core import CACHE
+
+DEFAULT_CACHE = CACHE
+#: env seeds: training demos start at 0, validation demos at VAL_SEED, evaluation rollouts at EVAL_SEED.
+VAL_SEED, EVAL_SEED = 5_000, 100_000
 
 
 @dataclass
@@ -167,3 +171,21 @@ def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarr
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return eps
+
+
+def second_moment(obs: np.ndarray) -> np.ndarray:
+    return obs.T @ obs / max(len(obs), 1)
+
+
+def drift(expert_obs: np.ndarray, policy_obs: np.ndarray, mean: np.ndarray | None = None,
+          std: np.ndarray | None = None) -> float:
+    """||E_pol[s s^T] - E_exp[s s^T]||_F / ||E_exp[s s^T]||_F, optionally in standardized coordinates.
+
+    In standardized coordinates (mean/std of the training demos, no floor) constant dimensions are dropped.
+    """
+    if mean is not None and std is not None:
+        keep = std > 1e-6  # dimensions constant in the demonstrations have no scale: left out
+        m, s = mean[keep], std[keep]
+        expert_obs, policy_obs = (expert_obs[:, keep] - m) / s, (policy_obs[:, keep] - m) / s
+    se, sp = second_moment(expert_obs), second_moment(policy_obs)
+    return float(np.linalg.norm(sp - se) / max(np.linalg.norm(se), 1e-12))

@@ -1,0 +1,132 @@
+"""summary.md and plots of the behavior-cloning bench, the README headline of a folder, and what committed folders
+say about standardized observations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_by_arm
+from ..core.stats import arm_order, ci, lrs, pairs
+
+
+def run_return(run: dict[str, Any]) -> float:
+    return float(np.mean(run["returns"])) if run.get("returns") else float("nan")
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The summary of results with one lr."""
+    runs = results["runs"]
+    s = results["settings"]
+    lr = runs[0]["lr"] if runs else "?"
+    lines = [f"# {results['task']}: behavior cloning, base vs DoPr", ""]
+    lines.append(f"env {s['env_id']}, {s['demos']} training demos ({results.get('n_train_transitions', '?')} "
+                 f"transitions), {s['val_demos']} validation demos, {s['steps']} steps at batch {s['batch']}, "
+                 f"lr {lr}, damping {s['damping']}, EMA rate {s['ema']}, observations "
+                 f"{'standardized' if s['standardize'] else 'raw'}, {s['episodes']} evaluation episodes per seed.")
+    if "expert_demo_return" in results:
+        lines.append(f"Expert demonstrations: mean return {results['expert_demo_return']:,.1f}.")
+    lines += ["", "| arm | seeds | val loss (EMA) | train loss (EMA) | return | episode length | state drift "
+              "(raw) | state drift (std.) | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm in arm_order(runs):
+        rs = [r for r in runs if r["optimizer"] == arm]
+        lines.append(
+            f"| {arm} | {len(rs)} | {ci([r['val_loss'] for r in rs], sci=True)} | "
+            f"{ci([r['train_loss'] for r in rs], sci=True)} | {ci([run_return(r) for r in rs])} | "
+            f"{ci([float(np.mean(r['lengths'])) for r in rs])} | {ci([r['drift'] for r in rs])} | "
+            f"{ci([r['drift_std'] for r in rs])} | {np.mean([r['train_s'] for r in rs]):.0f} |")
+    ps_all = pairs(runs)
+    if ps_all:
+        lines += ["", "Paired per-seed differences, DoPr − base (95% t-interval; wins = seeds where DoPr's return is "
+                  "higher):", "", "| pair | seeds | Δ return | Δ val loss | Δ state drift (std.) | DoPr wins |",
+                  "|---|---|---|---|---|---|"]
+        for (d, b), ps in ps_all.items():
+            dr = [run_return(x) - run_return(y) for x, y in ps]
+            dv = [x["val_loss"] - y["val_loss"] for x, y in ps]
+            dd = [x["drift_std"] - y["drift_std"] for x, y in ps]
+            wins = sum(1 for v in dr if v > 0)
+            lines.append(f"| {d} − {b} | {len(ps)} | {ci(dr)} | {ci(dv, sci=True)} | {ci(dd)} | {wins}/{len(ps)} |")
+    lines += ["", "Per seed (return / val loss):", ""]
+    for arm in arm_order(runs):
+        rs = sorted((r for r in runs if r["optimizer"] == arm), key=lambda r: r["seed"])
+        lines.append(f"- {arm}: " + ", ".join(f"s{r['seed']} {run_return(r):,.0f} / {r['val_loss']:.2e}" for r in rs))
+    return "\n".join(lines) + "\n"
+
+
+def headline(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    return (f"{results['task']}, {s['demos']} demos, {'std.' if s['standardize'] else 'raw'} obs., {s['steps']} steps"
+            + ("" if s.get("refresh_every", 1) == 1 else f", refresh {s['refresh_every']}")
+            + ("" if s.get("sigma", "batch") == "batch" else f", Sigma {s['sigma']}")
+            + ("" if s.get("max_block") is None else f", max_block {s['max_block']}")
+            + ("" if s.get("max_episode_steps") is None else f", episodes ≤ {s['max_episode_steps']} steps"))
+
+
+def _gaps(results: dict[str, Any]) -> dict[tuple[str, str, float], float]:
+    """(DoPr arm, base, lr) -> mean paired return difference."""
+    runs = results["runs"]
+    return {(*k, lr): float(np.mean([run_return(a) - run_return(b) for a, b in ps]))
+            for lr in lrs(runs) for k, ps in pairs(runs, lr).items()}
+
+
+def standardization_notes(results: dict[str, Any], root: Path) -> list[str]:
+    """What standardized observations do to the DoPr − base gap, from committed folders of the same task that differ
+    from each other only in ``standardize`` (e.g. results/idp-raw-3demos and results/idp-std-3demos)."""
+    from ..core.results import load_results
+
+    folders = []
+    for path in sorted(root.glob("**/results.json")) if root.is_dir() else []:
+        other = load_results(path)
+        if other["bench"] == "bc" and other["settings"].get("name") == results["settings"].get("name"):
+            folders.append((path.parent, other))
+    notes = []
+    for raw_dir, raw in folders:
+        if raw["settings"]["standardize"]:
+            continue
+        for std_dir, std in folders:
+            if std["settings"] != raw["settings"] | {"standardize": True}:
+                continue
+            g_raw, g_std = _gaps(raw), _gaps(std)
+            for key in g_raw:
+                if key in g_std:
+                    notes.append(f"Standardized observations ({std_dir} against {raw_dir}, the same protocol "
+                                 f"otherwise, lr {key[2]:g}): the {key[0]} − {key[1]} return gap is "
+                                 f"{g_std[key]:+,.0f} instead of {g_raw[key]:+,.0f}.")
+    return notes
+
+
+def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    plt = pyplot()
+    runs = results["runs"]
+    arms = arm_order(runs)
+    col = arm_colors(arms)
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+
+    def points(arm: str) -> tuple[list[float], list[float]]:
+        rs = [r for r in runs if r["optimizer"] == arm]
+        return [r["val_loss"] for r in rs], [run_return(r) for r in rs]
+
+    scatter_by_arm(ax, arms, points, s=40)
+    ax.set(xlabel="validation loss (EMA weights, held-out expert demos)", ylabel="mean rollout return",
+           title=f"{results['task']}: validation loss vs test return (one point per run)")
+    paths.append(save_figure(fig, out / "scatter_val_vs_return.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in arms:
+        rs = [r for r in runs if r["optimizer"] == arm and r["train_curve"]]
+        for key, ax in zip(("train_curve", "val_curve"), axes, strict=True):
+            for i, r in enumerate(rs):
+                c = np.asarray(r[key])
+                ax.plot(c[:, 0], c[:, 1], color=col[arm], alpha=0.35, lw=0.8, ls=line_style(arm),
+                        label=arm if i == 0 else None)
+    for ax, title in zip(axes, ("train loss (minibatch, live weights)", "validation loss (EMA weights)"), strict=True):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['task']}: training curves (dashed: base, solid: DoPr)")
+    paths.append(save_figure(fig, out / "curves.png"))
+    return paths

@@ -1,0 +1,91 @@
+"""One behavior-cloning run: build the arm's optimizer, train with L2 loss, evaluate the EMA weights."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.arms import build_optimizer, telemetry
+from ..core.nets import EMA
+from .policy import ResidualMLP
+
+if TYPE_CHECKING:
+    from .bench import BCSpec
+
+
+@dataclass
+class BCData:
+    obs: torch.Tensor
+    act: torch.Tensor
+    val_obs: torch.Tensor
+    val_act: torch.Tensor
+
+
+@torch.no_grad()
+def mse(model: nn.Module, obs: torch.Tensor, act: torch.Tensor, chunk: int = 8192) -> float:
+    total = 0.0
+    for i in range(0, len(obs), chunk):
+        total += float(((model(obs[i:i + chunk]) - act[i:i + chunk]) ** 2).sum())
+    return total / act.numel()
+
+
+def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
+             obs_stats: tuple[np.ndarray, np.ndarray] | None, progress: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one policy; returns the EMA model and a record (loss curves, final losses, wall time)."""
+    obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
+    torch.manual_seed(seed)  # same init for every arm with this seed
+    model = ResidualMLP(obs_dim, act_dim, spec.width, spec.blocks)
+    if spec.standardize and obs_stats is not None:
+        mean, std = obs_stats
+        model.norm.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        model.norm.std.copy_(torch.as_tensor(std + spec.std_floor, dtype=torch.float32))
+        model.norm.clip.fill_(spec.clip)
+    ema = EMA(model, spec.ema)
+    opt = build_optimizer(model, arm, lr, spec)
+    gen = torch.Generator().manual_seed(10_000 + seed)  # same minibatch order for every arm with this seed
+    n, batch = len(data.obs), min(spec.batch, len(data.obs))
+    log_every = max(1, spec.log_every)
+    train_curve: list[list[float]] = []
+    val_curve: list[list[float]] = []
+    running, count = 0.0, 0
+    t0 = time.time()
+    diverged = False
+    model.train()
+    for step in range(1, spec.steps + 1):
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        opt.zero_grad()
+        loss = ((model(data.obs[idx]) - data.act[idx]) ** 2).mean()
+        loss.backward()
+        opt.step()
+        ema.update(model)
+        lv = float(loss.detach())
+        if not np.isfinite(lv):
+            diverged = True
+            break
+        running, count = running + lv, count + 1
+        if step % log_every == 0 or step == spec.steps:
+            train_curve.append([step, running / count])
+            val_curve.append([step, mse(ema.model, data.val_obs, data.val_act)])
+            running, count = 0.0, 0
+        if progress is not None:
+            progress.update(1)
+    train_s = time.time() - t0
+    ema.model.eval()
+    nan = float("nan")
+    rec: dict[str, Any] = {
+        "train_curve": train_curve,
+        "val_curve": val_curve,
+        "train_loss": mse(ema.model, data.obs, data.act) if not diverged else nan,
+        "val_loss": mse(ema.model, data.val_obs, data.val_act) if not diverged else nan,
+        "train_loss_raw_weights": mse(model.eval(), data.obs, data.act) if not diverged else nan,
+        "diverged": diverged,
+        "train_s": train_s,
+    }
+    if not diverged and (stats := telemetry(opt)) is not None:
+        rec["dopr_stats"] = stats
+    return ema.model, rec

@@ -1,0 +1,147 @@
+"""summary.md of any bench's results, the learning-rate section, and one plain sentence per DoPr/base pair."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .bench import Bench, Metric, get_bench
+from .results import save_json
+
+Run = dict[str, Any]
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The bench's own summary (split by lr unless it lays lrs out itself); with several lrs, files of the current
+    schema add the learning-rate section (folders made before it report exactly as they did)."""
+    bench = get_bench(results["bench"])
+    values = stats.lrs(results["runs"])
+    if bench.sweeps_lrs or len(values) <= 1:
+        md = bench.summary(results)
+    else:
+        md = "\n".join(bench.summary(results | {"runs": stats.select(results["runs"], lr=lr)}) for lr in values)
+    if len(values) > 1 and results.get("schema", 1) >= 2:
+        md += "\n" + lr_section(results["runs"], bench.val, bench.test)
+    return md
+
+
+def write_report(out: Path, results: dict[str, Any], plots: bool = True) -> str:
+    md = summary_markdown(results)
+    (out / "summary.md").write_text(md)
+    if plots and results["runs"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_bench(results["bench"]).plots(results, out)
+    return md
+
+
+def _mean(runs: list[Run], metric: Metric) -> float:
+    v = [metric.of(r) for r in runs]
+    v = [x for x in v if np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def best_lr(runs: list[Run], arm: str, metric: Metric) -> float | None:
+    """The lr at which ``arm``'s mean ``metric`` over seeds is best (None if no lr has a finite mean)."""
+    best: float | None = None
+    best_value = float("nan")
+    for lr in stats.lrs(stats.select(runs, arm)):
+        m = _mean(stats.select(runs, arm, lr), metric)
+        if metric.better(m, best_value):
+            best, best_value = lr, m
+    return best
+
+
+def lr_section(runs: list[Run], val: Metric, test: Metric) -> str:
+    lines = ["## Learning-rate sweep: each arm at its own best lr", "",
+             f"The lr of each arm selected on the validation metric ({val.label}) and, separately, on the test "
+             f"metric ({test.label}; optimistic: it is chosen on the numbers it reports). Means over seeds.", "",
+             f"| arm | lr by {val.label} | {val.label} | {test.label} | lr by {test.label} | {val.label} | "
+             f"{test.label} |", "|---|---|---|---|---|---|---|"]
+    arms = stats.arm_order(runs)
+    chosen: dict[tuple[str, str], float | None] = {}
+    for arm in arms:
+        cells = []
+        for key, metric in (("val", val), ("test", test)):
+            lr = chosen[(arm, key)] = best_lr(runs, arm, metric)
+            rs = stats.select(runs, arm, lr) if lr is not None else []
+            cells.append(f"{lr:g} | {val.fmt(_mean(rs, val))} | {test.fmt(_mean(rs, test))}" if rs else "n/a | | ")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Best against best: DoPr at its own best lr minus its base at the base's best lr, paired by seed "
+              "(95% t-interval; wins = seeds where DoPr's test metric is better).", "",
+              f"| pair | selected on | lr DoPr / base | seeds | Δ {test.label} | Δ {val.label} | DoPr wins |",
+              "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        base = arm[5:]
+        if not arm.startswith("dopr-") or base not in arms:
+            continue
+        for key, label in (("val", val.label), ("test", test.label)):
+            la, lb = chosen[(arm, key)], chosen[(base, key)]
+            if la is None or lb is None:
+                continue
+            ps = stats.paired_by_seed(stats.select(runs, arm, la), stats.select(runs, base, lb))
+            dt = [test.of(a) - test.of(b) for a, b in ps]
+            dv = [val.of(a) - val.of(b) for a, b in ps]
+            wins = sum(test.better(test.of(a), test.of(b)) for a, b in ps)
+            lines.append(f"| {arm} − {base} | {label} | {la:g} / {lb:g} | {len(ps)} | {_signed(test, dt)} | "
+                         f"{_signed(val, dv)} | {wins}/{len(ps)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _signed(metric: Metric, values: list[float]) -> str:
+    mean, half = stats.t_ci(values)
+    if not np.isfinite(mean):
+        return "n/a"
+    text = ("+" if mean >= 0 else "−") + metric.fmt(abs(mean))
+    return text + (f" ± {metric.fmt(half)}" if np.isfinite(half) else "")
+
+
+def pair_sentences(results: dict[str, Any], bench: Bench | None = None) -> list[str]:
+    """One plain sentence per DoPr/base pair and lr: the two means, the paired difference and its interval."""
+    bench = bench or get_bench(results["bench"])
+    test, runs = bench.test, results["runs"]
+    out = []
+    for lr in stats.lrs(runs):
+        for (arm, base), ps in stats.pairs(runs, lr).items():
+            d = [test.of(a) - test.of(b) for a, b in ps]
+            mean, half = stats.t_ci(d)
+            wins = sum(test.better(test.of(a), test.of(b)) for a, b in ps)
+            a_mean, b_mean = _mean([a for a, _ in ps], test), _mean([b for _, b in ps], test)
+            verdict = ("one seed, so no interval" if not np.isfinite(half) else
+                       "the 95% interval excludes zero" if abs(mean) > half else "within noise (the 95% interval "
+                       "includes zero)")
+            better = "better" if (mean > 0) == test.higher_is_better else "worse"
+            out.append(f"{arm} against {base} at lr {lr:g}: {test.label} {test.fmt(a_mean)} against "
+                       f"{test.fmt(b_mean)}; DoPr {better} by {_signed(test, d)} paired over {len(ps)} seed(s), "
+                       f"better on {wins} of {len(ps)}; {verdict}.")
+    return out
+
+
+def report_dir(out: Path, plots: bool = True) -> str:
+    """Rewrite summary.md (and the plots) of a result folder of any bench from its results.json."""
+    from .results import load_results
+
+    return write_report(out, load_results(out), plots)
+
+
+def merge_dirs(out: Path, sources: list[Path]) -> str:
+    """Add the runs of ``sources`` (same bench and settings) to ``out``, then report."""
+    from .results import load_results, merge_results
+
+    parts = [load_results(d) for d in ([out] if (out / "results.json").exists() else []) + sources]
+    try:
+        merged = merge_results(parts)
+    except ValueError as err:
+        raise SystemExit(f"dopr-bench merge: {err}") from err
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "results.json", merged)
+    with (out / "COMMAND.txt").open("a") as f:
+        for d in sources:
+            if (d / "COMMAND.txt").exists():
+                f.write((d / "COMMAND.txt").read_text())
+        f.write("dopr-bench merge " + " ".join(map(str, [out, *sources])) + "\n")
+    return write_report(out, merged)

@@ -1,0 +1,115 @@
+"""results.json of every bench: one schema, provenance, atomic writes, resuming and merging.
+
+Schema (``schema`` 2)::
+
+    {"bench": "bc" | "lm" | "flow" | "robo", "schema": 2, "task": str, "command": str,
+     "settings": {...},            # what defines the folder: a run is resumed into it only with equal settings
+     "runs": [{"optimizer", "seed", "lr", "diverged", "train_s", "wall_s", "threads", "torch", "dopr", ...}],
+     ...}                          # bench-specific fields (e.g. the demonstrations' return)
+
+Folders written before schema 2 are read through :func:`dopr_bench.core.legacy.upgrade`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 2
+
+
+def library_version() -> str:
+    """dopr's version plus the git commit of its source tree (``+dirty`` if src/dopr has local changes)."""
+    import dopr
+
+    src = Path(dopr.__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return dopr.__version__
+    return f"{dopr.__version__} {sha}{'+dirty' if dirty else ''}" if sha else dopr.__version__
+
+
+def provenance(threads: int) -> dict[str, Any]:
+    """Recorded with every run: torch and dopr versions and the thread count."""
+    import torch
+
+    return {"threads": threads, "torch": torch.__version__, "dopr": library_version()}
+
+
+def save_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` to ``path`` atomically (an interrupted write never leaves a truncated file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A results.json (or the folder holding one) in the current schema, upgraded in memory if older."""
+    from .legacy import upgrade
+
+    path = path / "results.json" if path.is_dir() else path
+    try:
+        return upgrade(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path} is not valid JSON ({err}); move it away or delete it to start over") from err
+
+
+def as_json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=float))
+
+
+def check_settings(path: Path, saved: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Raise SystemExit naming the differing settings unless ``saved`` equals ``settings``."""
+    settings = as_json(settings)
+    if saved != settings:
+        keys = sorted(set(saved) | set(settings))
+        diff = {k: (saved.get(k), settings.get(k)) for k in keys if saved.get(k) != settings.get(k)}
+        raise SystemExit(f"{path} was made with other settings {diff} (saved, now); use another --out or delete it")
+
+
+def lr_key(lr: float) -> str:
+    return f"{float(lr):g}"
+
+
+def run_key(run: dict[str, Any]) -> tuple[str, str, int]:
+    """What identifies one run in any bench: (lr, optimizer, seed)."""
+    return lr_key(run["lr"]), run["optimizer"], run["seed"]
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from several made with the same settings (e.g. seeds run on different machines).
+
+    Raises ValueError if the benches or settings differ or a run appears twice; the first part's other fields
+    are kept.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    merged = dict(parts[0])
+    merged["runs"] = []
+    seen: set[tuple[str, str, int]] = set()
+    for i, part in enumerate(parts):
+        if part.get("bench") != parts[0].get("bench"):
+            raise ValueError(f"part {i} is from the {part.get('bench')} bench, part 0 from {parts[0].get('bench')}")
+        if part.get("settings") != parts[0].get("settings"):
+            diff = {k: (parts[0]["settings"].get(k), v) for k, v in part.get("settings", {}).items()
+                    if parts[0]["settings"].get(k) != v}
+            raise ValueError(f"part {i} was made with other settings {diff}; only runs of one setting can be merged")
+        for run in part["runs"]:
+            if run_key(run) in seen:
+                raise ValueError(f"run {run_key(run)} (lr, optimizer, seed) is in more than one part")
+            seen.add(run_key(run))
+            merged["runs"].append(run)
+    return merged
+
+
+def sort_runs(runs: list[dict[str, Any]], arms: list[str]) -> None:
+    """In place: by lr, then the arms' order on the command line (others after), then seed."""
+    order = {a: i for i, a in enumerate(arms)}
+    runs.sort(key=lambda r: (float(r["lr"]), order.get(r["optimizer"], len(order)), r["seed"]))

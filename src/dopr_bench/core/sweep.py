@@ -1,0 +1,82 @@
+"""The sweep runner of every bench: arms x seeds x learning rates on the same data, resumable.
+
+Validate the arms and lrs; settle the Muon precision (given, else the folder's, else the hardware's); refuse a
+folder made with other settings before loading any data; record the command; run what is missing, saving
+results.json atomically after each run with its provenance; then write summary.md and the plots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .arms import hardware_ns_dtype, validate_arms
+from .bench import Bench
+from .progress import SweepProgress
+from .report import pair_sentences, write_report
+from .results import SCHEMA, as_json, check_settings, load_results, lr_key, provenance, run_key, save_json, sort_runs
+
+
+def resolve_ns_dtype(spec: Any, old: dict[str, Any] | None) -> Any:
+    """The spec with its Muon Newton-Schulz precision settled: as given, else the existing folder's, else the
+    hardware's (:func:`~dopr_bench.core.arms.hardware_ns_dtype`)."""
+    if spec.muon_ns_dtype is not None:
+        return spec
+    saved = old["settings"].get("muon_ns_dtype") if old else None
+    return replace(spec, muon_ns_dtype=saved or hardware_ns_dtype())
+
+
+def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, threads: int = 1,
+              progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    arms = list(spec.optimizers)
+    validate_arms(arms)
+    if not spec.lrs or any(lr <= 0 for lr in spec.lrs):
+        raise SystemExit(f"--lrs needs positive learning rates, got {spec.lrs}")
+    path = out / "results.json"
+    old = load_results(path) if path.exists() else None
+    spec = resolve_ns_dtype(spec, old)
+    planned = as_json(bench.planned(spec, task))
+    if old is not None:  # cheap check first: the settings the command alone determines
+        known = {k: v for k, v in planned.items() if k not in bench.data_keys}
+        check_settings(path, {k: old["settings"].get(k) for k in known}, known)
+    out.mkdir(parents=True, exist_ok=True)
+    if command:
+        with (out / "COMMAND.txt").open("a") as f:
+            f.write(command + "\n")
+    prepared = bench.prepare(spec, task, cache)
+    settings = as_json(planned | prepared.settings)
+    if old is not None:
+        check_settings(path, old["settings"], settings)
+    results: dict[str, Any] = {"bench": bench.name, "schema": SCHEMA, "task": task,
+                               "command": command or (old or {}).get("command", ""), "settings": settings,
+                               "runs": list(old["runs"]) if old else []}
+    results |= prepared.info(old or {})
+    done = {run_key(r) for r in results["runs"]}
+    grid = [(lr, arm, seed) for lr in spec.lrs for seed in spec.seed_list() for arm in arms]
+    todo = [(lr, arm, seed) for lr, arm, seed in grid if (lr_key(lr), arm, seed) not in done]
+    if len(todo) < len(grid):
+        print(f"resuming: {len(grid) - len(todo)} of {len(grid)} run(s) already in {path}", flush=True)
+    bar = SweepProgress(len(todo), f"{bench.name} {task} runs", progress)
+    try:
+        for lr, arm, seed in todo:
+            t0 = time.time()
+            with bar.run(bench.steps(spec), f"{arm} lr {lr_key(lr)} s{seed}") as steps:
+                rec = prepared.run(arm, seed, lr, steps)
+            run = {"optimizer": arm, "seed": seed, "lr": lr, **rec, "wall_s": time.time() - t0, **provenance(threads)}
+            results["runs"].append(run)
+            save_json(path, results)
+            bar.done(prepared.line(run))
+    finally:
+        bar.close()
+    sort_runs(results["runs"], arms)
+    save_json(path, results)
+    prepared.close(results, out)
+    md = write_report(out, results)
+    notes = pair_sentences(results, bench) + bench.notes(results, Path("results"))
+    print(md + ("\n" + "\n".join(notes) + "\n" if notes else ""), flush=True)
+    return results
