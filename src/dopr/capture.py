@@ -1,22 +1,33 @@
-"""Forward pre-hooks that see layer inputs, and the rules for which forward passes count.
+"""Forward hooks that see layer inputs, and the rules for which forward passes count.
 
-A forward counts towards Sigma only if it can contribute to the gradient the next ``step()`` uses:
-the module is in ``train()`` mode, autograd is recording (not ``torch.no_grad()`` nor inference
-mode), and it is not a recomputation done by activation checkpointing during backward, unless the
-original forward did not count (reentrant checkpointing runs the original under ``no_grad``).
+A forward counts towards Sigma only if its rows can be in the gradient the next ``step()`` uses:
+
+* when it runs, the module is in ``train()`` mode, autograd is recording (not ``torch.no_grad()`` nor
+  inference mode), an output requires grad, and it is not a recomputation done by activation
+  checkpointing during backward, unless the original forward did not count (reentrant checkpointing
+  runs the original under ``no_grad``);
+* its rows are *committed* only when backward reaches the module's output (a hook on the output
+  tensors). A forward whose output is never backpropagated (a logging forward in train mode, the
+  discriminator's forward inside a GAN's generator step that only the generator's optimizer uses)
+  never enters Sigma.
+
+The hooks hold their owner weakly: a preconditioner that is garbage-collected removes them.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["InputHooks", "in_backward", "records_gradients"]
+__all__ = ["ModuleHooks", "in_backward", "output_tensors", "records_gradients", "when_backward_reaches"]
 
-InputCallback = Callable[[str, Tensor, bool], None]
+# (module name, module, args, kwargs, output, during backward)
+ForwardCallback = Callable[[str, nn.Module, tuple, dict, Any, bool], None]
 
 
 def in_backward() -> bool:
@@ -29,33 +40,56 @@ def records_gradients(module: nn.Module) -> bool:
     return module.training and torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
-class InputHooks:
-    """Installs one forward pre-hook per module and reports the first positional input.
+def output_tensors(output: Any) -> list[Tensor]:
+    """The tensors of a module's output that carry gradient (nested tuples/lists, as LSTM's ``(out, (h, c))``)."""
+    if isinstance(output, Tensor):
+        return [output] if output.requires_grad else []
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in output_tensors(item)]
+    return []
 
-    The callback receives ``(module_name, input, during_backward)``; the input is the very tensor
-    object the module got, so layers that read one tensor can be recognised. The hooks never modify
-    the input; they are excluded from ``torch.compile`` tracing so a compiled model keeps one graph.
-    """
 
-    def __init__(self, modules: dict[str, nn.Module], callback: InputCallback) -> None:
-        self._callback = callback
+def when_backward_reaches(outputs: list[Tensor], fn: Callable[[], None]) -> None:
+    """Call ``fn`` once, the first time a backward pass computes the gradient of any of ``outputs``."""
+    if len(outputs) == 1:
+        outputs[0].register_hook(lambda grad: fn())
+    else:
+        torch.autograd.graph.register_multi_grad_hook(outputs, lambda grads: fn(), mode="any")
+
+
+class ModuleHooks:
+    """One forward hook per module, reporting each call to ``owner``'s method ``method`` (held weakly)."""
+
+    def __init__(self, modules: dict[str, nn.Module], owner: object, method: str) -> None:
         self._handles: list[RemovableHandle] = []
+        owner_ref = weakref.ref(owner)
         for name, module in modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(name, module)))
+            self._handles.append(module.register_forward_hook(_make_hook(name, module, owner_ref, method),
+                                                              with_kwargs=True))
+        weakref.finalize(owner, ModuleHooks._remove_handles, self._handles)
 
-    def _make_hook(self, name: str, owner: nn.Module) -> Callable[[nn.Module, tuple], None]:
-        @torch.compiler.disable
-        def hook(module: nn.Module, args: tuple) -> None:
-            # a deepcopy of the model (an EMA copy, say) carries this hook along: ignore its forwards
-            if module is not owner or not args or not records_gradients(module):
-                return
-            x = args[0]
-            if isinstance(x, Tensor):
-                self._callback(name, x, in_backward())
-
-        return hook
+    @staticmethod
+    def _remove_handles(handles: list[RemovableHandle]) -> None:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._remove_handles(self._handles)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+
+def _make_hook(name: str, owner_module: nn.Module, owner_ref: weakref.ref, method: str) -> Callable[..., None]:
+    @torch.compiler.disable
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        # a deepcopy of the model (an EMA copy, say) carries this hook along: ignore its forwards
+        if module is not owner_module or not records_gradients(module):
+            return
+        owner = owner_ref()
+        if owner is not None:
+            getattr(owner, method)(name, module, args, kwargs, output, in_backward())
+
+    return hook

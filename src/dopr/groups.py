@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapters import Adapter
 from .functional import block_size
-from .layers import Adapter
 
 __all__ = ["TELEMETRY", "Group", "Layer", "check_group_shapes", "group_from_state", "group_state", "validate_state"]
 
@@ -20,8 +20,12 @@ class Layer:
     module: nn.Module
     adapter: Adapter
     group: str
+    module_name: str = ""  # the module whose forward this layer is part of ("" : the layer's own name)
     fires: int = 0  # captured forwards this step
     fires_outside_backward: int = 0
+
+    def __post_init__(self) -> None:
+        self.module_name = self.module_name or self.name
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Group:
     condition: float | Tensor = float("nan")
     damping: float | Tensor = float("nan")
     seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
+    grad_marker: Any = None  # weakref to the weight's .grad when rows were last committed (see the preconditioner)
 
     def sigma_shape(self) -> tuple[int, ...]:
         """Shape of this group's Sigma (and of its accumulator, EMA and factor)."""

@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .preconditioner import ActivationPreconditioner
+from .reporting import dopr_summary
 from .routing import DEFAULT_AUX_PATTERNS, Route, build_bases
 
 __all__ = ["DoPr"]
@@ -39,7 +40,11 @@ class DoPr(Optimizer):
             keyword arguments of the AdamW that takes the other parameters, and the module-name
             patterns of Linear layers (output heads) that go to AdamW as well.
         sigma, ema_decay, refresh_every, max_rows, share_inputs, exclude, fallback, nonfinite, seed,
-            process_group, split_factorization, solve, max_block: see :class:`~dopr.ActivationPreconditioner`.
+            process_group, split_factorization, solve, max_block, strict: see
+            :class:`~dopr.ActivationPreconditioner`.
+
+    ``zero_grad()`` also discards the input statistics collected for the gradients it clears. The hooks
+    go with :meth:`remove`, the end of a ``with DoPr(...) as opt:`` block, or garbage collection.
         **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
     """
 
@@ -66,6 +71,7 @@ class DoPr(Optimizer):
         split_factorization: bool = False,
         solve: str = "auto",
         max_block: int | None = None,
+        strict: bool = False,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -80,7 +86,7 @@ class DoPr(Optimizer):
             model, damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
             max_rows=max_rows, share_inputs=share_inputs, exclude=exclude, fallback=fallback,
             nonfinite=nonfinite, seed=seed, process_group=process_group,
-            split_factorization=split_factorization, solve=solve, max_block=max_block,
+            split_factorization=split_factorization, solve=solve, max_block=max_block, strict=strict,
         )
         self.bases: list[tuple[str, Optimizer]] = bases
         self.routes: list[Route] = routes
@@ -126,6 +132,21 @@ class DoPr(Optimizer):
                 opt.step()
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients and the input statistics collected for them (see the preconditioner)."""
+        super().zero_grad(set_to_none)
+        self.preconditioner.clear_gradient_statistics()
+
+    def remove(self) -> None:
+        """Remove DoPr's hooks from the model (the optimizer then steps like its base, without AP)."""
+        self.preconditioner.remove()
+
+    def __enter__(self) -> DoPr:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["dopr"] = self.preconditioner.state_dict()
@@ -149,17 +170,8 @@ class DoPr(Optimizer):
         return self.preconditioner.stats()
 
     def summary(self) -> str:
-        """A printable table: each parameter's base optimizer, and which layers get AP."""
-        preconditioned = {id(p) for p in self.preconditioner.preconditioned_parameters()}
-        named = {r.name: r for r in self.routes}
-        width = max((len(n) for n in named), default=10)
-        lines = [f"DoPr: {len(self.routes)} trainable tensors, damping={self.preconditioner.damping}",
-                 f"  {'parameter'.ljust(width)}  {'shape':<16} {'AP':<3} base     why"]
-        for name, r in named.items():
-            ap = "yes" if self._param_ids[name] in preconditioned else "no"
-            lines.append(f"  {name.ljust(width)}  {str(r.shape):<16} {ap:<3} {r.base:<8} {r.reason}")
-        lines.append(self.preconditioner.summary())
-        return "\n".join(lines)
+        """A printable table: each parameter's base optimizer, whether it got AP (what actually happened) and why."""
+        return dopr_summary(self)
 
     def __deepcopy__(self, memo: dict) -> DoPr:
         raise TypeError(

@@ -13,6 +13,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +21,9 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from . import distributed
-from .capture import InputHooks
+from .adapters import Discovery, discover, local
+from .adapters.attention import release_attention
+from .capture import ModuleHooks, output_tensors, when_backward_reaches
 from .functional import (
     apply_blocks,
     apply_factor,
@@ -31,8 +34,8 @@ from .functional import (
     statistics_dtype,
 )
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
-from .layers import ConvAdapter, local, supported_layers
 from .refresh import refresh_groups
+from .reporting import preconditioner_summary
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
@@ -44,6 +47,30 @@ _SOLVES = ("auto", "inverse", "cholesky")
 
 class NonFiniteError(FloatingPointError):
     """A gradient or a layer input was NaN or infinite; nothing was modified."""
+
+
+# module -> weakref to the preconditioner whose hooks are on it (one preconditioner per layer)
+_HOOKED: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
+_NO_GRAD = object()  # grad marker: the weight had no .grad when rows were last committed
+
+
+@dataclass
+class _Pending:
+    """The statistics of one forward of one input group, waiting for backward to reach the layer's output."""
+
+    group: Group
+    kind: str  # "sum": a (partial) sum of z z^T or of one-hot counts; "rows": the rows themselves (few of them)
+    value: Tensor
+    rows: int
+    epoch: int
+
+
+def _detach(handles: ModuleHooks, modules: list[nn.Module], attention: list[nn.Module]) -> None:
+    handles.remove()
+    for module in modules:
+        _HOOKED.pop(module, None)
+    for module in attention:
+        release_attention(module)
 
 
 class ActivationPreconditioner:
@@ -87,6 +114,13 @@ class ActivationPreconditioner:
             cost of Sigma, its factorization and its application for wide layers (an MLP's down
             projection, a convolution over many channels) by about ``d_in / max_block``, at the price
             of the invariance to maps that mix inputs across blocks.
+        strict: raise instead of warning when a trainable weight matrix gets no AP (an unsupported layer
+            type or configuration, tied weights), naming each with its reason.
+
+    Statistics follow the gradient: a forward's rows enter Sigma only when backward reaches the layer's
+    output, and ``DoPr.zero_grad()`` (or a ``.grad`` set to None or replaced) discards the rows collected
+    for the gradient it clears. The hooks are removed by :meth:`remove`, on leaving a ``with`` block, or
+    when the preconditioner is garbage-collected; a model's layer can have one preconditioner at a time.
     """
 
     def __init__(
@@ -108,6 +142,7 @@ class ActivationPreconditioner:
         split_factorization: bool = False,
         solve: str = "auto",
         max_block: int | None = None,
+        strict: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -154,18 +189,52 @@ class ActivationPreconditioner:
         self._generator = torch.Generator().manual_seed(seed)
         self._row_mask: Tensor | None = None
         self._grouping_frozen = not share_inputs
+        self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
         self.layers: dict[str, Layer] = {}
         self.groups: dict[str, Group] = {}
-        self.skipped: dict[str, str] = {}  # module name -> why it is left to the base optimizer
-        self._discover(model)
-        self._hooks = InputHooks({n: entry.module for n, entry in self.layers.items()}, self._on_input)
+        self.discovery: Discovery = self._discover(model, strict)
+        self._model_parameters = list(model.named_parameters())
+        self.skipped: dict[str, str] = self.discovery.skipped  # layer name -> why it is left to the base optimizer
+        hooked = {e.module_name: e.module for e in self.layers.values()}
+        self._module_layers: dict[str, list[Layer]] = {n: [] for n in hooked}
+        for entry in self.layers.values():
+            self._module_layers[entry.module_name].append(entry)
+        self._claim(hooked)
+        self._hooks = ModuleHooks(hooked, self, "_on_forward")
+        self._finalizer = weakref.finalize(self, _detach, self._hooks, list(hooked.values()),
+                                           list(self.discovery.attention))
 
     # ----------------------------------------------------------------- discovery
-    def _discover(self, model: nn.Module) -> None:
-        supported, self.skipped = supported_layers(model, self.exclude)
-        for name, (module, adapter) in supported.items():
-            self.layers[name] = Layer(name, module, adapter, group=name)
+    def _discover(self, model: nn.Module, strict: bool) -> Discovery:
+        found = discover(model, self.exclude)
+        if unexpected := found.unexpected():
+            listing = "\n".join(f"  {name}: {why}" for name, why in unexpected.items())
+            message = (f"DoPr leaves {len(unexpected)} trainable weight matrices without AP (their plain gradient goes "
+                       f"to the base optimizer):\n{listing}\nPass exclude=[...] with their module names to leave them "
+                       "out on purpose (silences this), or strict=True to make this an error.")
+            if strict:
+                for module in found.attention:
+                    release_attention(module)
+                raise ValueError(message)
+            warnings.warn(message, UserWarning, stacklevel=4)
+        for name, spec in found.layers.items():
+            self.layers[name] = Layer(name, spec.module, spec.adapter, group=name, module_name=spec.module_name)
             self.groups[name] = self._fresh_group(self.layers[name])
+        return found
+
+    def _claim(self, modules: dict[str, nn.Module]) -> None:
+        for name, module in modules.items():
+            ref = _HOOKED.get(module)
+            other = ref() if ref is not None else None
+            if other is not None and other is not self and other._hooks.active:
+                for m in self.discovery.attention:
+                    release_attention(m)
+                raise ValueError(
+                    f"layer '{name}' already has the hooks of another DoPr / ActivationPreconditioner, which would "
+                    "record its inputs too. Call old_optimizer.remove() first (or build it in a `with` block), or "
+                    "exclude this layer from one of them (exclude=[...])")
+        for module in modules.values():
+            _HOOKED[module] = weakref.ref(self)
 
     def _fresh_group(self, layer: Layer) -> Group:
         """An empty input group for ``layer`` alone, shaped by its adapter and ``max_block``."""
@@ -176,7 +245,12 @@ class ActivationPreconditioner:
         return Group([layer.name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module), blocks)
 
     def preconditioned_parameters(self) -> list[nn.Parameter]:
-        return [p for entry in self.layers.values() for p in entry.adapter.params(entry.module)]
+        params = {id(p): p for entry in self.layers.values() for p in entry.adapter.params(entry.module)}
+        return list(params.values())
+
+    def _weight(self, group: Group) -> nn.Parameter:
+        first = self.layers[group.members[0]]
+        return first.adapter.weight(first.module)
 
     # ----------------------------------------------------------------- capture
     @property
@@ -184,21 +258,34 @@ class ActivationPreconditioner:
         """Whether forwards now record statistics (the next step is a refresh step)."""
         return self.step_count % self.refresh_every == 0
 
-    def _on_input(self, name: str, x: Tensor, during_backward: bool) -> None:
+    def _on_forward(self, module_name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any,
+                    during_backward: bool) -> None:
         if not self.capturing:
             return
-        layer = self.layers[name]
+        outputs = output_tensors(output)
+        if not outputs:
+            return  # nothing of this forward can reach the weights' gradients
+        pending = []
+        for layer in self._module_layers[module_name]:
+            x = layer.adapter.read(module, args, kwargs, output)
+            if x is not None and (p := self._capture(layer, x, during_backward)) is not None:
+                pending.append(p)
+        if pending:
+            when_backward_reaches(outputs, lambda: self._commit(pending))
+
+    def _capture(self, layer: Layer, x: Tensor, during_backward: bool) -> _Pending | None:
         if during_backward and layer.fires_outside_backward > 0:
-            return  # a checkpoint recomputation of a forward already counted
+            return None  # a checkpoint recomputation of a forward already counted
         group = self._group_for(layer, x)
         layer.fires += 1
         if not during_backward:
             layer.fires_outside_backward += 1
         ref = group.seen.get(id(x))
         if ref is not None and ref() is x:
-            return  # another member of the group already counted this tensor
+            return None  # another member of the group already counted this tensor
         group.seen[id(x)] = weakref.ref(x)
-        self._accumulate(layer, group, x.detach())
+        group.accumulations += 1
+        return self._contribution(layer, group, x.detach())
 
     def _group_for(self, layer: Layer, x: Tensor) -> Group:
         group = self.groups[layer.group]
@@ -219,37 +306,79 @@ class ActivationPreconditioner:
     @staticmethod
     def _compatible(a: Group, b: Group) -> bool:
         same_shape = (a.dim, a.diagonal, a.bias, a.blocks) == (b.dim, b.diagonal, b.bias, b.blocks)
-        return same_shape and a.rows > 0 and b.rows == 0
+        return same_shape and a.accumulations > 0 and b.accumulations == 0
 
     @torch.no_grad()
-    def _accumulate(self, layer: Layer, group: Group, x: Tensor) -> None:
-        dtype = statistics_dtype(layer.module.weight.dtype)
+    def _contribution(self, layer: Layer, group: Group, x: Tensor) -> _Pending:
+        """This forward's statistics for ``group``, computed now (the input may not outlive the forward)."""
+        dtype = statistics_dtype(layer.adapter.weight(layer.module).dtype)
         with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
             z = layer.adapter.rows(layer.module, x)
-            if self._row_mask is not None and not isinstance(layer.adapter, ConvAdapter):
+            if self._row_mask is not None and layer.adapter.maskable:
                 z = self._masked(layer.name, x, z)
             if self.max_rows is not None and z.shape[0] > self.max_rows:
                 idx = torch.randperm(z.shape[0], generator=self._generator)[: self.max_rows]
                 z = z[idx.to(z.device)]
             n = z.shape[0]
-            if group.diagonal:
-                counts = torch.bincount(z, minlength=group.dim).to(dtype)
-                group.total = counts if group.total is None else group.total.add_(counts)
+            if group.diagonal:  # one-hot counts; index_add_, unlike bincount, needs no device sync
+                counts = torch.zeros(group.dim, dtype=dtype, device=z.device)
+                value, kind = counts.index_add_(0, z, torch.ones(n, dtype=dtype, device=z.device)), "sum"
             elif group.blocks > 1:
-                if group.total is None:
-                    group.total = torch.zeros(group.sigma_shape(), dtype=dtype, device=z.device)
-                block_second_moment_sum(z.to(dtype), augment_bias=group.bias, blocks=group.blocks, out=group.total)
-            elif group.total is None and 2 * (group.rows + n) <= group.dim and self._low_rank_allowed():
-                group.kept.append(z.to(dtype))  # fewer rows than columns so far: keep the rows (Woodbury)
+                value, kind = block_second_moment_sum(z.to(dtype), augment_bias=group.bias, blocks=group.blocks), "sum"
+            elif 2 * n <= group.dim and self._low_rank_allowed():
+                value, kind = z.to(dtype), "rows"  # few rows: perhaps kept as they are (Woodbury), see _commit
             else:
-                if group.total is None:
-                    group.total = torch.zeros(group.dim, group.dim, dtype=dtype, device=z.device)
+                value, kind = second_moment_sum(z.to(dtype), augment_bias=group.bias), "sum"
+        return _Pending(group, kind, value, n, self._epoch)
+
+    @torch.no_grad()
+    def _commit(self, pending: list[_Pending]) -> None:
+        """Backward reached the output of the forward that made ``pending``: its rows join this step's Sigma."""
+        for p in pending:
+            if p.epoch != self._epoch:
+                continue
+            group = p.group
+            self._drop_if_gradient_cleared(group)
+            if p.kind == "rows" and group.total is None and 2 * (group.rows + p.rows) <= group.dim:
+                group.kept.append(p.value)
+            else:
+                if p.kind == "sum" and group.total is None:
+                    group.total = p.value
+                elif group.total is None:
+                    group.total = torch.zeros(group.dim, group.dim, dtype=p.value.dtype, device=p.value.device)
+                    second_moment_sum(p.value, augment_bias=group.bias, out=group.total)
+                elif p.kind == "sum":
+                    group.total.add_(p.value)
+                else:
+                    second_moment_sum(p.value, augment_bias=group.bias, out=group.total)
                 for kept in group.kept:
                     second_moment_sum(kept, augment_bias=group.bias, out=group.total)
                 group.kept.clear()
-                second_moment_sum(z.to(dtype), augment_bias=group.bias, out=group.total)
-        group.rows += n
-        group.accumulations += 1
+            group.rows += p.rows
+        pending.clear()
+
+    def _drop_if_gradient_cleared(self, group: Group) -> None:
+        """Discard the rows committed in an earlier backward pass for a gradient that has since been cleared (set
+        to None or replaced). Within one backward pass the weight's .grad is written only after all its uses."""
+        grad = self._weight(group).grad
+        task = torch._C._current_graph_task_id()
+        if group.rows and group.grad_marker is not None:
+            marker_task, marker = group.grad_marker
+            if marker_task != task and (grad is None or (marker is not _NO_GRAD and marker() is not grad)):
+                self._clear_committed(group)
+        group.grad_marker = (task, _NO_GRAD if grad is None else weakref.ref(grad))
+
+    @staticmethod
+    def _clear_committed(group: Group) -> None:
+        group.total, group.rows = None, 0
+        group.kept.clear()
+
+    def clear_gradient_statistics(self) -> None:
+        """Forget the rows committed so far (``DoPr.zero_grad()`` calls this: they belong to the gradient it
+        clears); forwards whose backward has not run yet still count when it does."""
+        for group in self.groups.values():
+            self._clear_committed(group)
+            group.grad_marker = None
 
     def _low_rank_allowed(self) -> bool:
         # the Woodbury form needs this step's rows on this rank: not for EMA Sigma or a Sigma summed over ranks
@@ -280,10 +409,15 @@ class ActivationPreconditioner:
         return z[mask.reshape(-1).to(z.device)]
 
     def reset_statistics(self) -> None:
-        """Forget what forwards recorded since the last step (to discard an abandoned step)."""
+        """Forget what forwards recorded since the last step, including forwards whose backward has not run yet
+        (to discard an abandoned step)."""
+        self._epoch += 1
+        self._end_step()
+
+    def _end_step(self) -> None:
         for group in self.groups.values():
-            group.total, group.rows, group.accumulations = None, 0, 0
-            group.kept.clear()
+            self._clear_committed(group)
+            group.accumulations, group.grad_marker = 0, None
             group.seen.clear()
         for layer in self.layers.values():
             layer.fires = layer.fires_outside_backward = 0
@@ -298,7 +432,11 @@ class ActivationPreconditioner:
         """
         refresh = self.capturing
         try:
-            work = [(e, self.groups[e.group]) for e in self.layers.values() if e.module.weight.grad is not None]
+            work = [(e, self.groups[e.group]) for e in self.layers.values()
+                    if e.adapter.weight(e.module).grad is not None]
+            for group in self.groups.values():
+                if group.rows:
+                    self._drop_if_gradient_cleared(group)
             self._check_groups_consistent()
             if refresh:
                 self._reduce_across_ranks()
@@ -316,7 +454,7 @@ class ActivationPreconditioner:
             self.step_count += 1
             return True
         finally:
-            self.reset_statistics()
+            self._end_step()
 
     def _apply(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor]) -> None:
         for entry, group in work:
@@ -349,7 +487,7 @@ class ActivationPreconditioner:
             return
         for group in groups:
             if group.total is None:  # every rank must contribute the same tensors, in the same order
-                weight = self.layers[group.members[0]].module.weight
+                weight = self._weight(group)
                 group.total = torch.zeros(group.sigma_shape(), dtype=statistics_dtype(weight.dtype),
                                           device=local(weight).device)
         rows = torch.tensor([float(g.rows) for g in groups], dtype=torch.float64, device=groups[0].total.device)
@@ -415,7 +553,7 @@ class ActivationPreconditioner:
             RuntimeWarning, stacklevel=stacklevel,
         )
         if not kept:  # the identity is its own inverse and its own Cholesky factor
-            weight = self.layers[group.members[0]].module.weight
+            weight = self._weight(group)
             shape = group.sigma_shape()
             eye = torch.ones(shape if group.diagonal else shape[:-1], dtype=statistics_dtype(weight.dtype),
                              device=local(weight).device)
@@ -426,7 +564,7 @@ class ActivationPreconditioner:
             return False
         if self.solve == "cholesky":
             return True
-        outputs = sum(self.layers[m].module.weight.shape[0] for m in group.members)
+        outputs = sum(self.layers[m].adapter.out_features(self.layers[m].module) for m in group.members)
         width = group.sigma_shape()[-1]  # a block's width for a block-diagonal Sigma
         return self.refresh_every == 1 and width >= 1024 and outputs <= width
 
@@ -436,14 +574,35 @@ class ActivationPreconditioner:
         return {key: g.telemetry() for key, g in self.groups.items()}
 
     def summary(self) -> str:
-        lines = [f"ActivationPreconditioner: {len(self.layers)} layers in {len(self.groups)} input groups"
-                 + ("" if self._grouping_frozen else " (layers sharing an input are grouped on the first step)")]
-        for g in self.groups.values():
-            kind = "diagonal" if g.diagonal else f"{g.blocks} diagonal blocks" if g.blocks > 1 else "full"
-            lines.append(f"  AP   {', '.join(g.members)}  (Sigma {g.dim}x{g.dim} {kind}{', bias' if g.bias else ''})")
-        for name, why in self.skipped.items():
-            lines.append(f"  --   {name}: {why}")
-        return "\n".join(lines)
+        """Each layer's input group and Sigma, what it recorded, and every layer or weight matrix without AP."""
+        return preconditioner_summary(self)
+
+    def layer_status(self, name: str) -> str:
+        """What actually happened to layer ``name``: ``"yes"``, ``"pending"`` (no step yet) or ``"no: why"``."""
+        group = self.groups[self.layers[name].group]
+        missing = group.missing_statistics
+        if group.factor is not None:
+            return f"yes, but no input recorded on {missing} step(s)" if missing else "yes"
+        if missing:
+            return (f"no: recorded no input on {missing} step(s) while it had a gradient (its forward ran in eval "
+                    "mode or under no_grad, or backward never reached its output)")
+        return "pending (no step yet)" if self.step_count == 0 else "no: no input recorded yet"
+
+    def coverage(self) -> dict[str, float | int]:
+        """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP."""
+        from .adapters.discovery import is_weight_matrix
+
+        covered = {id(p) for p in self.preconditioned_parameters()}
+        total = done = 0
+        for _, p in self._named_parameters():
+            if p.requires_grad and is_weight_matrix(p):
+                total += p.numel()
+                done += p.numel() if id(p) in covered else 0
+        return {"weight_elements": total, "preconditioned_elements": done, "share": done / total if total else 1.0,
+                "uncovered": len(self.discovery.uncovered)}
+
+    def _named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self._model_parameters
 
     # ----------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -476,7 +635,8 @@ class ActivationPreconditioner:
         new_groups: dict[str, Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]
-            new_groups[key] = group_from_state(saved, self._fresh_group(first), first.module.weight.device)
+            device = first.adapter.weight(first.module).device
+            new_groups[key] = group_from_state(saved, self._fresh_group(first), device)
             for m in saved["members"]:
                 self.layers[m].group = key
         self.groups = new_groups
@@ -487,7 +647,7 @@ class ActivationPreconditioner:
         self.reset_statistics()
         for key, saved in groups.items():
             g = self.groups[key]
-            device = local(self.layers[g.members[0]].module.weight).device
+            device = local(self._weight(g)).device
             if saved.get("total") is not None or saved.get("kept") is not None:
                 g.total = None if saved.get("total") is None else saved["total"].to(device)
                 g.kept = [] if saved.get("kept") is None else [saved["kept"].to(device)]
@@ -496,5 +656,11 @@ class ActivationPreconditioner:
             self.layers[name].fires, self.layers[name].fires_outside_backward = fires, outside
 
     def remove(self) -> None:
-        """Remove the hooks from the model."""
-        self._hooks.remove()
+        """Remove the hooks from the model (and switch captured attention modules back); idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> ActivationPreconditioner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

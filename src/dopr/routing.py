@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from .adapters.base import is_hf_conv1d
 from .bases import AdaMuon, Muon, Signum
 
 __all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
@@ -41,14 +42,16 @@ class Route:
     reason: str
 
 
-def _linear_weights(model: nn.Module, aux_patterns: tuple[str, ...]) -> dict[int, str]:
-    """ids of hidden Linear weights (the matrix optimizer's share) -> module name."""
+def _linear_weights(model: nn.Module, aux_patterns: tuple[str, ...]) -> dict[int, bool]:
+    """ids of hidden Linear weights (the matrix optimizer's share) -> whether stored transposed (``d_in x d_out``,
+    Hugging Face's ``Conv1D``)."""
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    out: dict[int, str] = {}
+    out: dict[int, bool] = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and id(module.weight) not in embedding_weights:
+        transposed = is_hf_conv1d(module)
+        if (isinstance(module, nn.Linear) or transposed) and id(module.weight) not in embedding_weights:
             if not any(fnmatch.fnmatchcase(name, pat) for pat in aux_patterns):
-                out[id(module.weight)] = name
+                out[id(module.weight)] = transposed
     return out
 
 
@@ -88,13 +91,19 @@ def build_bases(
     hidden = _linear_weights(model, aux_patterns)
     matrix = [(n, p) for n, p in named if p.ndim == 2 and id(p) in hidden]
     aux = [(n, p) for n, p in named if not (p.ndim == 2 and id(p) in hidden)]
-    routes = [Route(n, tuple(p.shape), label, "2D weight of a hidden Linear layer") for n, p in matrix]
+    routes = [Route(n, tuple(p.shape), label, "2D weight of a hidden Linear layer" + (
+        " (stored d_in x d_out: Hugging Face Conv1D)" if hidden[id(p)] else "")) for n, p in matrix]
     routes += [Route(n, tuple(p.shape), "adamw", _aux_reason(p)) for n, p in aux]
     order = {n: i for i, (n, _) in enumerate(named)}
     routes.sort(key=lambda r: order[r.name])
     bases: list[tuple[str, Optimizer]] = []
     if matrix:
-        bases.append((label, cls([p for _, p in matrix], **kwargs)))
+        # Conv1D weights are stored transposed: Muon's update is transpose-equivariant except for its shape-based
+        # lr scaling, which reads the logical d_out x d_in from the group's "transposed" flag
+        plain = [p for _, p in matrix if not hidden[id(p)]]
+        flipped = [p for _, p in matrix if hidden[id(p)]]
+        groups = ([{"params": plain}] if plain else []) + ([{"params": flipped, "transposed": True}] if flipped else [])
+        bases.append((label, cls(groups, **kwargs)))
     if aux:
         aux_kw = dict(aux_kwargs or {})
         if aux_lr is not None or lr is not None:

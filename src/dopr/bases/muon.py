@@ -90,5 +90,7 @@ class Muon(torch.optim.Muon):
                 update = zeropower_via_newton_schulz(update, group["ns_coefficients"], group["ns_steps"],
                                                      group["eps"], group["ns_dtype"])
                 p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+                # a group flagged "transposed" holds weights stored d_in x d_out (Hugging Face Conv1D)
+                shape = p.shape[::-1] if group.get("transposed") else p.shape
+                p.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], shape))
         return loss

@@ -1,0 +1,172 @@
+"""Convolutions: ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (``groups=1``, zero padding).
+
+* A convolution is a linear map applied to every unfolded patch, so each patch (``C_in * prod(kernel)``,
+  plus 1 for the bias) is a row of ``Z`` and Sigma is the full patch second moment. The update is then
+  invariant to any invertible linear map of patches, including any 1x1 re-mixing of input channels.
+* A transposed convolution is a convolution with stride 1 over the input with ``stride - 1`` zeros
+  inserted between its entries, padded by ``dilation * (k - 1) - padding`` (plus ``output_padding`` at
+  the end), with the kernel flipped. Each output position is again a linear function of one patch of
+  that input, so its rows are those patches, with the kernel axes flipped back so that coordinate
+  ``(c_in, k)`` multiplies the stored ``weight[c_in, c_out, k]``; ``G`` is the stored gradient with its
+  first two axes swapped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Adapter, local
+
+__all__ = ["ConvAdapter", "ConvTransposeAdapter", "conv_unsupported_reason", "patches"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: list[tuple[int, int]],
+            stride: tuple[int, ...], flip: bool = False) -> Tensor:
+    """All receptive fields of ``x`` (``N x C x *spatial``) as rows ``(N * positions) x (C * prod(kernel))``.
+
+    ``pads`` holds ``(before, after)`` per spatial dim (negative values crop). Columns are in
+    ``(C, k_1, ..., k_s)`` order, the order of a flattened convolution kernel; ``flip`` reverses each
+    kernel axis. Works for any number of spatial dims (``F.unfold`` only does two).
+    """
+    spatial = len(kernel)
+    flat_pads = [p for before_after in reversed(pads) for p in before_after]
+    if any(flat_pads):
+        x = F.pad(x, flat_pads)
+    for i, (k, d, s) in enumerate(zip(kernel, dilation, stride)):
+        span = d * (k - 1) + 1
+        x = x.unfold(2 + i, span, s)  # windows as a new last dim
+        if d > 1:
+            x = x[..., ::d]
+    # x: N x C x o_1..o_s x k_1..k_s -> (N, o_1..o_s) x (C, k_1..k_s)
+    if flip:
+        x = x.flip(list(range(2 + spatial, 2 + 2 * spatial)))
+    order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
+    c = x.shape[1]
+    return x.permute(order).reshape(-1, c * math.prod(kernel))
+
+
+def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
+    if module.padding == "valid":
+        return (0,) * len(module.kernel_size)
+    if module.padding == "same":
+        pads = []
+        for k, d in zip(module.kernel_size, module.dilation):
+            total = d * (k - 1)
+            if total % 2:
+                raise ValueError("asymmetric 'same' padding is not supported")
+            pads.append(total // 2)
+        return tuple(pads)
+    return tuple(module.padding)
+
+
+def _batched(x: Tensor, spatial: int) -> Tensor:
+    return x.unsqueeze(0) if x.ndim == spatial + 1 else x
+
+
+class ConvAdapter(Adapter):
+    maskable = False  # rows are patches, not positions of the input
+    def in_features(self, module: nn.Module) -> int:
+        return module.weight[0].numel()
+
+    def rows(self, module: nn.Module, x: Tensor) -> Tensor:
+        spatial = len(module.kernel_size)
+        x = _batched(x, spatial)
+        if spatial == 3:
+            return patches(x, module.kernel_size, module.dilation, [(p, p) for p in _explicit_padding(module)],
+                           module.stride)
+        # F.unfold (2 spatial dims) is the fast path; a 1D convolution is a 2D one of height 1
+        if spatial == 1:
+            x = x.unsqueeze(-2)
+            kernel, dilation = (1, *module.kernel_size), (1, *module.dilation)
+            padding, stride = (0, *_explicit_padding(module)), (1, *module.stride)
+        else:
+            kernel, dilation = module.kernel_size, module.dilation
+            padding, stride = _explicit_padding(module), module.stride
+        unfolded = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        return unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
+
+
+class ConvTransposeAdapter(Adapter):
+    """``nn.ConvTranspose{1,2,3}d``: weight ``C_in x C_out x *kernel``; ``G`` is ``C_out x (C_in * prod(kernel))``."""
+
+    maskable = False
+
+    def in_features(self, module: nn.Module) -> int:
+        return module.in_channels * math.prod(module.kernel_size)
+
+    def out_features(self, module: nn.Module) -> int:
+        return module.out_channels
+
+    def read(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> Tensor | None:
+        if len(args) > 1 or kwargs.get("output_size") is not None:
+            raise NotImplementedError(
+                f"{type(module).__name__} was called with output_size, which changes its output padding per call; "
+                "DoPr reads the module's output_padding instead: set output_padding on the module, or exclude it")
+        return super().read(module, args, kwargs, output)
+
+    def rows(self, module: nn.Module, x: Tensor) -> Tensor:
+        spatial = len(module.kernel_size)
+        x = _batched(x, spatial)
+        stride = module.stride
+        if any(s > 1 for s in stride):  # insert stride - 1 zeros between the input's entries
+            n, c, *size = x.shape
+            up = x.new_zeros(n, c, *[(m - 1) * s + 1 for m, s in zip(size, stride)])
+            up[(slice(None), slice(None), *[slice(None, None, s) for s in stride])] = x
+            x = up
+        pads = [(d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
+                zip(module.kernel_size, module.dilation, module.padding, module.output_padding)]
+        return patches(x, module.kernel_size, module.dilation, pads, (1,) * spatial, flip=True)
+
+    def _grad_view(self, grad: Tensor) -> Tensor:
+        return local(grad).transpose(0, 1)  # C_out x C_in x *kernel
+
+    def gradient(self, module: nn.Module) -> Tensor:
+        w = self._grad_view(_unsharded(module.weight.grad))
+        g = w.reshape(w.shape[0], -1)
+        if module.bias is not None:
+            g = torch.cat([g, local(module.bias.grad).reshape(-1, 1)], dim=1)
+        return g
+
+    def write_gradient(self, module: nn.Module, m: Tensor) -> None:
+        w = self._grad_view(module.weight.grad)
+        k = self.in_features(module)
+        w.copy_(m[:, :k].reshape(w.shape))
+        if module.bias is not None:
+            local(module.bias.grad).copy_(m[:, k])
+
+
+def _unsharded(grad: Tensor) -> Tensor:
+    if local(grad) is not grad:
+        raise NotImplementedError(
+            "a ConvTranspose layer's weight is C_in x C_out x kernel, and FSDP2 shards it along C_in, the input "
+            "dimension that AP mixes: exclude the transposed convolutions from DoPr or keep them unsharded"
+        )
+    return grad
+
+
+def conv_unsupported_reason(module: nn.Module) -> str | None:
+    """Why a convolution cannot be preconditioned, or None if it can."""
+    if module.groups != 1:
+        return (f"grouped convolution (groups={module.groups}): each group of channels would need its own Sigma, "
+                "which DoPr does not implement yet")
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r} (only zero padding is unfolded into patches)"
+    if isinstance(module, _CONV) and module.padding == "same" and any(
+            d * (k - 1) % 2 for k, d in zip(module.kernel_size, module.dilation)):
+        return "asymmetric 'same' padding"
+    return None
+
+
+def is_conv(module: nn.Module) -> bool:
+    return isinstance(module, _CONV)
+
+
+def is_conv_transpose(module: nn.Module) -> bool:
+    return isinstance(module, _CONV_T)

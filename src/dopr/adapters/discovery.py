@@ -1,0 +1,164 @@
+"""Which layers of a model DoPr preconditions, and why every other weight matrix is left out."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .attention import InProjAdapter, capture_attention
+from .base import Adapter, LinearAdapter, TransposedLinearAdapter, is_hf_conv1d
+from .conv import ConvAdapter, ConvTransposeAdapter, conv_unsupported_reason, is_conv, is_conv_transpose
+from .embedding import EmbeddingAdapter, embedding_unsupported_reason
+from .recurrent import RECURRENT, RecurrentAdapter, recurrent_unsupported_reason
+
+__all__ = ["EXCLUDED", "Discovery", "LayerSpec", "discover", "is_weight_matrix", "layer_adapters"]
+
+EXCLUDED = "excluded by name pattern"
+
+_LINEAR, _T_LINEAR, _CONV, _CONV_T, _EMBEDDING = (LinearAdapter(), TransposedLinearAdapter(), ConvAdapter(),
+                                                   ConvTransposeAdapter(), EmbeddingAdapter())
+_IN_PROJ = [(f":{p}", InProjAdapter(p)) for p in ("q", "k", "v")]
+_RECURRENT = {d: [(f":{part}_l0{'_reverse' if d else ''}", RecurrentAdapter(part, d)) for part in ("ih", "hh")]
+              for d in (0, 1)}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer in the paper's sense: a weight (and bias) reading one input. ``name`` is the module's name,
+    or ``module:part`` for the layers inside one module (``attn:q``, ``lstm:hh_l0``)."""
+
+    name: str
+    module_name: str
+    module: nn.Module
+    adapter: Adapter
+
+
+@dataclass
+class Discovery:
+    layers: dict[str, LayerSpec] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # layer or module name -> why it gets no AP
+    uncovered: dict[str, str] = field(default_factory=dict)  # weight-matrix parameter -> why it gets no AP
+    attention: list[nn.Module] = field(default_factory=list)  # MHA modules switched to capture out_proj's input
+    attention_names: list[str] = field(default_factory=list)
+
+    def unexpected(self) -> dict[str, str]:
+        """The uncovered weight matrices the user did not ask to leave out (named in the construction warning)."""
+        return {n: why for n, why in self.uncovered.items() if why != EXCLUDED}
+
+
+def is_weight_matrix(p: nn.Parameter) -> bool:
+    """A parameter with at least two dims of size > 1 (a matrix or kernel, not a bias, scale or token)."""
+    return sum(s > 1 for s in p.shape) >= 2
+
+
+def layer_adapters(module: nn.Module) -> list[tuple[str, Adapter]] | str | None:
+    """The layers inside ``module`` (name suffix, adapter), why a known layer type is not supported, or None for
+    a module type DoPr has no adapter for (its own weight matrices are then named as uncovered)."""
+    if isinstance(module, nn.Linear):
+        return [("", _LINEAR)]
+    if is_hf_conv1d(module):
+        return [("", _T_LINEAR)]
+    if is_conv(module) or is_conv_transpose(module):
+        reason = conv_unsupported_reason(module)
+        return reason or [("", _CONV if is_conv(module) else _CONV_T)]
+    if isinstance(module, nn.Embedding):
+        return embedding_unsupported_reason(module) or [("", _EMBEDDING)]
+    if isinstance(module, nn.MultiheadAttention):
+        return _IN_PROJ
+    if isinstance(module, RECURRENT):
+        reason = recurrent_unsupported_reason(module)
+        return reason or [s for d in range(2 if module.bidirectional else 1) for s in _RECURRENT[d]]
+    return None
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
+def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -> Discovery:
+    """The layers of ``model`` DoPr preconditions, and why each other candidate is not.
+
+    Left to the base optimizer: frozen or partly frozen layers, names matching an ``exclude`` fnmatch
+    pattern, unsupported configurations, and layers that share a parameter with another (tied weights).
+    With ``capture``, plain ``nn.MultiheadAttention`` modules whose ``out_proj`` gets AP are switched to
+    :class:`~dopr.adapters.attention.CapturedMultiheadAttention` (see there).
+    """
+    found = Discovery()
+    modules = dict(model.named_modules())
+    candidates: list[LayerSpec] = []
+    owners: dict[tuple[int, tuple[int, int] | None], list[str]] = {}
+    for name, module in modules.items():
+        parts = layer_adapters(module)
+        if parts is None:
+            continue
+        if isinstance(parts, str):
+            found.skipped[name] = f"unsupported: {parts}"
+            continue
+        for suffix, adapter in parts:
+            layer = f"{name}{suffix}"
+            params = adapter.params(module)
+            why = None
+            if not any(p.requires_grad for p in params):
+                why = "frozen (no parameter requires grad)"
+            elif _matches(name, exclude) or _matches(layer, exclude):
+                why = EXCLUDED
+            elif not all(p.requires_grad for p in params):
+                why = "partly frozen (weight or bias does not require grad)"
+            elif _inside_fused_attention(name, modules) and not (capture and _capture(name, modules, found)):
+                why = ("called inside its nn.MultiheadAttention's fused forward, not as a module, so its input is "
+                       "not observable (the attention module is a subclass with its own forward)")
+            if why is not None:
+                found.skipped[layer] = why
+                continue
+            candidates.append(LayerSpec(layer, name, module, adapter))
+            for p in params:
+                owners.setdefault((id(p), adapter.rows_of(module, p)), []).append(layer)
+    shared = {n for names in owners.values() if len(names) > 1 for n in names}
+    for spec in candidates:
+        if spec.name in shared:
+            found.skipped[spec.name] = "parameter shared with another layer (e.g. tied embeddings)"
+        else:
+            found.layers[spec.name] = spec
+    found.uncovered = _uncovered(model, modules, found)
+    return found
+
+
+def _inside_fused_attention(name: str, modules: dict[str, nn.Module]) -> bool:
+    parent, _, attr = name.rpartition(".")
+    return attr == "out_proj" and isinstance(modules.get(parent), nn.MultiheadAttention)
+
+
+def _capture(name: str, modules: dict[str, nn.Module], found: Discovery) -> bool:
+    parent = name.rpartition(".")[0]
+    attention = modules[parent]
+    if any(m is attention for m in found.attention):
+        return True
+    if capture_attention(attention):
+        found.attention.append(attention)
+        found.attention_names.append(parent)
+        return True
+    return False
+
+
+def _uncovered(model: nn.Module, modules: dict[str, nn.Module], found: Discovery) -> dict[str, str]:
+    covered: dict[int, int] = {}  # id(param) -> rows covered
+    for spec in found.layers.values():
+        for p in spec.adapter.params(spec.module):
+            span = spec.adapter.rows_of(spec.module, p)
+            covered[id(p)] = covered.get(id(p), 0) + (p.shape[0] if span is None else span[1] - span[0])
+    reasons: dict[str, str] = {}
+    for pname, p in model.named_parameters():
+        if not p.requires_grad or not is_weight_matrix(p) or covered.get(id(p), 0) >= p.shape[0]:
+            continue
+        owner, _, attr = pname.rpartition(".")
+        module = modules[owner]
+        why = found.skipped.get(owner)
+        if why is None:  # a layer of a multi-layer module (attn:q, lstm:ih_l0) that was skipped
+            why = next((w for layer, w in found.skipped.items() if layer.startswith(f"{owner}:")), None)
+        if why is None:
+            why = (f"no DoPr adapter for {type(module).__name__} ('{attr}' is not the weight of a layer type DoPr "
+                   "knows: Linear, Conv1D, Conv/ConvTranspose 1-3d, Embedding, MultiheadAttention, RNN/LSTM/GRU)")
+        reasons[pname] = why
+    return reasons
