@@ -54,7 +54,7 @@ TASKS: dict[str, BCSpec] = {
 #: 3 demonstrations for 600 steps: the setting where the full protocol's AdamW (results/idp-raw-3demos) is far
 #: from the expert at this budget, so the quick job asks the same question as the full one.
 QUICK: dict[str, Any] = {"steps": 300, "episodes": 3, "val_demos": 2, "log_every": 50, "seeds": 3}
-QUICK_TASK: dict[str, dict[str, Any]] = {"idp": {"demos": 3, "steps": 600, "seeds": 2, "episodes": 3}}
+QUICK_TASK: dict[str, dict[str, Any]] = {"idp": {"demos": 3, "steps": 600}}
 
 
 def resolve(task: str, quick: bool, overrides: dict[str, Any]) -> BCSpec:

@@ -57,7 +57,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 def headline(results: dict[str, Any]) -> str:
     s = results["settings"]
-    return (f"{results['task']}, {s['demos']} demos, {'std.' if s['standardize'] else 'raw'} obs., {s['steps']} steps"
+    return (f"{results['task']}, {s['demos']} demos, {'std.' if s['standardize'] else 'raw'} obs., {s['steps']} steps, "
+            f"damping {s['damping']:g}"
             + ("" if s.get("refresh_every", 1) == 1 else f", refresh {s['refresh_every']}")
             + ("" if s.get("sigma", "batch") == "batch" else f", Sigma {s['sigma']}")
             + ("" if s.get("max_block") is None else f", max_block {s['max_block']}")

@@ -59,11 +59,21 @@ def upgrade(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def modern_argv(argv: list[str]) -> list[str]:
+def absent_settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`ABSENT` settings an old results.json (as read from disk) lacks, with the values it was made with."""
+    return {k: v for k, v in ABSENT[bench_of(raw)].items() if k not in raw.get("settings", {})}
+
+
+def modern_argv(argv: list[str], absent: dict[str, Any] | None = None) -> list[str]:
     """A command recorded by an earlier version (the words after ``dopr-bench``) in today's CLI shape:
     ``flow ...`` and ``robo TASK ...`` became ``run flow ...`` and ``run robo TASK ...``; ``--lr X`` became
-    ``--lrs X``; the control bench's ``--quick`` is spelt out as it was then (:data:`OLD_BC_QUICK`)."""
+    ``--lrs X``; the control bench's ``--quick`` is spelt out as it was then (:data:`OLD_BC_QUICK`); and options
+    that did not exist when it ran (``absent``: see :func:`absent_settings`) are given the values it ran with."""
     argv = list(argv)
+    for key, value in (absent or {}).items():
+        flag = "--" + key.replace("_", "-")
+        if value is not None and flag not in argv:
+            argv += [flag, str(value)]
     if argv and argv[0] in ("flow", "robo"):
         argv = ["run", *argv]
     argv = ["--lrs" if a == "--lr" else a for a in argv]

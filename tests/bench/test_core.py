@@ -1,0 +1,145 @@
+"""The bench core: Spec-built flags, the Muon precision policy, statistics, the learning-rate report, legacy reads."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from dopr_bench.core import arms, legacy, stats
+from dopr_bench.core.bench import BENCHES, Metric, get_bench
+from dopr_bench.core.report import best_lr, lr_section, pair_sentences
+from dopr_bench.core.spec import add_flags, overrides
+from dopr_bench.core.sweep import resolve_ns_dtype
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_every_cli_field_of_a_spec_is_a_flag_and_round_trips(name: str) -> None:
+    bench = get_bench(name)
+    p = argparse.ArgumentParser()
+    add_flags(p, bench.spec_type)
+    assert overrides(p.parse_args([]), bench.spec_type) == {}  # nothing given: the spec's defaults stand
+    spec = bench.resolve(bench.default_task, False, {})
+    argv = []
+    for f in fields(spec):
+        if not f.metadata.get("cli", True) or getattr(spec, f.name) is None:
+            continue
+        v, flag = getattr(spec, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag if v else "--no-" + flag[2:])
+        else:
+            argv += [flag, ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
+    given = overrides(p.parse_args(argv), bench.spec_type)
+    assert bench.resolve(bench.default_task, False, given) == spec
+
+
+def test_lrs_and_arms_parse_as_lists() -> None:
+    from dopr_bench.bc.bench import BCSpec
+
+    p = argparse.ArgumentParser()
+    add_flags(p, BCSpec)
+    ov = overrides(p.parse_args(["--lrs", "1e-3,3e-3", "--optimizers", "adamw,dopr-muon", "--standardize"]), BCSpec)
+    assert ov == {"lrs": (1e-3, 3e-3), "optimizers": ("adamw", "dopr-muon"), "standardize": True}
+
+
+def test_muon_precision_follows_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(arms, "matmul_probe", lambda: {"bfloat16": 1.0, "float32": 2.0})
+    assert arms.hardware_ns_dtype() == "bfloat16"
+    monkeypatch.setattr(arms, "matmul_probe", lambda: {"bfloat16": 7.0, "float32": 1.0})
+    assert arms.hardware_ns_dtype() == "float32"
+
+
+def test_muon_precision_given_then_the_folders_then_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dopr_bench.core.sweep as sweep
+    from dopr_bench.bc.bench import BCSpec
+
+    monkeypatch.setattr(sweep, "hardware_ns_dtype", lambda: "float32")
+    old = {"settings": {"muon_ns_dtype": "bfloat16"}}
+    assert resolve_ns_dtype(BCSpec(), None).muon_ns_dtype == "float32"
+    assert resolve_ns_dtype(BCSpec(), old).muon_ns_dtype == "bfloat16"
+    assert resolve_ns_dtype(BCSpec(muon_ns_dtype="float32"), old).muon_ns_dtype == "float32"
+
+
+@pytest.mark.parametrize("arm", ["muon", "dopr-muon"])
+@pytest.mark.parametrize("choice", ["bfloat16", "float32"])
+def test_the_muon_precision_reaches_both_muon_arms(arm: str, choice: str) -> None:
+    import torch
+    from torch import nn
+
+    from dopr import Muon
+    from dopr_bench.bc.bench import BCSpec
+
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = arms.build_optimizer(model, arm, 1e-3, BCSpec(muon_ns_dtype=choice))
+    muons = [o for _, o in opt.bases if isinstance(o, Muon)]  # DoPr and MultiOptimizer both keep .bases
+    assert muons and {g["ns_dtype"] for o in muons for g in o.param_groups} == {getattr(torch, choice)}
+
+
+def test_t_interval_and_pairs_match_on_lr_and_seed() -> None:
+    mean, half = stats.t_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(2.4841, abs=1e-3)  # t(0.975, 2) * 1 / sqrt(3)
+    one, none = stats.t_ci([5.0]), stats.t_ci([])
+    assert one[0] == 5.0 and math.isnan(one[1]) and math.isnan(none[0])
+    runs = [{"optimizer": a, "seed": s, "lr": lr} for lr in (1e-3, 1e-2) for s in (0, 1) for a in ("x", "dopr-x")]
+    runs.append({"optimizer": "dopr-x", "seed": 7, "lr": 1e-3})  # no partner
+    ps = stats.pairs(runs)[("dopr-x", "x")]
+    assert [(a["lr"], a["seed"]) for a, _ in ps] == [(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
+    assert all(a["lr"] == b["lr"] and a["seed"] == b["seed"] for a, b in ps)
+    assert len(stats.pairs(runs, 1e-2)[("dopr-x", "x")]) == 2
+
+
+def _runs() -> list[dict]:
+    """Arm x: best val at lr 1e-3, best test at 1e-2; dopr-x: best at 1e-2 on both."""
+    table = {("x", 1e-3): (1.0, 10.0), ("x", 1e-2): (2.0, 30.0), ("dopr-x", 1e-3): (3.0, 5.0),
+             ("dopr-x", 1e-2): (0.5, 50.0)}
+    return [{"optimizer": a, "lr": lr, "seed": s, "val": v + 0.01 * s, "test": t + s}
+            for (a, lr), (v, t) in table.items() for s in (0, 1, 2)]
+
+
+VAL, TEST = Metric("val", lambda r: r["val"], False), Metric("score", lambda r: r["test"], True)
+
+
+def test_each_arm_at_its_own_best_lr_on_val_and_on_test() -> None:
+    runs = _runs()
+    assert best_lr(runs, "x", VAL) == 1e-3 and best_lr(runs, "x", TEST) == 1e-2
+    assert best_lr(runs, "dopr-x", VAL) == best_lr(runs, "dopr-x", TEST) == 1e-2
+    md = lr_section(runs, VAL, TEST)
+    assert "| x | 0.001 | 1.01 | 11 | 0.01 | 2.01 | 31 |" in md
+    # best against best on val: dopr-x at 1e-2 (50, 51, 52) minus x at 1e-3 (10, 11, 12): +40, zero spread
+    assert "| dopr-x − x | val | 0.01 / 0.001 | 3 | +40 ± 0 |" in md
+    assert "| dopr-x − x | score | 0.01 / 0.01 | 3 | +20 ± 0 |" in md
+
+
+def test_pair_sentences_say_the_means_and_whether_the_interval_excludes_zero() -> None:
+    from dataclasses import replace
+
+    bench = replace(get_bench("bc"), test=TEST)
+    lines = pair_sentences({"runs": _runs()}, bench)
+    assert lines[0].startswith("dopr-x against x at lr 0.001: score 6 against 11; DoPr worse by −5")
+    assert "better on 0 of 3" in lines[0] and "excludes zero" in lines[0]
+
+
+def test_legacy_files_upgrade_and_old_commands_translate() -> None:
+    old = {"task": "idp", "settings": {"lr": 3e-4, "sigma": "batch"}, "runs": [{"optimizer": "adamw", "seed": 0}]}
+    new = legacy.upgrade(old)
+    assert new["bench"] == "bc" and new["schema"] == 1 and new["runs"][0]["lr"] == 3e-4
+    assert "lr" not in new["settings"] and new["settings"]["muon_ns_dtype"] == "bfloat16"
+    flow = legacy.upgrade({"settings": {"task": "flow-digits", "lr": 1e-3}, "runs": [{"optimizer": "adamw",
+                                                                                      "seed": 0, "wall_seconds": 3}]})
+    assert flow["bench"] == "flow" and flow["runs"][0]["wall_s"] == 3
+    assert legacy.bench_of({"task": "lm:synthetic-arithmetic"}) == "lm"
+    assert legacy.modern_argv(["flow", "--seeds", "5"]) == ["run", "flow", "--seeds", "5"]
+    assert legacy.modern_argv(["robo", "lift"]) == ["run", "robo", "lift"]
+    assert legacy.modern_argv(["run", "idp", "--lr", "3e-3"]) == ["run", "idp", "--lrs", "3e-3"]
+    quick = legacy.modern_argv(["run", "idp", "--quick"])
+    assert "--quick" not in quick and quick[quick.index("--steps") + 1] == "300"
+
+
+def test_old_cli_shapes_say_the_new_one(tmp_path: Path) -> None:
+    from dopr_bench.cli import main
+
+    with pytest.raises(SystemExit, match="dopr-bench run flow"):
+        main(["flow", "--quick"])
