@@ -1,0 +1,167 @@
+"""Tiny, randomly initialized models of the kinds users train, built from library configs (nothing downloaded).
+
+Each entry: name -> (build() -> model, batch() -> (inputs, loss_fn)). timm and torchvision do not install
+next to this project's CPU torch, so their ViT and ResNet are hand-written equivalents with the same layer
+types (torchvision's ViT encoder is nn.MultiheadAttention; timm's attention is one qkv Linear).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def _tokens(vocab: int, n: int = 4, t: int = 12) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(0))
+
+
+def gpt2():
+    import transformers
+
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(cfg)
+    ids = _tokens(64)
+    return model, lambda m: m(input_ids=ids, labels=ids).loss
+
+
+def llama():
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg)
+    ids = _tokens(64)
+    return model, lambda m: m(input_ids=ids, labels=ids).loss
+
+
+def bert():
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    model = transformers.BertForSequenceClassification(cfg)
+    ids, labels = _tokens(64), torch.tensor([0, 1, 2, 1])
+    return model, lambda m: m(input_ids=ids, labels=labels).loss
+
+
+def t5():
+    import transformers
+
+    cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                decoder_start_token_id=0)
+    model = transformers.T5ForConditionalGeneration(cfg)
+    ids = _tokens(64)
+    return model, lambda m: m(input_ids=ids, labels=ids).loss
+
+
+def lora_llama():
+    import peft
+
+    base, loss = llama()
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    return model, loss
+
+
+def unet2d():
+    import diffusers
+
+    model = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
+                                  block_out_channels=(8, 16), norm_num_groups=4,
+                                  down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 2, 8, 8, generator=g), torch.tensor([3, 7])
+    return model, lambda m: m(x, t).sample.pow(2).mean()
+
+
+class _Encoder(nn.Module):
+    """torchvision-style ViT: conv patch embedding, nn.TransformerEncoder (nn.MultiheadAttention inside)."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.pos = nn.Parameter(torch.zeros(1, 4, d))
+        layer = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.encoder(h).mean(1))
+
+
+def vit_mha():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3])
+    return _Encoder(), lambda m: nn.functional.cross_entropy(m(x), y)
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def resnet():
+    """torchvision-style ResNet: stem conv, BasicBlocks with BatchNorm, global pool, fc."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), _Block(8),
+                          _Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3])
+    return model, lambda m: nn.functional.cross_entropy(m(x), y)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.gru = nn.GRU(16, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 20)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(self.lstm(self.embed(ids))[0])[0])
+
+
+def rnn():
+    ids = _tokens(20)
+    return _Recurrent(), lambda m: nn.functional.cross_entropy(m(ids).flatten(0, 1), ids.flatten())
+
+
+def conv3d():
+    model = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, stride=2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32, 3))
+    x = torch.randn(2, 2, 5, 5, 5, generator=torch.Generator().manual_seed(0))
+    return model, lambda m: m(x).pow(2).mean()
+
+
+class _UNet1d(nn.Module):
+    """Diffusion-policy style 1D U-Net: strided Conv1d down, ConvTranspose1d up, skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv1d(3, 8, 3, stride=2, padding=1)
+        self.mid = nn.Conv1d(8, 8, 3, padding=1)
+        self.up = nn.ConvTranspose1d(8, 8, 4, stride=2, padding=1)
+        self.out = nn.Conv1d(11, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(torch.relu(self.mid(torch.relu(self.down(x)))))
+        return self.out(torch.cat([h, x], dim=1))
+
+
+def unet1d():
+    x = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(0))
+    return _UNet1d(), lambda m: (m(x) - x).pow(2).mean()
+
+
+ZOO: dict[str, Callable] = {"gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5, "lora_llama": lora_llama,
+                            "unet2d_diffusers": unet2d, "vit_mha": vit_mha, "resnet": resnet, "rnn": rnn,
+                            "conv3d": conv3d, "unet1d": unet1d}
+HF = {"gpt2", "llama", "bert", "t5", "lora_llama"}
