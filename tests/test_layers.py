@@ -208,7 +208,8 @@ def test_recurrent_without_bias_and_unbatched_input():
         def forward(self, x):  # one unbatched sequence: T x 3
             return self.head(self.rnn(x)[0]).mean(0, keepdim=True)
 
-    _check(Net(), _data((7, 3), (1, 2)))
+    opt = _check(Net(), _data((7, 3), (1, 2)))
+    assert {"rnn:ih_l0", "rnn:hh_l0"} <= set(opt.preconditioner.layers)
 
 
 def test_multi_layer_rnn_is_named_not_silently_skipped():

@@ -1,0 +1,155 @@
+"""Sigma is over exactly the rows whose gradients are in .grad, and the hooks live and die with their optimizer."""
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from dopr import DoPr
+from helpers import mlp
+
+
+def _batches(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 5, generator=g) * torch.logspace(1, -1, 5), torch.randn(16, 3, generator=g))
+            for _ in range(n)]
+
+
+def _run(extra_forward: bool, clear_between: str | None = None):
+    torch.manual_seed(0)
+    model = mlp()
+    opt = DoPr(model, base="adamw", lr=1e-2)
+    for x, y in _batches():
+        opt.zero_grad()
+        if extra_forward:  # a logging forward in train mode, never backpropagated
+            model(x * 3 + 1).sum()
+        if clear_between:  # an earlier micro-batch whose gradient is then thrown away
+            ((model(x[:8] * 2) - y[:8]) ** 2).mean().backward()
+            if clear_between == "module":
+                model.zero_grad()
+            else:
+                for p in model.parameters():
+                    p.grad = None
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    return model
+
+
+def test_a_forward_that_is_never_backpropagated_does_not_enter_sigma():
+    plain, logged = _run(False), _run(True)
+    for p, q in zip(plain.parameters(), logged.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("how", ["module", "none"])
+def test_a_cleared_gradient_clears_the_rows_collected_for_it(how):
+    plain, cleared = _run(False), _run(False, clear_between=how)
+    for p, q in zip(plain.parameters(), cleared.parameters()):
+        assert torch.equal(p, q)
+
+
+def _gan(separate_discriminator_copy: bool):
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    disc = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt_g, opt_d = DoPr(gen, lr=1e-2), DoPr(disc, lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    for _ in range(4):
+        real, z = torch.randn(32, 3, generator=g) * torch.tensor([3.0, 1.0, 0.1]), torch.randn(32, 4, generator=g)
+        opt_d.zero_grad()
+        d_real, d_fake = disc(real), disc(gen(z).detach())
+        (bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))).backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        critic = copy.deepcopy(disc) if separate_discriminator_copy else disc  # a copy: disc never sees this
+        d_gen = critic(gen(z))
+        bce(d_gen, torch.ones_like(d_gen)).backward()
+        opt_g.step()
+    return gen, disc
+
+
+def test_gan_with_two_doprs_matches_the_run_without_the_generator_steps_forwards_in_the_discriminator():
+    (g1, d1), (g2, d2) = _gan(False), _gan(True)
+    for p, q in zip([*g1.parameters(), *d1.parameters()], [*g2.parameters(), *d2.parameters()]):
+        assert torch.equal(p, q)
+
+
+def test_zero_grad_between_forward_and_backward_keeps_the_rows():  # Lightning's order
+    torch.manual_seed(0)
+    a = mlp()
+    b = copy.deepcopy(a)
+    opt_a, opt_b = DoPr(a, lr=1e-2), DoPr(b, lr=1e-2)
+    for x, y in _batches():
+        opt_a.zero_grad()
+        ((a(x) - y) ** 2).mean().backward()
+        opt_a.step()
+        loss = ((b(x) - y) ** 2).mean()
+        opt_b.zero_grad()
+        loss.backward()
+        opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_hooks_go_with_the_optimizer():
+    model = mlp()
+    opt = DoPr(model, lr=1e-3)
+    ref = weakref.ref(opt)
+    assert all(len(m._forward_hooks) == 1 for m in model if isinstance(m, nn.Linear))
+    del opt
+    gc.collect()
+    assert ref() is None
+    assert all(len(m._forward_hooks) == 0 for m in model)
+    with DoPr(model, lr=1e-3) as opt:
+        assert len(model[0]._forward_hooks) == 1
+    assert len(model[0]._forward_hooks) == 0
+    opt = DoPr(model, lr=1e-3)
+    opt.remove()
+    opt.remove()  # idempotent
+    assert len(model[0]._forward_hooks) == 0
+
+
+def test_a_second_preconditioner_on_the_same_layers_is_refused_with_the_fix():
+    model = mlp()
+    first = DoPr(model, lr=1e-3)
+    with pytest.raises(ValueError, match=r"remove\(\)"):
+        DoPr(model, lr=1e-3)
+    assert len(model[0]._forward_hooks) == 1  # the refused one left nothing behind
+    DoPr(model, lr=1e-3, exclude=["*"])  # on disjoint layers (here: none) it is fine
+    first.remove()
+    second = DoPr(model, lr=1e-3)
+    assert len(model[0]._forward_hooks) == 1
+    second.remove()
+
+
+def test_attention_modules_are_switched_back_when_the_optimizer_goes():
+    model = nn.Sequential(nn.Linear(4, 8))
+    model.attn = nn.MultiheadAttention(8, 2)
+    opt = DoPr(model, lr=1e-3)
+    assert type(model.attn) is not nn.MultiheadAttention
+    del opt
+    gc.collect()
+    assert type(model.attn) is nn.MultiheadAttention
+
+
+def test_summary_does_not_claim_ap_for_a_layer_that_recorded_nothing():
+    class Sneaky(nn.Module):  # uses proj's weight without calling proj
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+    model = Sneaky()
+    opt = DoPr(model, lr=1e-3)
+    assert "pending" in opt.summary()
+    model(torch.randn(3, 4)).sum().backward()
+    with pytest.warns(RuntimeWarning, match="recorded no input"):
+        opt.step()
+    line = next(ln for ln in opt.summary().splitlines() if ln.strip().startswith("proj.weight"))
+    assert " no " in line and "yes" not in line
