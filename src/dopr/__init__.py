@@ -4,6 +4,7 @@
 inverse second moment of that layer's inputs, then hands the result to any base optimizer.
 """
 
+from .adapters.attention import CapturedMultiheadAttention
 from .bases import AdaMuon, Muon, Signum
 from .functional import Factors, apply_cholesky, apply_factor, apply_inverse, factorize, second_moment_sum
 from .optimizer import DoPr
@@ -14,6 +15,7 @@ __all__ = [
     "BASES",
     "ActivationPreconditioner",
     "AdaMuon",
+    "CapturedMultiheadAttention",
     "DoPr",
     "Muon",
     "Factors",

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,19 +20,18 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
-from .capture import ModuleHooks, output_tensors, when_backward_reaches
+from .capture import ModuleHooks
 from .functional import (
     apply_blocks,
     apply_factor,
     apply_low_rank,
-    block_second_moment_sum,
     finite_rows,
-    second_moment_sum,
     statistics_dtype,
 )
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .refresh import refresh_groups
 from .reporting import preconditioner_summary
+from .statistics import StatisticsCapture
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
@@ -51,18 +47,6 @@ class NonFiniteError(FloatingPointError):
 
 # module -> weakref to the preconditioner whose hooks are on it (one preconditioner per layer)
 _HOOKED: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
-_NO_GRAD = object()  # grad marker: the weight had no .grad when rows were last committed
-
-
-@dataclass
-class _Pending:
-    """The statistics of one forward of one input group, waiting for backward to reach the layer's output."""
-
-    group: Group
-    kind: str  # "sum": a (partial) sum of z z^T or of one-hot counts; "rows": the rows themselves (few of them)
-    value: Tensor
-    rows: int
-    epoch: int
 
 
 def _detach(handles: ModuleHooks, modules: list[nn.Module], attention: list[nn.Module]) -> None:
@@ -73,7 +57,7 @@ def _detach(handles: ModuleHooks, modules: list[nn.Module], attention: list[nn.M
         release_attention(module)
 
 
-class ActivationPreconditioner:
+class ActivationPreconditioner(StatisticsCapture):
     """Rewrites supported layers' gradients as ``G (Sigma + damping * tr(Sigma)/d * I)^{-1}``.
 
     Args:
@@ -251,176 +235,6 @@ class ActivationPreconditioner:
     def _weight(self, group: Group) -> nn.Parameter:
         first = self.layers[group.members[0]]
         return first.adapter.weight(first.module)
-
-    # ----------------------------------------------------------------- capture
-    @property
-    def capturing(self) -> bool:
-        """Whether forwards now record statistics (the next step is a refresh step)."""
-        return self.step_count % self.refresh_every == 0
-
-    def _on_forward(self, module_name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any,
-                    during_backward: bool) -> None:
-        if not self.capturing:
-            return
-        outputs = output_tensors(output)
-        if not outputs:
-            return  # nothing of this forward can reach the weights' gradients
-        pending = []
-        for layer in self._module_layers[module_name]:
-            x = layer.adapter.read(module, args, kwargs, output)
-            if x is not None and (p := self._capture(layer, x, during_backward)) is not None:
-                pending.append(p)
-        if pending:
-            when_backward_reaches(outputs, lambda: self._commit(pending))
-
-    def _capture(self, layer: Layer, x: Tensor, during_backward: bool) -> _Pending | None:
-        if during_backward and layer.fires_outside_backward > 0:
-            return None  # a checkpoint recomputation of a forward already counted
-        group = self._group_for(layer, x)
-        layer.fires += 1
-        if not during_backward:
-            layer.fires_outside_backward += 1
-        ref = group.seen.get(id(x))
-        if ref is not None and ref() is x:
-            return None  # another member of the group already counted this tensor
-        group.seen[id(x)] = weakref.ref(x)
-        group.accumulations += 1
-        return self._contribution(layer, group, x.detach())
-
-    def _group_for(self, layer: Layer, x: Tensor) -> Group:
-        group = self.groups[layer.group]
-        if self._grouping_frozen or len(group.members) > 1:
-            return group
-        for other in self.groups.values():
-            ref = other.seen.get(id(x))
-            if other is not group and ref is not None and ref() is x and self._compatible(other, group):
-                other.members.append(layer.name)
-                other.members.sort(key=list(self.layers).index)
-                del self.groups[layer.group]
-                for member in other.members:
-                    self.layers[member].group = other.members[0]
-                self.groups = {g.members[0]: g for g in self.groups.values()}
-                return other
-        return group
-
-    @staticmethod
-    def _compatible(a: Group, b: Group) -> bool:
-        same_shape = (a.dim, a.diagonal, a.bias, a.blocks) == (b.dim, b.diagonal, b.bias, b.blocks)
-        return same_shape and a.accumulations > 0 and b.accumulations == 0
-
-    @torch.no_grad()
-    def _contribution(self, layer: Layer, group: Group, x: Tensor) -> _Pending:
-        """This forward's statistics for ``group``, computed now (the input may not outlive the forward)."""
-        dtype = statistics_dtype(layer.adapter.weight(layer.module).dtype)
-        with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
-            z = layer.adapter.rows(layer.module, x)
-            if self._row_mask is not None and layer.adapter.maskable:
-                z = self._masked(layer.name, x, z)
-            if self.max_rows is not None and z.shape[0] > self.max_rows:
-                idx = torch.randperm(z.shape[0], generator=self._generator)[: self.max_rows]
-                z = z[idx.to(z.device)]
-            n = z.shape[0]
-            if group.diagonal:  # one-hot counts; index_add_, unlike bincount, needs no device sync
-                counts = torch.zeros(group.dim, dtype=dtype, device=z.device)
-                value, kind = counts.index_add_(0, z, torch.ones(n, dtype=dtype, device=z.device)), "sum"
-            elif group.blocks > 1:
-                value, kind = block_second_moment_sum(z.to(dtype), augment_bias=group.bias, blocks=group.blocks), "sum"
-            elif 2 * n <= group.dim and self._low_rank_allowed():
-                value, kind = z.to(dtype), "rows"  # few rows: perhaps kept as they are (Woodbury), see _commit
-            else:
-                value, kind = second_moment_sum(z.to(dtype), augment_bias=group.bias), "sum"
-        return _Pending(group, kind, value, n, self._epoch)
-
-    @torch.no_grad()
-    def _commit(self, pending: list[_Pending]) -> None:
-        """Backward reached the output of the forward that made ``pending``: its rows join this step's Sigma."""
-        for p in pending:
-            if p.epoch != self._epoch:
-                continue
-            group = p.group
-            self._drop_if_gradient_cleared(group)
-            if p.kind == "rows" and group.total is None and 2 * (group.rows + p.rows) <= group.dim:
-                group.kept.append(p.value)
-            else:
-                if p.kind == "sum" and group.total is None:
-                    group.total = p.value
-                elif group.total is None:
-                    group.total = torch.zeros(group.dim, group.dim, dtype=p.value.dtype, device=p.value.device)
-                    second_moment_sum(p.value, augment_bias=group.bias, out=group.total)
-                elif p.kind == "sum":
-                    group.total.add_(p.value)
-                else:
-                    second_moment_sum(p.value, augment_bias=group.bias, out=group.total)
-                for kept in group.kept:
-                    second_moment_sum(kept, augment_bias=group.bias, out=group.total)
-                group.kept.clear()
-            group.rows += p.rows
-        pending.clear()
-
-    def _drop_if_gradient_cleared(self, group: Group) -> None:
-        """Discard the rows committed in an earlier backward pass for a gradient that has since been cleared (set
-        to None or replaced). Within one backward pass the weight's .grad is written only after all its uses."""
-        grad = self._weight(group).grad
-        task = torch._C._current_graph_task_id()
-        if group.rows and group.grad_marker is not None:
-            marker_task, marker = group.grad_marker
-            if marker_task != task and (grad is None or (marker is not _NO_GRAD and marker() is not grad)):
-                self._clear_committed(group)
-        group.grad_marker = (task, _NO_GRAD if grad is None else weakref.ref(grad))
-
-    @staticmethod
-    def _clear_committed(group: Group) -> None:
-        group.total, group.rows = None, 0
-        group.kept.clear()
-
-    def clear_gradient_statistics(self) -> None:
-        """Forget the rows committed so far (``DoPr.zero_grad()`` calls this: they belong to the gradient it
-        clears); forwards whose backward has not run yet still count when it does."""
-        for group in self.groups.values():
-            self._clear_committed(group)
-            group.grad_marker = None
-
-    def _low_rank_allowed(self) -> bool:
-        # the Woodbury form needs this step's rows on this rank: not for EMA Sigma or a Sigma summed over ranks
-        return (self.solve == "auto" and self.sigma_mode == "batch"
-                and not distributed.is_distributed(self.process_group))
-
-    @contextmanager
-    def row_mask(self, mask: Tensor) -> Iterator[None]:
-        """Count only the rows (tokens) where ``mask`` is true in the forwards run inside this block.
-
-        ``mask`` has the leading shape of the layer inputs (e.g. an attention mask ``batch x seq``),
-        so padding tokens do not enter Sigma. Layers whose input has other leading dims raise.
-        """
-        previous, self._row_mask = self._row_mask, mask.detach().bool()
-        try:
-            yield
-        finally:
-            self._row_mask = previous
-
-    def _masked(self, name: str, x: Tensor, z: Tensor) -> Tensor:
-        mask = self._row_mask
-        lead = x.shape[: mask.ndim]
-        if lead != mask.shape or mask.numel() != z.shape[0]:
-            raise ValueError(
-                f"row_mask of shape {tuple(mask.shape)} does not match the leading dims of the input of layer "
-                f"'{name}' {tuple(x.shape)}; pass a mask shaped like the input without its feature dim"
-            )
-        return z[mask.reshape(-1).to(z.device)]
-
-    def reset_statistics(self) -> None:
-        """Forget what forwards recorded since the last step, including forwards whose backward has not run yet
-        (to discard an abandoned step)."""
-        self._epoch += 1
-        self._end_step()
-
-    def _end_step(self) -> None:
-        for group in self.groups.values():
-            self._clear_committed(group)
-            group.accumulations, group.grad_marker = 0, None
-            group.seen.clear()
-        for layer in self.layers.values():
-            layer.fires = layer.fires_outside_backward = 0
 
     # ----------------------------------------------------------------- the AP step
     @torch.no_grad()
