@@ -82,9 +82,14 @@ class ModuleHooks:
         return bool(self._handles)
 
 
+_COMPILE_REASON = (
+    "DoPr's forward hook records this layer's input with Python bookkeeping that torch.compile cannot trace. Compile "
+    "with fullgraph=False (one graph break per layer DoPr preconditions), or build DoPr with exclude=[...] for the "
+    "layers inside a region you must compile as one graph")
+
+
 def _make_hook(name: str, owner_module: nn.Module, owner_ref: weakref.ref, method: str) -> Callable[..., None]:
-    @torch.compiler.disable
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def dopr_input_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         # a deepcopy of the model (an EMA copy, say) carries this hook along: ignore its forwards
         if module is not owner_module or not records_gradients(module):
             return
@@ -92,4 +97,4 @@ def _make_hook(name: str, owner_module: nn.Module, owner_ref: weakref.ref, metho
         if owner is not None:
             getattr(owner, method)(name, module, args, kwargs, output, in_backward())
 
-    return hook
+    return torch.compiler.disable(dopr_input_hook, reason=_COMPILE_REASON)
