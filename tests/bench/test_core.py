@@ -143,3 +143,17 @@ def test_old_cli_shapes_say_the_new_one(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="dopr-bench run flow"):
         main(["flow", "--quick"])
+
+
+def test_no_bench_imports_another_and_the_core_imports_none() -> None:
+    import re
+
+    import dopr_bench
+
+    root = Path(dopr_bench.__file__).parent
+    for name in (*BENCHES, "core"):
+        others = {b for b in BENCHES if b != name}
+        for path in (root / name).rglob("*.py"):
+            imported = set(re.findall(r"^\s*from \.\.(\w+)", path.read_text(), re.M))
+            imported |= set(re.findall(r"dopr_bench\.(\w+)", path.read_text())) - {name}
+            assert not imported & others, f"{path.relative_to(root)} imports {imported & others}"

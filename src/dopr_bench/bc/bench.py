@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core import EVAL_SEED, VAL_SEED
 from ..core.bench import Bench, Metric
 from ..core.progress import interactive
 from ..core.spec import Common, opt
-from .data import EVAL_SEED, VAL_SEED, Episode, drift, expert_demos, read_minari, rollout
+from .data import Episode, drift, expert_demos, read_minari, rollout
 from .report import headline, make_plots, run_return, standardization_notes, summary_markdown
 from .train import BCData, train_bc
 

@@ -21,10 +21,6 @@ import numpy as np
 
 from ..core import CACHE
 
-DEFAULT_CACHE = CACHE
-#: env seeds: training demos start at 0, validation demos at VAL_SEED, evaluation rollouts at EVAL_SEED.
-VAL_SEED, EVAL_SEED = 5_000, 100_000
-
 
 @dataclass
 class Episode:
@@ -136,7 +132,7 @@ def read_minari(id_or_path: str | Path, root: Path | None = None, download: bool
 
 
 def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarray], n: int, first_seed: int,
-                 tag: str, cache: Path = DEFAULT_CACHE, max_steps: int | None = None,
+                 tag: str, cache: Path = CACHE, max_steps: int | None = None,
                  progress: bool = False) -> list[Episode]:
     """``n`` expert episodes with env seeds ``first_seed..first_seed+n-1``, cached as a Minari dataset."""
     key = hashlib.sha1(f"{task}|{env_id}|{tag}|{n}|{first_seed}|{max_steps}".encode()).hexdigest()[:10]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_by_arm
+from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_figure
 from ..core.stats import arm_order, ci, lrs, pairs
 
 
@@ -103,17 +103,14 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
     runs = results["runs"]
     arms = arm_order(runs)
     col = arm_colors(arms)
-    paths = []
-    fig, ax = plt.subplots(figsize=(6, 4.5))
 
     def points(arm: str) -> tuple[list[float], list[float]]:
         rs = [r for r in runs if r["optimizer"] == arm]
         return [r["val_loss"] for r in rs], [run_return(r) for r in rs]
 
-    scatter_by_arm(ax, arms, points, s=40)
-    ax.set(xlabel="validation loss (EMA weights, held-out expert demos)", ylabel="mean rollout return",
-           title=f"{results['task']}: validation loss vs test return (one point per run)")
-    paths.append(save_figure(fig, out / "scatter_val_vs_return.png"))
+    paths = [scatter_figure(out / "scatter_val_vs_return.png", arms, points, {"s": 40},
+                            xlabel="validation loss (EMA weights, held-out expert demos)", ylabel="mean rollout return",
+                            title=f"{results['task']}: validation loss vs test return (one point per run)")]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm in arms:

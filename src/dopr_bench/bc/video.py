@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import EVAL_SEED
+from ..core import EVAL_SEED
 from .policy import ActPolicy, ResidualMLP
 
 

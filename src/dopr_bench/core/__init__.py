@@ -18,3 +18,6 @@ from pathlib import Path
 
 #: root of every cached artefact (demonstrations, pretrained models, evaluators); DOPR_BENCH_CACHE overrides.
 CACHE = Path(os.environ.get("DOPR_BENCH_CACHE", Path.home() / ".cache" / "dopr_bench"))
+#: env seeds of the control and manipulation benches: training demos start at TRAIN_SEED, validation demos at
+#: VAL_SEED, evaluation rollouts at EVAL_SEED.
+TRAIN_SEED, VAL_SEED, EVAL_SEED = 0, 5_000, 100_000

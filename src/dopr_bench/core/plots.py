@@ -37,6 +37,15 @@ def scatter_by_arm(ax: Any, arms: list[str], points: Callable[[str], tuple[list[
     ax.legend(fontsize=8)
 
 
+def scatter_figure(path: Path, arms: list[str], points: Callable[[str], tuple[list[float], list[float]]],
+                   style: dict[str, Any], **axes: Any) -> Path:
+    """A figure of one validation-against-test scatter (:func:`scatter_by_arm`) saved to ``path``."""
+    fig, ax = pyplot().subplots(figsize=(6, 4.5))
+    scatter_by_arm(ax, arms, points, **style)
+    ax.set(**axes)
+    return save_figure(fig, path)
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -234,7 +234,8 @@ def base_checkpoint(spec: SynthModelSpec, cache: Path, progress: bool = True) ->
 
 # --------------------------------------------------------------------------- the bench source
 
-VAL_SEED, EVAL_SEED = 777_001, 777_002
+#: generator seeds of the validation and the judged problems
+VAL_PROBLEMS_SEED, EVAL_PROBLEMS_SEED = 777_001, 777_002
 
 
 @dataclass(frozen=True)
@@ -262,8 +263,8 @@ def synth_source(task: SynthTask, cache: Path, progress: bool = True) -> Any:
 
     path = base_checkpoint(task.model, cache, progress)
     tok = AutoTokenizer.from_pretrained(path)
-    val_p = problems(VAL_SEED, task.n_val, task.train_steps)
-    eval_p = problems(EVAL_SEED, task.n_eval_per_k * len(task.eval_steps), task.eval_steps)
+    val_p = problems(VAL_PROBLEMS_SEED, task.n_val, task.train_steps)
+    eval_p = problems(EVAL_PROBLEMS_SEED, task.n_eval_per_k * len(task.eval_steps), task.eval_steps)
     held_out = {p.question for p in val_p + eval_p}
 
     def train(seed: int) -> list[Any]:

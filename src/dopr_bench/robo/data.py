@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core import CACHE
-from .envs import CAMERAS, PROPRIO_KEYS, TASKS, TRAIN_SEED, VAL_SEED, RoboEnv, default_env_args, prepare_robosuite
+from ..core import CACHE, TRAIN_SEED, VAL_SEED
+from .envs import CAMERAS, PROPRIO_KEYS, TASKS, RoboEnv, default_env_args, prepare_robosuite
 from .experts import Demo, collect_demos
 
-DEFAULT_CACHE = CACHE / "robo"
 #: low-dim keys stored with generated demos besides the images ("object" is robomimic's name for object-state).
 STORED_LOW_DIM = (*PROPRIO_KEYS, "robot0_joint_pos", "object")
 _IMAGE_COMPRESSION = "lzf"
@@ -149,7 +148,7 @@ def expert_tag() -> str:
 
 
 def cached_expert_demos(task: str, split_name: str, n: int, horizon: int, cameras: tuple[str, ...] = CAMERAS,
-                        size: int = 84, cache: Path = DEFAULT_CACHE, progress: bool = False) -> Path:
+                        size: int = 84, cache: Path = CACHE / "robo", progress: bool = False) -> Path:
     """Path of a cached HDF5 file with at least ``n`` successful expert demos of ``split_name`` ("train"/"valid")."""
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; choose one of {sorted(TASKS)}")

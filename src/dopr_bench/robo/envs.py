@@ -20,9 +20,6 @@ TASKS = {"lift": "Lift", "stack": "Stack"}
 #: default cameras (robomimic's image datasets use the same two) and the low-dim proprioception keys.
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
-#: env seeds: training demos start at TRAIN_SEED, validation demos at VAL_SEED, evaluation rollouts at EVAL_SEED
-#: (the same convention as the control bench).
-TRAIN_SEED, VAL_SEED, EVAL_SEED = 0, 5_000, 100_000
 
 _PREPARED = False
 

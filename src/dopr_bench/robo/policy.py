@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nets import Block, TimeEmbedding
+from ..core.nets import Block, TimeEmbedding
 
 
 class SpatialSoftmax(nn.Module):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_by_arm
+from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_figure
 from ..core.stats import arm_order, cell, pairs
 
 
@@ -67,39 +66,35 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
     runs = results["runs"]
     arms = arm_order(runs)
     col = arm_colors(arms)
-    paths = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig, ax = plt.subplots(figsize=(6, 4.5))
 
-        def points(arm: str) -> tuple[list[float], list[float]]:
-            cks = [c for r in runs if r["optimizer"] == arm for c in r["checkpoints"]]
-            return [c["val_loss"] for c in cks], [c["success_rate"] for c in cks]
+    def points(arm: str) -> tuple[list[float], list[float]]:
+        cks = [c for r in runs if r["optimizer"] == arm for c in r["checkpoints"]]
+        return [c["val_loss"] for c in cks], [c["success_rate"] for c in cks]
 
-        scatter_by_arm(ax, arms, points, s=36, alpha=0.8)
-        ax.set(xlabel="validation flow-matching loss (EMA weights, fixed draws)", ylabel="rollout success rate",
-               ylim=(-0.05, 1.05), title=f"{results['task']}: validation loss vs success (one point per checkpoint)")
-        paths.append(save_figure(fig, out / "val_loss_vs_success.png"))
+    paths = [scatter_figure(out / "val_loss_vs_success.png", arms, points, {"s": 36, "alpha": 0.8},
+                            xlabel="validation flow-matching loss (EMA weights, fixed draws)",
+                            ylabel="rollout success rate", ylim=(-0.05, 1.05),
+                            title=f"{results['task']}: validation loss vs success (one point per checkpoint)")]
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for arm in arms:
-            rs = [r for r in runs if r["optimizer"] == arm and r["checkpoints"]]
-            if not rs:
-                continue
-            ls = line_style(arm)
-            steps = [c["step"] for c in rs[0]["checkpoints"]]
-            rates = np.array([[c["success_rate"] for c in r["checkpoints"]] for r in rs
-                              if len(r["checkpoints"]) == len(steps)])
-            axes[0].plot(steps, rates.mean(0), color=col[arm], ls=ls, marker="o", label=f"{arm} (mean of {len(rates)})")
-            for i, r in enumerate(rs):
-                c = np.asarray(r["val_curve"])
-                if len(c):
-                    axes[1].plot(c[:, 0], c[:, 1], color=col[arm], ls=ls, alpha=0.5, label=arm if i == 0 else None)
-        axes[0].set(xlabel="training step", ylabel="success rate", ylim=(-0.05, 1.05),
-                    title="rollout success over training (EMA weights)")
-        axes[1].set(xlabel="training step", ylabel="validation FM loss", yscale="log", title="validation loss")
-        for a in axes:
-            a.legend(fontsize=8)
-        fig.suptitle(f"{results['task']} (dashed: base, solid: DoPr)")
-        paths.append(save_figure(fig, out / "success_over_training.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in arms:
+        rs = [r for r in runs if r["optimizer"] == arm and r["checkpoints"]]
+        if not rs:
+            continue
+        ls = line_style(arm)
+        steps = [c["step"] for c in rs[0]["checkpoints"]]
+        rates = np.array([[c["success_rate"] for c in r["checkpoints"]] for r in rs
+                          if len(r["checkpoints"]) == len(steps)])
+        axes[0].plot(steps, rates.mean(0), color=col[arm], ls=ls, marker="o", label=f"{arm} (mean of {len(rates)})")
+        for i, r in enumerate(rs):
+            c = np.asarray(r["val_curve"])
+            if len(c):
+                axes[1].plot(c[:, 0], c[:, 1], color=col[arm], ls=ls, alpha=0.5, label=arm if i == 0 else None)
+    axes[0].set(xlabel="training step", ylabel="success rate", ylim=(-0.05, 1.05),
+                title="rollout success over training (EMA weights)")
+    axes[1].set(xlabel="training step", ylabel="validation FM loss", yscale="log", title="validation loss")
+    for a in axes:
+        a.legend(fontsize=8)
+    fig.suptitle(f"{results['task']} (dashed: base, solid: DoPr)")
+    paths.append(save_figure(fig, out / "success_over_training.png"))
     return paths

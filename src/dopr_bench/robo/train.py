@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..core import EVAL_SEED
 from ..core.arms import build_optimizer, telemetry
 from ..core.nets import EMA
-from .envs import EVAL_SEED, PROPRIO_KEYS, RoboEnv
+from .envs import PROPRIO_KEYS, RoboEnv
 from .experts import Demo
 from .policy import FlowPolicy, param_count
 
