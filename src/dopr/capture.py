@@ -97,4 +97,7 @@ def _make_hook(name: str, owner_module: nn.Module, owner_ref: weakref.ref, metho
         if owner is not None:
             getattr(owner, method)(name, module, args, kwargs, output, in_backward())
 
-    return torch.compiler.disable(dopr_input_hook, reason=_COMPILE_REASON)
+    try:
+        return torch.compiler.disable(dopr_input_hook, reason=_COMPILE_REASON)
+    except TypeError:  # torch < 2.7: no reason argument
+        return torch.compiler.disable(dopr_input_hook)
