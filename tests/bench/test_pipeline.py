@@ -44,6 +44,7 @@ def test_pipeline_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert "\r" not in printed  # not a terminal: no progress bars
     assert len([line for line in printed.splitlines() if " lr 0.001 seed " in line]) == 4  # a line per run
     assert "dopr-adamw against adamw at lr 0.001: return" in printed  # the plain sentence per pair
+    assert "Standardized observations (committed runs results/idp-std-3demos" in printed  # from the committed folders
 
     # same seed -> same init for both arms; DoPr must change the result
     by = {(r["optimizer"], r["seed"]): r for r in res["runs"]}

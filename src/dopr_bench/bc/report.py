@@ -65,36 +65,40 @@ def headline(results: dict[str, Any]) -> str:
             + ("" if s.get("max_episode_steps") is None else f", episodes ≤ {s['max_episode_steps']} steps"))
 
 
-def _gaps(results: dict[str, Any]) -> dict[tuple[str, str, float], float]:
-    """(DoPr arm, base, lr) -> mean paired return difference."""
+def _means(results: dict[str, Any]) -> dict[tuple[str, str, float], tuple[float, float]]:
+    """(DoPr arm, base, lr) -> mean returns (DoPr, base) over the seeds they share."""
     runs = results["runs"]
-    return {(*k, lr): float(np.mean([run_return(a) - run_return(b) for a, b in ps]))
+    return {(*k, lr): (float(np.mean([run_return(a) for a, _ in ps])), float(np.mean([run_return(b) for _, b in ps])))
             for lr in lrs(runs) for k, ps in pairs(runs, lr).items()}
 
 
 def standardization_notes(results: dict[str, Any], root: Path) -> list[str]:
     """What standardized observations do to the DoPr − base gap, from committed folders of the same task that differ
-    from each other only in ``standardize`` (e.g. results/idp-raw-3demos and results/idp-std-3demos)."""
+    from each other only in ``standardize`` (e.g. results/idp-raw-3demos and results/idp-std-3demos; parts merged
+    into another folder are left out)."""
+    from ..core.index import merged_parts
     from ..core.results import load_results
 
     folders = []
+    parts = merged_parts(root) if root.is_dir() else set()
     for path in sorted(root.glob("**/results.json")) if root.is_dir() else []:
+        if path.parent.resolve() in parts:
+            continue
         other = load_results(path)
         if other["bench"] == "bc" and other["settings"].get("name") == results["settings"].get("name"):
             folders.append((path.parent, other))
     notes = []
     for raw_dir, raw in folders:
-        if raw["settings"]["standardize"]:
-            continue
         for std_dir, std in folders:
-            if std["settings"] != raw["settings"] | {"standardize": True}:
+            if raw["settings"]["standardize"] or std["settings"] != raw["settings"] | {"standardize": True}:
                 continue
-            g_raw, g_std = _gaps(raw), _gaps(std)
-            for key in g_raw:
-                if key in g_std:
-                    notes.append(f"Standardized observations ({std_dir} against {raw_dir}, the same protocol "
-                                 f"otherwise, lr {key[2]:g}): the {key[0]} − {key[1]} return gap is "
-                                 f"{g_std[key]:+,.0f} instead of {g_raw[key]:+,.0f}.")
+            m_raw, m_std = _means(raw), _means(std)
+            for key in (k for k in m_raw if k in m_std):
+                (d_std, b_std), (d_raw, b_raw) = m_std[key], m_raw[key]
+                notes.append(f"Standardized observations (committed runs {std_dir} against {raw_dir}, the same "
+                             f"protocol otherwise, lr {key[2]:g}): {key[0]} {d_std:,.0f} against {key[1]} "
+                             f"{b_std:,.0f}, a gap of {d_std - b_std:+,.0f}, where raw observations gave "
+                             f"{d_raw:,.0f} against {b_raw:,.0f} ({d_raw - b_raw:+,.0f}).")
     return notes
 
 
