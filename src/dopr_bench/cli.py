@@ -20,7 +20,7 @@ from .core.bench import BENCHES, Bench, get_bench
 from .core.spec import add_flags, overrides
 
 
-def run_parser(bench: Bench) -> argparse.ArgumentParser:
+def run_parser(bench: Bench, shown: Any = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"dopr-bench run {bench.name}", description=bench.help)
     p.add_argument("task", nargs="?", default=bench.default_task,
                    help=f"one of {', '.join(bench.tasks)} (default {bench.default_task})")
@@ -29,7 +29,7 @@ def run_parser(bench: Bench) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache", default=None, help="cache of demonstrations and models (default ~/.cache/dopr_bench)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run)")
-    add_flags(p, bench.spec_type)
+    add_flags(p, bench.spec_type, shown)
     return p
 
 
@@ -37,7 +37,11 @@ def parse_run(argv: list[str]) -> tuple[Bench, str, Any, argparse.Namespace]:
     """``run`` arguments -> (bench, task, spec, the parsed namespace); the bench name may be left out for bc."""
     bench = get_bench(argv[0] if argv and argv[0] in BENCHES else "bc")
     rest = argv[1:] if argv and argv[0] in BENCHES else argv
-    args = run_parser(bench).parse_args(rest)
+    shown = None
+    if "-h" in rest or "--help" in rest:  # the help shows the defaults of the task (and --quick) given
+        task = rest[0] if rest and not rest[0].startswith("-") else bench.default_task
+        shown = bench.resolve(task, "--quick" in rest, {})
+    args = run_parser(bench, shown).parse_args(rest)
     spec = bench.resolve(args.task, args.quick, overrides(args, bench.spec_type))
     return bench, args.task, spec, args
 

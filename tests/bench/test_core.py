@@ -157,3 +157,24 @@ def test_no_bench_imports_another_and_the_core_imports_none() -> None:
             imported = set(re.findall(r"^\s*from \.\.(\w+)", path.read_text(), re.M))
             imported |= set(re.findall(r"dopr_bench\.(\w+)", path.read_text())) - {name}
             assert not imported & others, f"{path.relative_to(root)} imports {imported & others}"
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bars_on_a_terminal_one_line_per_run_otherwise(terminal: bool, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from dopr_bench.core import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: terminal)
+    bar = progress.SweepProgress(2, "runs")
+    for i in range(2):
+        with bar.run(50, f"run {i}") as steps:
+            for _ in range(50):
+                steps.update(1)
+        bar.done(f"finished run {i}")
+    bar.close()
+    out, err = capsys.readouterr()
+    assert (out + err).count("finished run") == 2
+    if terminal:
+        assert "\r" in err and "run 1:" in err and "2/2" in err  # a bar per run inside the bar of the sweep
+    else:
+        assert out == "finished run 0\nfinished run 1\n" and err == ""

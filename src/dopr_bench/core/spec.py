@@ -72,17 +72,18 @@ def _parser_for(tp: Any) -> Any:
     return tp
 
 
-def add_flags(parser: argparse.ArgumentParser, spec_type: type) -> None:
-    """One ``--flag`` per CLI field of ``spec_type`` (default None: only what is given overrides the spec)."""
+def add_flags(parser: argparse.ArgumentParser, spec_type: type, shown: Any = None) -> None:
+    """One ``--flag`` per CLI field of ``spec_type`` (default None: only what is given overrides the spec); the help
+    shows the defaults of ``shown`` (the task's spec) if given, else the class's."""
     hints = typing.get_type_hints(spec_type)
     for f in fields(spec_type):
         if not f.metadata.get("cli", True):
             continue
         tp, _ = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata.get('help', '')} (default {shown})".strip()
+        default = getattr(shown, f.name) if shown is not None else f.default
+        text = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata.get('help', '')} (default {text})".strip()
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
