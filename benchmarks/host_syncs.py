@@ -58,8 +58,8 @@ def count_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn) -> Counter
 
 def models():
     torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Linear(348, 256), nn.ReLU(), *[m for _ in range(4) for m in (nn.Linear(256, 256), nn.ReLU())],
-                        nn.Linear(256, 17))
+    hidden = [m for _ in range(4) for m in (nn.Linear(256, 256), nn.ReLU())]
+    mlp = nn.Sequential(nn.Linear(348, 256), nn.ReLU(), *hidden, nn.Linear(256, 17))
     x, y = torch.randn(256, 348), torch.randn(256, 17)
     yield "MLP 348-256x4-17", mlp, lambda m: (m(x) - y).pow(2).mean()
     gpt = GPT(vocab=64, d=64, layers=4, heads=4)
