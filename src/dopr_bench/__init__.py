@@ -1,6 +1,8 @@
-"""dopr_bench: test-time-feedback benchmarks for DoPr (behavior cloning with closed-loop rollouts on MuJoCo).
+"""dopr_bench: test-time-feedback benchmarks for DoPr: optimizers judged by what their models do when rolled out.
 
-The ``dopr`` library never imports this package.
+Four benches (``bc``: behavior cloning on MuJoCo control; ``lm``: LM fine-tuning judged by generations; ``flow``:
+a flow-matching generator; ``robo``: robosuite from images) on one core (:mod:`dopr_bench.core`). The ``dopr``
+library never imports this package.
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Image-based manipulation bench on robosuite (``dopr-bench robo``), in the separate ``.venv-robo``.
+"""Image-based manipulation bench on robosuite (``dopr-bench run robo TASK``), in the separate ``.venv-robo``.
 
 Scripted experts (``lift``, ``stack``) write demonstrations in robomimic's HDF5 layout; a small conv encoder
 with a flow-matching action-chunk head is cloned from them with each arm, and its EMA weights are rolled out
