@@ -52,12 +52,14 @@ def test_summary_lists_layers_left_to_the_base_and_why():
             return self.out(h)
 
     model = Net()
-    opt = DoPr(model, lr=1e-3, exclude=["skip_*"])
+    with pytest.warns(UserWarning, match="grouped.weight: unsupported: grouped convolution"):
+        opt = DoPr(model, lr=1e-3, exclude=["skip_*"])
     skipped = opt.preconditioner.skipped
     assert skipped["frozen"].startswith("frozen")
     assert skipped["skip_me"] == "excluded by name pattern"
     assert "grouped convolution" in skipped["grouped"]
-    assert "tied" in skipped["emb"] and "tied" in skipped["out"]
+    assert opt.preconditioner.tied == [(["emb"], "out")]  # tied embeddings: each layer gets its own AP share
+    assert "grouped.weight" in opt.preconditioner.discovery.unexpected()
     ids = torch.randint(0, 10, (3, 5))
     opt.zero_grad()
     model(ids).logsumexp(-1).mean().backward()

@@ -15,10 +15,10 @@ from dopr import DoPr
 from dopr.reporting import parameter_status
 from zoo import HF, ZOO
 
-# the only weight matrices without AP, each named with its reason: embeddings tied to the output head (one weight
-# read by two layers with different inputs) and a raw positional-embedding parameter (no layer input)
-NAMED = {"gpt2": {"transformer.wte.weight": "tied"}, "t5": {"shared.weight": "tied"},
-         "vit_mha": {"pos": "no DoPr adapter for _Encoder"}}
+# the only weight matrix without AP, named with its reason: a raw positional-embedding parameter (no layer input)
+NAMED = {"vit_mha": {"pos": "no DoPr adapter for _Encoder"}}
+# embeddings whose weight is shared with layers that are called, but which are never called themselves
+UNUSED = {"t5": {"shared"}}
 
 
 def _build(name):
@@ -59,12 +59,13 @@ def test_coverage_and_training(name):
     cov = ap.coverage()
     left_out = sum(p.numel() for n, p in model.named_parameters() if n in expected)
     assert cov["preconditioned_elements"] + left_out == cov["weight_elements"]  # nothing else left out
-    if name not in ("gpt2", "t5"):
-        assert cov["share"] >= 0.95
+    assert cov["share"] >= 0.95
     preconditioned = {id(p) for p in ap.preconditioned_parameters()}
     losses = _train(model, loss_fn, opt, 4, seed=1)
     assert losses[-1] < losses[0]
-    assert {ap.layer_status(n) for n in ap.layers} == {"yes"}  # every layer recorded its input
+    unused = UNUSED.get(name, set())
+    assert {ap.layer_status(n) for n in ap.layers if n not in unused} == {"yes"}  # every layer recorded its input
+    assert all(ap.layer_status(n).startswith("unused") for n in unused)
     status = parameter_status(ap)
     assert {status[n] for n, p in model.named_parameters() if id(p) in preconditioned} == {"yes"}
     assert {status[n] for n in uncovered} == {f"no: {why}" for why in uncovered.values()}

@@ -23,6 +23,8 @@ class Layer:
     module_name: str = ""  # the module whose forward this layer is part of ("" : the layer's own name)
     fires: int = 0  # captured forwards this step
     fires_outside_backward: int = 0
+    output_grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # tied embeddings: (ids, d out)
+    grad_marker: Any = None  # for output_grads, as Group.grad_marker for rows
 
     def __post_init__(self) -> None:
         self.module_name = self.module_name or self.name

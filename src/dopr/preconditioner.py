@@ -32,6 +32,7 @@ from .groups import Group, Layer, check_group_shapes, group_from_state, group_st
 from .refresh import refresh_groups
 from .reporting import preconditioner_summary
 from .statistics import StatisticsCapture
+from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
@@ -180,6 +181,10 @@ class ActivationPreconditioner(StatisticsCapture):
         self._model_parameters = list(model.named_parameters())
         self.skipped: dict[str, str] = self.discovery.skipped  # layer name -> why it is left to the base optimizer
         hooked = {e.module_name: e.module for e in self.layers.values()}
+        self.tied = list(self.discovery.tied)  # (embeddings, head) sharing one weight
+        # the embedding that writes its M first into a weight with no head (the others add theirs)
+        self._tied_writers = {e: (head is None and i == 0) for embs, head in self.tied for i, e in enumerate(embs)}
+        self._tied_embeddings = {self.layers[e].module_name: self.layers[e] for e in self._tied_writers}
         self._module_layers: dict[str, list[Layer]] = {n: [] for n in hooked}
         for entry in self.layers.values():
             self._module_layers[entry.module_name].append(entry)
@@ -255,6 +260,7 @@ class ActivationPreconditioner(StatisticsCapture):
             if refresh:
                 self._reduce_across_ranks()
             grads = {e.name: e.adapter.gradient(e.module) for e, _ in work}
+            separate_tied_gradients(self.tied, self.layers, grads, self.process_group)
             if not self._all_finite(work, grads, refresh):
                 self.skipped_steps += 1
                 return False
@@ -271,27 +277,39 @@ class ActivationPreconditioner(StatisticsCapture):
             self._end_step()
 
     def _apply(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor]) -> None:
-        for entry, group in work:
+        tied_heads = {head for _, head in self.tied}
+        writers = self._tied_writers
+        # a tied embedding adds its M to the head's, which overwrites the weight's .grad: heads first
+        for entry, group in sorted(work, key=lambda item: (item[0].name in writers, not writers.get(item[0].name))):
+            g = grads[entry.name]
+            if entry.name in writers and not writers[entry.name] and not entry.output_grads:
+                continue  # a tied embedding not called this step: its share of the gradient is zero
             if group.factor is None:
                 group.missing_statistics += 1
                 if group.missing_statistics == 1:
                     warnings.warn(
                         f"layer '{entry.name}' has a gradient but DoPr has recorded no input for it, so its gradient "
                         "is left as is (counted as missing_statistics in stats()). Causes: its forward ran in eval "
-                        "mode or under no_grad, its weight is used without calling the module (e.g. "
-                        "nn.MultiheadAttention.out_proj), or reset_statistics() ran between forward and backward.",
+                        "mode or under no_grad, its weight is used without calling the module, backward did not "
+                        "reach its output, or reset_statistics() ran between forward and backward.",
                         RuntimeWarning, stacklevel=4,
                     )
-                continue
-            g = grads[entry.name]
-            factor = entry.adapter.local_inverse(entry.module, group.factor)
-            if group.kind == "low_rank":
-                m = apply_low_rank(g.to(factor.dtype), factor, group.low_rank_chol, group.low_rank_damping)
-            elif group.blocks > 1:
-                m = apply_blocks(g.to(factor.dtype), factor, group.kind)
+                if entry.name not in writers and entry.name not in tied_heads:
+                    continue
+                m = g  # a tied layer's own share of the summed gradient, unpreconditioned
             else:
-                m = apply_factor(g.to(factor.dtype), factor, group.kind)
-            entry.adapter.write_gradient(entry.module, m.to(g.dtype))
+                factor = entry.adapter.local_inverse(entry.module, group.factor)
+                if group.kind == "low_rank":
+                    m = apply_low_rank(g.to(factor.dtype), factor, group.low_rank_chol, group.low_rank_damping)
+                elif group.blocks > 1:
+                    m = apply_blocks(g.to(factor.dtype), factor, group.kind)
+                else:
+                    m = apply_factor(g.to(factor.dtype), factor, group.kind)
+            if entry.name in writers:
+                grad = entry.module.weight.grad
+                grad.copy_(m.T) if writers[entry.name] else grad.add_(m.T.to(g.dtype))
+            else:
+                entry.adapter.write_gradient(entry.module, m.to(g.dtype))
 
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):
@@ -400,6 +418,8 @@ class ActivationPreconditioner(StatisticsCapture):
         if missing:
             return (f"no: recorded no input on {missing} step(s) while it had a gradient (its forward ran in eval "
                     "mode or under no_grad, or backward never reached its output)")
+        if self.step_count and name in self._tied_writers:
+            return "unused: never called; its weight gets AP through the layers that share it"
         return "pending (no step yet)" if self.step_count == 0 else "no: no input recorded yet"
 
     def coverage(self) -> dict[str, float | int]:

@@ -44,6 +44,7 @@ def parameter_status(ap: ActivationPreconditioner) -> dict[str, str]:
         layers = by_param.get(id(p))
         if layers:
             states = {ap.layer_status(n) for n in layers}
+            states = {s for s in states if not s.startswith("unused")} or states  # tied: the used layers decide
             status[pname] = states.pop() if len(states) == 1 else "; ".join(sorted(states))
         elif pname in ap.discovery.uncovered:
             status[pname] = f"no: {ap.discovery.uncovered[pname]}"

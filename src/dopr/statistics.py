@@ -41,6 +41,18 @@ class _Pending:
 
 
 
+def _check_marker(marker: Any, grad: Tensor | None, holding: bool) -> tuple[Any, bool]:
+    """The new marker of a weight's ``.grad`` and whether what was collected for it is stale: collected in an
+    earlier backward pass for a gradient that has since been cleared (set to None or replaced). Within one backward
+    pass the weight's ``.grad`` is written only after all its uses, so nothing is stale there."""
+    task = torch._C._current_graph_task_id()
+    stale = False
+    if holding and marker is not None:
+        marker_task, ref = marker
+        stale = marker_task != task and (grad is None or (ref is not _NO_GRAD and ref() is not grad))
+    return (task, _NO_GRAD if grad is None else weakref.ref(grad)), stale
+
+
 class StatisticsCapture:
     """Capture of layer inputs into per-group statistics; mixed into :class:`~dopr.ActivationPreconditioner`,
     which owns ``layers``, ``groups``, the hooks and the options read here."""
@@ -48,6 +60,7 @@ class StatisticsCapture:
     layers: dict[str, Layer]
     groups: dict[str, Group]
     _module_layers: dict[str, list[Layer]]
+    _tied_embeddings: dict[str, Layer]  # module name -> the embedding layer tied to an output head
 
     # ----------------------------------------------------------------- capture
     @property
@@ -57,6 +70,11 @@ class StatisticsCapture:
 
     def _on_forward(self, module_name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any,
                     during_backward: bool) -> None:
+        tied = self._tied_embeddings.get(module_name)
+        if tied is not None and isinstance(output, Tensor) and output.requires_grad and not (
+                during_backward and tied.fires_outside_backward > 0):
+            ids = args[0].detach().reshape(-1)  # every step: the tied weight's gradient is separated every step
+            output.register_hook(lambda grad: self._keep_output_gradient(tied, ids, grad))
         if not self.capturing:
             return
         outputs = output_tensors(output)
@@ -86,7 +104,7 @@ class StatisticsCapture:
 
     def _group_for(self, layer: Layer, x: Tensor) -> Group:
         group = self.groups[layer.group]
-        if self._grouping_frozen or len(group.members) > 1:
+        if self._grouping_frozen or len(group.members) > 1 or layer.module_name in self._tied_embeddings:
             return group
         for other in self.groups.values():
             ref = other.seen.get(id(x))
@@ -154,16 +172,19 @@ class StatisticsCapture:
             group.rows += p.rows
         pending.clear()
 
+    def _keep_output_gradient(self, layer: Layer, ids: Tensor, grad: Tensor) -> None:
+        weight_grad = layer.adapter.weight(layer.module).grad
+        layer.grad_marker, stale = _check_marker(layer.grad_marker, weight_grad, bool(layer.output_grads))
+        if stale:
+            layer.output_grads.clear()
+        layer.output_grads.append((ids, grad.detach()))
+
     def _drop_if_gradient_cleared(self, group: Group) -> None:
         """Discard the rows committed in an earlier backward pass for a gradient that has since been cleared (set
         to None or replaced). Within one backward pass the weight's .grad is written only after all its uses."""
-        grad = self._weight(group).grad
-        task = torch._C._current_graph_task_id()
-        if group.rows and group.grad_marker is not None:
-            marker_task, marker = group.grad_marker
-            if marker_task != task and (grad is None or (marker is not _NO_GRAD and marker() is not grad)):
-                self._clear_committed(group)
-        group.grad_marker = (task, _NO_GRAD if grad is None else weakref.ref(grad))
+        group.grad_marker, stale = _check_marker(group.grad_marker, self._weight(group).grad, bool(group.rows))
+        if stale:
+            self._clear_committed(group)
 
     @staticmethod
     def _clear_committed(group: Group) -> None:
@@ -176,6 +197,9 @@ class StatisticsCapture:
         for group in self.groups.values():
             self._clear_committed(group)
             group.grad_marker = None
+        for layer in self._tied_embeddings.values():
+            layer.output_grads.clear()
+            layer.grad_marker = None
 
     def _low_rank_allowed(self) -> bool:
         # the Woodbury form needs this step's rows on this rank: not for EMA Sigma or a Sigma summed over ranks
@@ -218,4 +242,6 @@ class StatisticsCapture:
             group.seen.clear()
         for layer in self.layers.values():
             layer.fires = layer.fires_outside_backward = 0
+            layer.output_grads.clear()
+            layer.grad_marker = None
 

@@ -42,6 +42,8 @@ class Discovery:
     uncovered: dict[str, str] = field(default_factory=dict)  # weight-matrix parameter -> why it gets no AP
     attention: list[nn.Module] = field(default_factory=list)  # MHA modules switched to capture out_proj's input
     attention_names: list[str] = field(default_factory=list)
+    # weights read by several layers that DoPr can separate: (embedding layers, the Linear output head or None)
+    tied: list[tuple[list[str], str | None]] = field(default_factory=list)
 
     def unexpected(self) -> dict[str, str]:
         """The uncovered weight matrices the user did not ask to leave out (named in the construction warning)."""
@@ -115,14 +117,41 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
             candidates.append(LayerSpec(layer, name, module, adapter))
             for p in params:
                 owners.setdefault((id(p), adapter.rows_of(module, p)), []).append(layer)
-    shared = {n for names in owners.values() if len(names) > 1 for n in names}
+    by_name = {spec.name: spec for spec in candidates}
+    shared: set[str] = set()
+    for names in owners.values():
+        if len(names) > 1:
+            tied = _tied_set(names, by_name)
+            if tied is None:
+                shared.update(names)
+            else:
+                found.tied.append(tied)
+    for tied in list(found.tied):  # tied, and sharing something else too (a bias): not supported
+        members = set(tied[0]) | ({tied[1]} if tied[1] else set())
+        if members & shared:
+            shared.update(members)
+            found.tied.remove(tied)
     for spec in candidates:
         if spec.name in shared:
-            found.skipped[spec.name] = "parameter shared with another layer (e.g. tied embeddings)"
+            found.skipped[spec.name] = ("parameter shared with another layer in a way DoPr does not support (it "
+                                        "supports one Embedding tied to one Linear output head)")
         else:
             found.layers[spec.name] = spec
     found.uncovered = _uncovered(model, modules, found)
     return found
+
+
+def _tied_set(names: list[str], specs: dict[str, LayerSpec]) -> tuple[list[str], str | None] | None:
+    """(embeddings, head) when the layers sharing a weight are Embeddings and at most one Linear output head reading
+    it as ``vocab x d`` (tied input/output embeddings, T5's shared encoder/decoder embedding); None otherwise."""
+    embeddings = [n for n in names if isinstance(specs[n].adapter, EmbeddingAdapter)]
+    heads = [n for n in names if type(specs[n].adapter) is LinearAdapter]
+    if not embeddings or len(heads) > 1 or len(embeddings) + len(heads) != len(names):
+        return None
+    weight = specs[embeddings[0]].module.weight
+    if any(specs[n].module.weight is not weight for n in names):
+        return None
+    return embeddings, heads[0] if heads else None
 
 
 def _inside_fused_attention(name: str, modules: dict[str, nn.Module]) -> bool:
