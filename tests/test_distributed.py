@@ -106,3 +106,51 @@ def test_two_ranks_equal_one_rank_on_the_combined_batch(mode):
     for rank in range(WORLD):
         for got, want in zip(results[rank], expected):
             assert torch.allclose(got, want, rtol=0, atol=1e-6), (mode, rank, (got - want).abs().max())
+
+
+class _TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok, self.mid, self.head = nn.Embedding(12, 6), nn.Linear(6, 6), nn.Linear(6, 12, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mid(self.tok(ids))))
+
+
+def _tied_train(model: nn.Module, opt: DoPr, rank: int = 0, world: int = 1) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        ids = torch.randint(0, 12, (8, 5), generator=g)
+        ids = ids[rank * 8 // world : (rank + 1) * 8 // world]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(1, 1).flatten()).backward()
+        opt.step()
+
+
+def _tied_worker(rank: int, port: int, out: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        model = _TiedLM().double()
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        _tied_train(wrapped, DoPr(wrapped, lr=1e-2, damping=1e-2), rank, WORLD)
+        out[rank] = [p.detach().clone() for p in model.parameters()]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_rank_with_tied_embeddings():
+    # the embedding's share of the tied gradient is summed over ranks and averaged as DDP averages .grad
+    model = _TiedLM().double()
+    opt = DoPr(model, lr=1e-2, damping=1e-2)
+    assert opt.preconditioner.tied == [(["tok"], "head")]
+    _tied_train(model, opt)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_tied_worker, args=(_free_port(), out), nprocs=WORLD, start_method="spawn")
+        results = dict(out)
+    for rank in range(WORLD):
+        for got, want in zip(results[rank], model.parameters()):
+            assert torch.allclose(got, want.detach(), rtol=0, atol=1e-6), (rank, (got - want).abs().max())
