@@ -106,8 +106,13 @@ def test_same_arm_same_seed_is_reproducible(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sigma_rows", ["attention-mask", "all"])
 def test_padding_rows_stay_out_of_sigma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigma_rows: str) -> None:
     """With right-padded batches, each Linear layer's Sigma counts exactly the attention-mask tokens."""
-    import dopr.preconditioner as pre
+    import importlib.util
+
     from dopr_bench.lm import train as lm_train
+
+    # the library module that forms Sigma from a layer's rows (it moved once: look it up rather than name it)
+    names = [n for n in ("dopr.statistics", "dopr.preconditioner") if importlib.util.find_spec(n) is not None]
+    pre = next(m for m in map(importlib.import_module, names) if hasattr(m, "second_moment_sum"))
 
     source = synth.synth_source(TINY, tmp_path / "cache", progress=False)
     encoded = lm_train.encode(source.tokenizer, source.train(0)[:4], 128)
