@@ -36,14 +36,15 @@ class CountSyncs(TorchDispatchMode):
 
 
 def count_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn) -> Counter[str]:  # noqa: ANN001
+    """Host syncs inside one (steady-state) step()."""
     tolist = torch.Tensor.tolist
-    calls = Counter()
 
     def counted_tolist(self: torch.Tensor):  # noqa: ANN202
         calls["tolist"] += 1
         return tolist(self)
 
     for _ in range(2):  # the second step is the steady state (grouping is found on the first)
+        calls: Counter[str] = Counter()
         opt.zero_grad()
         loss_fn(model).backward()
         mode = CountSyncs()

@@ -38,6 +38,8 @@ __all__ = [
     "block_second_moment_sum",
     "factorize_low_rank",
     "factorize",
+    "retry_in_float64",
+    "retry_low_rank_in_float64",
     "finite_rows",
     "pad_blocks_",
     "second_moment_sum",
@@ -51,20 +53,19 @@ def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def finite_rows(x: Tensor) -> Tensor:
-    """``B`` booleans: whether row ``b`` of ``x`` (``B x ...``) holds only finite values.
+    """``B`` booleans: whether row ``b`` of ``x`` (``B x ...``) holds only finite values, without a device sync.
 
-    A finite row sum proves the row finite (an inf or NaN entry makes the sum inf or NaN), and a sum
-    is one cheap pass, several times faster than ``isfinite(x).all()`` or ``abs().amax()`` on CPU;
-    only when a sum is not finite (a bad entry, or finite entries whose sum overflows) are the row's
-    extremes checked.
+    A finite row sum proves the row finite (an inf or NaN entry makes the sum inf or NaN), and a sum is one
+    cheap pass, several times faster than ``isfinite(x).all()`` on CPU. Summing float32 (or narrower) rows in
+    float64 cannot overflow, so the sum is also finite whenever the row is; float64 rows are checked by their
+    largest magnitude instead (a float64 sum of finite entries can overflow).
     """
     if x.numel() == 0:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     flat = x.flatten(1)
-    ok = torch.isfinite(flat.sum(dim=1))
-    if bool(ok.all()):
-        return ok
-    return torch.isfinite(flat.amax(dim=1)) & torch.isfinite(flat.amin(dim=1))
+    if flat.dtype == torch.float64:
+        return torch.isfinite(flat.abs().amax(dim=1))
+    return torch.isfinite(flat.sum(dim=1, dtype=torch.float64))
 
 
 def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = None) -> Tensor:
@@ -197,7 +198,7 @@ class Factors:
 
 
 def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool = False,
-              cholesky: bool = False, damping: Tensor | None = None) -> Factors:
+              cholesky: bool = False, damping: Tensor | None = None, retry: bool = True) -> Factors:
     """Factorize ``Sigma_b + lambda_b I`` for a batch by Cholesky in ``sigma``'s dtype, retrying failures in float64.
 
     Args:
@@ -210,6 +211,9 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
             cheaper when the factor is reused over steps or ``d_out`` is large next to ``d``.
         damping: ``B`` values of lambda to use instead (``gamma`` and ``eps`` are then ignored): the
             blocks of one block-diagonal Sigma share the damping of the whole Sigma.
+        retry: retry the entries whose float32 Cholesky failed in float64 (this reads ``ok`` on the host, a
+            device sync); ``False`` leaves that to the caller (:func:`retry_in_float64`), so that many
+            factorizations can share one sync.
     """
     diag = sigma if diagonal else sigma.diagonal(dim1=-2, dim2=-1)
     lam = gamma * diag.mean(dim=-1) + eps if damping is None else damping
@@ -221,17 +225,27 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
         ok = finite_rows(inverse) & (damped >= 0).all(dim=-1)
         cond = damped.amax(dim=-1) / torch.where(seen, damped, damped.amax(dim=-1, keepdim=True)).amin(dim=-1)
         return Factors(inverse, lam, cond, ok, torch.zeros_like(ok), "diagonal")
-    eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
-    factor, cond, ok = _cholesky(sigma + lam[:, None, None] * eye, cholesky)
-    used_float64 = torch.zeros_like(ok)
-    if sigma.dtype != torch.float64 and not bool(ok.all()):
-        retry = (~ok).nonzero().flatten()
-        f64, cond64, ok64 = _cholesky((sigma[retry] + lam[retry, None, None] * eye).double(), cholesky)
-        f64, fits = _narrowed(f64, sigma.dtype, triangular=cholesky)
-        ok64 &= fits
-        factor[retry], cond[retry] = f64, cond64.to(sigma.dtype)
-        ok[retry], used_float64[retry] = ok64, ok64
-    return Factors(factor, lam, cond, ok, used_float64, "cholesky" if cholesky else "inverse")
+    damped = sigma + lam[:, None, None] * torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
+    factor, cond, ok = _cholesky(damped, cholesky)
+    factors = Factors(factor, lam, cond, ok, torch.zeros_like(ok), "cholesky" if cholesky else "inverse")
+    if retry and sigma.dtype != torch.float64 and not bool(ok.all()):
+        retry_in_float64(factors, sigma, (~ok).nonzero().flatten().tolist())
+    return factors
+
+
+def retry_in_float64(factors: Factors, sigma: Tensor, failed: list[int]) -> None:
+    """Redo the entries ``failed`` of ``factors`` (of ``sigma``, not float64) in float64, in place."""
+    if not failed or sigma.dtype == torch.float64:
+        return
+    retry = torch.tensor(failed, device=sigma.device)
+    lam = factors.damping[retry]
+    eye = torch.eye(sigma.shape[-1], dtype=torch.float64, device=sigma.device)
+    f64, cond64, ok64 = _cholesky(sigma[retry].double() + lam.double()[:, None, None] * eye,
+                                  factors.kind == "cholesky")
+    f64, fits = _narrowed(f64, sigma.dtype, triangular=factors.kind == "cholesky")
+    ok64 &= fits
+    factors.factor[retry], factors.condition[retry] = f64, cond64.to(sigma.dtype)
+    factors.ok[retry], factors.used_float64[retry] = ok64, ok64
 
 
 def _narrowed(factors64: Tensor, dtype: torch.dtype, *, triangular: bool) -> tuple[Tensor, Tensor]:
@@ -247,9 +261,10 @@ def _narrowed(factors64: Tensor, dtype: torch.dtype, *, triangular: bool) -> tup
 def _cholesky(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor]:
     chol, info = torch.linalg.cholesky_ex(damped)
     factored = info == 0
-    if not bool(factored.all()):  # failed entries hold a partial factor that cholesky_inverse would reject
-        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
-        chol = torch.where(factored[:, None, None], chol, eye)
+    # failed entries hold a partial factor that cholesky_inverse would reject: the identity instead (no sync
+    # to find out whether any failed; the select is one cheap pass)
+    eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+    chol = torch.where(factored[:, None, None], chol, eye)
     factor = chol if keep_factor else torch.cholesky_inverse(chol)
     ok = factored & finite_rows(factor)
     d = chol.diagonal(dim1=-2, dim2=-1).abs()
@@ -306,35 +321,51 @@ class LowRankFactor:
     chol: Tensor
     damping: Tensor
     condition: Tensor
-    ok: bool
-    used_float64: bool
+    ok: Tensor  # boolean scalars (on the device: reading them is a sync)
+    used_float64: Tensor
 
 
-def factorize_low_rank(z: Tensor, gamma: float, *, eps: float = 0.0) -> LowRankFactor:
+def factorize_low_rank(z: Tensor, gamma: float, *, eps: float = 0.0, retry: bool = True) -> LowRankFactor:
     """The Woodbury form of ``(Sigma + lambda I)^{-1}`` from the rows ``z`` (``n x d``) themselves.
 
     Costs ``2 n^2 d + n^3/3`` instead of the ``2 n d^2 + d^3/3`` of forming and factorizing Sigma,
     so it pays when ``n < d`` (small batches into wide layers). ``lambda = gamma tr(Sigma)/d + eps``
     as in :func:`factorize`; ``lambda = 0`` with ``n < d`` is singular and reported as not ok.
+    ``ok`` is a boolean tensor; with ``retry`` a float32 failure is read on the host (a device sync) and
+    retried in float64, else that is left to the caller (:func:`retry_low_rank_in_float64`).
     """
     n, d = z.shape
     lam = gamma * z.square().sum() / (n * d) + eps
     chol, ok = _cholesky_rows(z, lam)
-    used_float64 = False
-    if not ok and z.dtype != torch.float64:
-        chol64, ok64 = _cholesky_rows(z.double(), lam.double())
-        narrow, fits = _narrowed(chol64[None], z.dtype, triangular=True)
-        if ok64 and bool(fits[0]):
-            chol, ok, used_float64 = narrow[0], True, True
-    cond = chol.diagonal().square().amax() / (n * lam) if ok else torch.full_like(lam, float("inf"))
-    return LowRankFactor(z, chol, lam, cond, ok, used_float64)
+    f = LowRankFactor(z, chol, lam, torch.zeros_like(lam), ok, torch.zeros_like(ok))
+    if retry and not bool(ok):
+        retry_low_rank_in_float64(f)
+    _set_low_rank_condition(f)
+    return f
 
 
-def _cholesky_rows(z: Tensor, lam: Tensor) -> tuple[Tensor, bool]:
+def retry_low_rank_in_float64(f: LowRankFactor) -> None:
+    """Redo a failed float32 :func:`factorize_low_rank` in float64, in place."""
+    if f.rows.dtype == torch.float64:
+        return
+    chol64, ok64 = _cholesky_rows(f.rows.double(), f.damping.double())
+    narrow, fits = _narrowed(chol64[None], f.rows.dtype, triangular=True)
+    if bool(ok64 & fits[0]):
+        f.chol, f.ok, f.used_float64 = narrow[0], torch.ones_like(f.ok), torch.ones_like(f.ok)
+    _set_low_rank_condition(f)
+
+
+def _set_low_rank_condition(f: LowRankFactor) -> None:
+    n = f.rows.shape[0]
+    cond = f.chol.diagonal().square().amax() / (n * f.damping)
+    f.condition = torch.where(f.ok, cond, torch.full_like(cond, float("inf")))
+
+
+def _cholesky_rows(z: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     k = z @ z.T
     k.diagonal().add_(z.shape[0] * lam)
     chol, info = torch.linalg.cholesky_ex(k)
-    return chol, bool(info == 0) and bool(lam > 0) and bool(finite_rows(chol.reshape(1, -1)))
+    return chol, (info == 0) & (lam > 0) & finite_rows(chol.reshape(1, -1))[0]
 
 
 def apply_low_rank(grad: Tensor, rows: Tensor, chol: Tensor, damping: Tensor) -> Tensor:

@@ -71,7 +71,7 @@ class Group:
     def telemetry(self) -> dict[str, float | int | list[str]]:
         return {"layers": list(self.members), "dim": self.dim, "blocks": self.blocks, "trace_sigma": float(self.trace),
                 "condition_estimate": float(self.condition), "damping_used": float(self.damping),
-                "refreshes": self.refreshes, "fallbacks": self.fallbacks, "float64_retries": self.float64_retries,
+                "refreshes": self.refreshes, "fallbacks": self.fallbacks, "float64_retries": int(self.float64_retries),
                 "missing_statistics": self.missing_statistics}
 
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .functional import Factors, factorize, factorize_low_rank, pad_blocks_
+from .functional import (
+    Factors,
+    LowRankFactor,
+    factorize,
+    factorize_low_rank,
+    pad_blocks_,
+    retry_in_float64,
+    retry_low_rank_in_float64,
+)
 from .groups import Group
 
 __all__ = ["Failure", "Stack", "refresh_groups"]
@@ -50,13 +58,15 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
     """
     if factorizer is None:
         factorizer = lambda stacks: [  # noqa: E731
-            factorize(s.sigmas, gamma, eps=eps, diagonal=s.diagonal, cholesky=s.cholesky, damping=s.damping)
+            factorize(s.sigmas, gamma, eps=eps, diagonal=s.diagonal, cholesky=s.cholesky, damping=s.damping,
+                      retry=False)
             for s in stacks]
     failures: list[Failure] = []
     buckets: dict[tuple, list[tuple[Group, Tensor, Tensor]]] = {}
+    low_rank: list[tuple[Group, LowRankFactor]] = []
     for group in groups:
         if group.total is None:
-            failures += _refresh_low_rank(group, gamma, eps)
+            low_rank.append((group, _low_rank_factor(group, gamma, eps)))
             continue
         sigma = _current_sigma(group, sigma_mode, ema_decay)
         if group.blocks > 1:
@@ -74,8 +84,19 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
         if blocked:  # every block of a group gets lambda = gamma tr(Sigma) / dim of the whole group
             damping = torch.cat([(gamma * t / g.dim + eps).expand(g.blocks) for g, _, t in items])
         stacks.append(Stack(sigmas, diagonal, cholesky, damping))
-    for items, f in zip(buckets.values(), factorizer(stacks)):
-        ok, retried = f.ok.tolist(), f.used_float64.tolist()
+    factors = factorizer(stacks)
+    # the one device sync of a refresh: whether each factorization worked
+    oks = _host_flags([f.ok for f in factors] + [f.ok.reshape(1) for _, f in low_rank])
+    for (group, f), ok in zip(low_rank, oks[len(factors):]):
+        if not ok[0]:  # rare: redo it in float64
+            retry_low_rank_in_float64(f)
+            ok[0] = bool(f.ok)
+        failures += _set_low_rank(group, f, ok[0])
+    for stack, f, ok in zip(stacks, factors, oks):
+        if not all(ok):  # rare: redo the failed float32 factorizations in float64
+            retry_in_float64(f, stack.sigmas, [i for i, good in enumerate(ok) if not good])
+            ok[:] = f.ok.tolist()
+    for items, f, ok in zip(buckets.values(), factors, oks):
         offset = 0
         for group, sigma, trace in items:
             count = sigma.shape[0]
@@ -90,8 +111,20 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
             group.kind = f.kind
             group.low_rank_chol = group.low_rank_damping = None
             group.damping, group.condition = f.damping[part.start], f.condition[part].amax()
-            group.float64_retries += int(any(retried[part]))
+            group.float64_retries += f.used_float64[part].any()  # a tensor: read when telemetry is
     return failures
+
+
+def _host_flags(flags: list[Tensor]) -> list[list[bool]]:
+    """The boolean vectors ``flags`` on the host, read with one transfer."""
+    if not flags:
+        return []
+    joined = torch.cat(flags).tolist()
+    out, offset = [], 0
+    for f in flags:
+        out.append(joined[offset : offset + f.shape[0]])
+        offset += f.shape[0]
+    return out
 
 
 def _current_sigma(group: Group, sigma_mode: str, ema_decay: float) -> Tensor:
@@ -105,16 +138,19 @@ def _current_sigma(group: Group, sigma_mode: str, ema_decay: float) -> Tensor:
     return group.ema
 
 
-def _refresh_low_rank(group: Group, gamma: float, eps: float) -> list[Failure]:
+def _low_rank_factor(group: Group, gamma: float, eps: float) -> LowRankFactor:
     z = torch.cat(group.kept)
     if group.bias:
         z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], dim=1)
-    f = factorize_low_rank(z, gamma, eps=eps)
+    return factorize_low_rank(z, gamma, eps=eps, retry=False)
+
+
+def _set_low_rank(group: Group, f: LowRankFactor, ok: bool) -> list[Failure]:
     group.refreshes += 1
-    group.trace = z.square().sum() / z.shape[0]
-    if not f.ok:
+    group.trace = f.rows.square().sum() / f.rows.shape[0]
+    if not ok:
         return [Failure(group, float(group.trace), "inverse")]
-    group.factor, group.kind, group.low_rank_chol, group.low_rank_damping = z, "low_rank", f.chol, f.damping
+    group.factor, group.kind, group.low_rank_chol, group.low_rank_damping = f.rows, "low_rank", f.chol, f.damping
     group.damping, group.condition = f.damping, f.condition
-    group.float64_retries += int(f.used_float64)
+    group.float64_retries += f.used_float64
     return []
