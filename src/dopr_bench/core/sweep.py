@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .arms import hardware_ns_dtype, validate_arms
+from .arms import hardware_ns_dtype, matmul_probe, validate_arms
 from .bench import Bench
 from .progress import SweepProgress
 from .report import pair_sentences, write_report
@@ -22,10 +22,19 @@ from .results import SCHEMA, as_json, check_settings, load_results, lr_key, prov
 def resolve_ns_dtype(spec: Any, old: dict[str, Any] | None) -> Any:
     """The spec with its Muon Newton-Schulz precision settled: as given, else the existing folder's, else the
     hardware's (:func:`~dopr_bench.core.arms.hardware_ns_dtype`)."""
+    return replace(spec, muon_ns_dtype=ns_dtype_choice(spec, old)[0])
+
+
+def ns_dtype_choice(spec: Any, old: dict[str, Any] | None) -> tuple[str, str]:
+    """(precision, why): ``given``, ``the folder's`` or ``the hardware's`` (with the probe's timings)."""
     if spec.muon_ns_dtype is not None:
-        return spec
+        return spec.muon_ns_dtype, "given"
     saved = old["settings"].get("muon_ns_dtype") if old else None
-    return replace(spec, muon_ns_dtype=saved or hardware_ns_dtype())
+    if saved:
+        return saved, "the folder's"
+    ms = matmul_probe()
+    return hardware_ns_dtype(), (f"the hardware's: a 256-square matmul took {ms['bfloat16']:.3g} ms in bfloat16, "
+                                 f"{ms['float32']:.3g} ms in float32")
 
 
 def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, threads: int = 1,
@@ -39,19 +48,20 @@ def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, thr
         raise SystemExit(f"--lrs needs positive learning rates, got {spec.lrs}")
     path = out / "results.json"
     old = load_results(path) if path.exists() else None
-    spec = resolve_ns_dtype(spec, old)
+    ns_dtype, why = ns_dtype_choice(spec, old)
+    spec = replace(spec, muon_ns_dtype=ns_dtype)
     planned = as_json(bench.planned(spec, task))
     if old is not None:  # cheap check first: the settings the command alone determines
         known = {k: v for k, v in planned.items() if k not in bench.data_keys}
         check_settings(path, {k: old["settings"].get(k) for k in known}, known)
-    out.mkdir(parents=True, exist_ok=True)
-    if command:
-        with (out / "COMMAND.txt").open("a") as f:
-            f.write(command + "\n")
     prepared = bench.prepare(spec, task, cache)
     settings = as_json(planned | prepared.settings)
     if old is not None:
         check_settings(path, old["settings"], settings)
+    out.mkdir(parents=True, exist_ok=True)
+    if command:
+        with (out / "COMMAND.txt").open("a") as f:
+            f.write(command + "\n")
     results: dict[str, Any] = {"bench": bench.name, "schema": SCHEMA, "task": task,
                                "command": command or (old or {}).get("command", ""), "settings": settings,
                                "runs": list(old["runs"]) if old else []}
@@ -78,5 +88,7 @@ def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, thr
     prepared.close(results, out)
     md = write_report(out, results)
     notes = pair_sentences(results, bench) + bench.notes(results, Path("results"))
+    if any(a.removeprefix("dopr-") == "muon" for a in arms):
+        notes.append(f"Muon arms: Newton-Schulz in {ns_dtype} ({why}).")
     print(md + ("\n" + "\n".join(notes) + "\n" if notes else ""), flush=True)
     return results

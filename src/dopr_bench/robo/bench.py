@@ -118,6 +118,10 @@ def load_demos(task: str, spec: RoboSpec, cache: Path,
 
 class Prepared:
     def __init__(self, spec: RoboSpec, task: str, cache: Path) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("robosuite") is None:
+            raise SystemExit("the robo bench needs robosuite: run it in .venv-robo (./scripts/setup-robo)")
         from .envs import RoboEnv
         from .train import make_data
 
