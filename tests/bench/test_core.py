@@ -118,8 +118,8 @@ def test_pair_sentences_say_the_means_and_whether_the_interval_excludes_zero() -
 
     bench = replace(get_bench("bc"), test=TEST)
     lines = pair_sentences({"runs": _runs()}, bench)
-    assert lines[0].startswith("dopr-x against x at lr 0.001: score 6 against 11; DoPr worse by −5")
-    assert "better on 0 of 3" in lines[0] and "excludes zero" in lines[0]
+    assert lines[0] == ("dopr-x against x at lr 0.001: score 6 against 11 (higher is better); DoPr − base −5 ± 0 "
+                        "paired over 3 seeds, DoPr better on 0 of 3; the 95% interval excludes zero.")
 
 
 def test_legacy_files_upgrade_and_old_commands_translate() -> None:

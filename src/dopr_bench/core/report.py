@@ -114,10 +114,10 @@ def pair_sentences(results: dict[str, Any], bench: Bench | None = None) -> list[
             verdict = ("one seed, so no interval" if not np.isfinite(half) else
                        "the 95% interval excludes zero" if abs(mean) > half else "within noise (the 95% interval "
                        "includes zero)")
-            better = "better" if (mean > 0) == test.higher_is_better else "worse"
+            n = f"{len(ps)} seed{'s' if len(ps) > 1 else ''}"
             out.append(f"{arm} against {base} at lr {lr:g}: {test.label} {test.fmt(a_mean)} against "
-                       f"{test.fmt(b_mean)}; DoPr {better} by {_signed(test, d)} paired over {len(ps)} seed(s), "
-                       f"better on {wins} of {len(ps)}; {verdict}.")
+                       f"{test.fmt(b_mean)} ({'higher' if test.higher_is_better else 'lower'} is better); DoPr − "
+                       f"base {_signed(test, d)} paired over {n}, DoPr better on {wins} of {len(ps)}; {verdict}.")
     return out
 
 
