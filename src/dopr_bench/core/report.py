@@ -121,11 +121,19 @@ def pair_sentences(results: dict[str, Any], bench: Bench | None = None) -> list[
     return out
 
 
+def closing_lines(results: dict[str, Any], root: Path = Path("results")) -> list[str]:
+    """What the printed report ends with: a sentence per pair, then the bench's notes (from committed folders)."""
+    bench = get_bench(results["bench"])
+    return pair_sentences(results, bench) + bench.notes(results, root)
+
+
 def report_dir(out: Path, plots: bool = True) -> str:
-    """Rewrite summary.md (and the plots) of a result folder of any bench from its results.json."""
+    """Rewrite summary.md (and the plots) of a result folder of any bench from its results.json; returns the
+    summary and its closing lines."""
     from .results import load_results
 
-    return write_report(out, load_results(out), plots)
+    results = load_results(out)
+    return write_report(out, results, plots) + "\n" + "\n".join(closing_lines(results)) + "\n"
 
 
 def merge_dirs(out: Path, sources: list[Path]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from .arms import hardware_ns_dtype, matmul_probe, validate_arms
 from .bench import Bench
 from .progress import SweepProgress
-from .report import pair_sentences, write_report
+from .report import closing_lines, write_report
 from .results import SCHEMA, as_json, check_settings, load_results, lr_key, provenance, run_key, save_json, sort_runs
 
 
@@ -87,7 +87,7 @@ def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, thr
     save_json(path, results)
     prepared.close(results, out)
     md = write_report(out, results)
-    notes = pair_sentences(results, bench) + bench.notes(results, Path("results"))
+    notes = closing_lines(results)
     if any(a.removeprefix("dopr-") == "muon" for a in arms):
         notes.append(f"Muon arms: Newton-Schulz in {ns_dtype} ({why}).")
     print(md + ("\n" + "\n".join(notes) + "\n" if notes else ""), flush=True)
