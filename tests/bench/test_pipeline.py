@@ -150,3 +150,14 @@ def test_merge_runs_of_parallel_seeds(tmp_path: Path) -> None:
     main(base + ["--damping", "0.5", "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="other settings"):
         main(["merge", str(tmp_path / "a"), str(tmp_path / "c")])
+
+
+def test_quick_main_job_rolls_out_whole_episodes_of_the_full_protocol() -> None:
+    """The quick IDP job differs from the full protocol only in budget (demos, steps, rollouts, seeds), and caps no
+    episode below the task's length."""
+    import gymnasium as gym
+
+    full, quick = bc_bench.resolve("idp", False, {}), bc_bench.resolve("idp", True, {})
+    assert quick.max_episode_steps is None and gym.spec(quick.env_id).max_episode_steps == 1000
+    changed = {k for k in full.__dataclass_fields__ if getattr(full, k) != getattr(quick, k)}
+    assert changed <= {"demos", "steps", "episodes", "val_demos", "log_every", "seeds"}
