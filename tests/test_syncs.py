@@ -98,3 +98,12 @@ def test_at_most_two_host_syncs_per_step_beyond_the_base(build, options):
     base = _syncs(twin, torch.optim.AdamW(twin.parameters(), lr=1e-3), loss_fn)
     dopr = _syncs(model, DoPr(model, lr=1e-3, **options), loss_fn)
     assert dopr - base <= 2, (dopr, base)
+
+
+def test_a_finite_gradient_whose_sum_overflows_is_not_called_nonfinite():
+    # the fast check (a row sum) overflows here; the exact re-check after the host read must clear it
+    model = nn.Linear(2, 1, bias=False)
+    opt = DoPr(model, base="sgd", lr=0.0)
+    model(torch.randn(8, 2)).sum().backward()
+    model.weight.grad.fill_(3e38)
+    assert opt.preconditioner.precondition_()

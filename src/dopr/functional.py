@@ -52,20 +52,21 @@ def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def finite_rows(x: Tensor) -> Tensor:
+def finite_rows(x: Tensor, exact: bool = False) -> Tensor:
     """``B`` booleans: whether row ``b`` of ``x`` (``B x ...``) holds only finite values, without a device sync.
 
     A finite row sum proves the row finite (an inf or NaN entry makes the sum inf or NaN), and a sum is one
-    cheap pass, several times faster than ``isfinite(x).all()`` on CPU. Summing float32 (or narrower) rows in
-    float64 cannot overflow, so the sum is also finite whenever the row is; float64 rows are checked by their
-    largest magnitude instead (a float64 sum of finite entries can overflow).
+    cheap pass, several times faster than ``isfinite(x).all()`` on CPU. A row of finite entries whose sum
+    overflows reads as not finite; callers that act on a False re-check it with ``exact=True`` (the row's
+    extremes), which only happens after the one host read of the step.
     """
     if x.numel() == 0:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     flat = x.flatten(1)
-    if flat.dtype == torch.float64:
-        return torch.isfinite(flat.abs().amax(dim=1))
-    return torch.isfinite(flat.sum(dim=1, dtype=torch.float64))
+    if exact:
+        return torch.isfinite(flat.amax(dim=1)) & torch.isfinite(flat.amin(dim=1))
+    wide = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else None  # fp16 sums overflow at 6.5e4
+    return torch.isfinite(flat.sum(dim=1, dtype=wide))
 
 
 def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = None) -> Tensor:
@@ -252,7 +253,7 @@ def _narrowed(factors64: Tensor, dtype: torch.dtype, *, triangular: bool) -> tup
     """``B`` float64 factors cast back to the statistics dtype, and whether each still fits it: finite, and
     for a triangular factor a diagonal that did not underflow to 0 (it could not be solved with)."""
     narrow = factors64.to(dtype)
-    fits = finite_rows(narrow)
+    fits = finite_rows(narrow, exact=True)  # the rare path: exact
     if triangular:
         fits &= narrow.diagonal(dim1=-2, dim2=-1).abs().amin(dim=-1) > 0
     return narrow, fits
@@ -263,8 +264,8 @@ def _cholesky(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor
     factored = info == 0
     # failed entries hold a partial factor that cholesky_inverse would reject: the identity instead (no sync
     # to find out whether any failed; the select is one cheap pass)
-    eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
-    chol = torch.where(factored[:, None, None], chol, eye)
+    diagonal = chol.diagonal(dim1=-2, dim2=-1)  # only the diagonal: a unit one makes any partial factor invertible
+    diagonal.copy_(torch.where(factored[:, None], diagonal, torch.ones_like(diagonal)))
     factor = chol if keep_factor else torch.cholesky_inverse(chol)
     ok = factored & finite_rows(factor)
     d = chol.diagonal(dim1=-2, dim2=-1).abs()

@@ -350,9 +350,13 @@ class ActivationPreconditioner(StatisticsCapture):
         if not checks:
             return True
         flags = torch.cat([finite_rows(t.reshape(1, -1)) for _, t in checks])
-        if bool(flags.all()):
+        if bool(flags.all()):  # the step's one host read for finiteness
             return True
-        what = checks[int((~flags).nonzero()[0])][0]
+        bad = [i for i, good in enumerate(flags.tolist()) if not good
+               and not bool(finite_rows(checks[i][1].reshape(1, -1), exact=True)[0])]  # a sum may just overflow
+        if not bad:
+            return True
+        what = checks[bad[0]][0]
         message = (
             f"non-finite values (NaN or inf) in the {what} at step {self.step_count}; no gradient or weight "
             "was modified. Check the loss and the inputs for NaN/inf, lower the learning rate, or, with fp16, "
