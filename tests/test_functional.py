@@ -97,7 +97,7 @@ def test_finite_rows_matches_isfinite_all() -> None:
     assert finite_rows(big).all()
     huge = torch.tensor([[3e38, 3e38], [3e38, float("inf")], [-3e38, -3e38]])  # float32 sums overflow too
     assert finite_rows(huge, exact=True).tolist() == [True, False, True]
-    assert finite_rows(huge).tolist()[1] is False  # the fast check may call an overflowing row bad, never a bad one good
+    assert finite_rows(huge).tolist()[1] is False  # the fast check may flag an overflowing row, never pass a bad one
     assert finite_rows(torch.zeros(3, 0)).tolist() == [True, True, True]
 
 
