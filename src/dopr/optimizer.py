@@ -90,7 +90,6 @@ class DoPr(Optimizer):
         )
         self.bases: list[tuple[str, Optimizer]] = bases
         self.routes: list[Route] = routes
-        self._param_ids = {n: id(p) for n, p in model.named_parameters()}
         groups = [g for _, opt in bases for g in opt.param_groups]
         super().__init__(groups, {})
         # Share the base optimizers' defaults and state so that schedulers (OneCycleLR reads

@@ -20,6 +20,7 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
+from .adapters.discovery import is_weight_matrix
 from .capture import ModuleHooks
 from .functional import (
     apply_blocks,
@@ -50,8 +51,10 @@ class NonFiniteError(FloatingPointError):
 _HOOKED: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
 
 
-def _detach(handles: ModuleHooks, modules: list[nn.Module], attention: list[nn.Module]) -> None:
-    handles.remove()
+def _detach(handles: ModuleHooks | None, modules: list[nn.Module], attention: list[nn.Module]) -> None:
+    """Undo what a preconditioner did to its model: hooks, the one-per-layer claims, attention switches."""
+    if handles is not None:
+        handles.remove()
     for module in modules:
         _HOOKED.pop(module, None)
     for module in attention:
@@ -202,8 +205,7 @@ class ActivationPreconditioner(StatisticsCapture):
                        f"to the base optimizer):\n{listing}\nPass exclude=[...] with their module names to leave them "
                        "out on purpose (silences this), or strict=True to make this an error.")
             if strict:
-                for module in found.attention:
-                    release_attention(module)
+                _detach(None, [], found.attention)
                 raise ValueError(message)
             warnings.warn(message, UserWarning, stacklevel=4)
         for name, spec in found.layers.items():
@@ -216,8 +218,7 @@ class ActivationPreconditioner(StatisticsCapture):
             ref = _HOOKED.get(module)
             other = ref() if ref is not None else None
             if other is not None and other is not self and other._hooks.active:
-                for m in self.discovery.attention:
-                    release_attention(m)
+                _detach(None, [], self.discovery.attention)
                 raise ValueError(
                     f"layer '{name}' already has the hooks of another DoPr / ActivationPreconditioner, which would "
                     "record its inputs too. Call old_optimizer.remove() first (or build it in a `with` block), or "
@@ -428,8 +429,6 @@ class ActivationPreconditioner(StatisticsCapture):
 
     def coverage(self) -> dict[str, float | int]:
         """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP."""
-        from .adapters.discovery import is_weight_matrix
-
         covered = {id(p) for p in self.preconditioned_parameters()}
         total = done = 0
         for _, p in self._named_parameters():
