@@ -38,6 +38,7 @@ __all__ = [
     "block_second_moment_sum",
     "factorize_low_rank",
     "factorize",
+    "factorize_",
     "retry_in_float64",
     "retry_low_rank_in_float64",
     "finite_rows",
@@ -62,11 +63,13 @@ def finite_rows(x: Tensor, exact: bool = False) -> Tensor:
     """
     if x.numel() == 0:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    flat = x.flatten(1)
+    dims = tuple(range(1, x.ndim))  # reducing over them, unlike flatten(1), copies no non-contiguous input
+    if x.ndim == 1:
+        x, dims = x[:, None], (1,)
     if exact:
-        return torch.isfinite(flat.amax(dim=1)) & torch.isfinite(flat.amin(dim=1))
-    wide = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else None  # fp16 sums overflow at 6.5e4
-    return torch.isfinite(flat.sum(dim=1, dtype=wide))
+        return torch.isfinite(x.amax(dim=dims)) & torch.isfinite(x.amin(dim=dims))
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None  # fp16 sums overflow at 6.5e4
+    return torch.isfinite(x.sum(dim=dims, dtype=wide))
 
 
 def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = None) -> Tensor:
@@ -215,23 +218,44 @@ def factorize(sigma: Tensor, gamma: float, *, eps: float = 0.0, diagonal: bool =
         retry: retry the entries whose float32 Cholesky failed in float64 (this reads ``ok`` on the host, a
             device sync); ``False`` leaves that to the caller (:func:`retry_in_float64`), so that many
             factorizations can share one sync.
+
+    ``sigma`` is left as it is; :func:`factorize_` does the same work in ``sigma``'s own memory.
     """
-    diag = sigma if diagonal else sigma.diagonal(dim1=-2, dim2=-1)
-    lam = gamma * diag.mean(dim=-1) + eps if damping is None else damping
     if diagonal:
-        damped = sigma + lam[:, None]
-        # a token never seen (frequency 0, no damping) has a zero gradient row: any finite factor will do
-        seen = damped > 0
-        inverse = torch.where(seen, damped.reciprocal(), torch.ones_like(damped))
-        ok = finite_rows(inverse) & (damped >= 0).all(dim=-1)
-        cond = damped.amax(dim=-1) / torch.where(seen, damped, damped.amax(dim=-1, keepdim=True)).amin(dim=-1)
-        return Factors(inverse, lam, cond, ok, torch.zeros_like(ok), "diagonal")
-    damped = sigma + lam[:, None, None] * torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
-    factor, cond, ok = _cholesky(damped, cholesky)
-    factors = Factors(factor, lam, cond, ok, torch.zeros_like(ok), "cholesky" if cholesky else "inverse")
-    if retry and sigma.dtype != torch.float64 and not bool(ok.all()):
-        retry_in_float64(factors, sigma, (~ok).nonzero().flatten().tolist())
+        return _factorize_diagonal(sigma, gamma, eps, damping)
+    factors = factorize_(sigma.clone(memory_format=torch.contiguous_format), gamma, eps=eps, cholesky=cholesky,
+                         damping=damping)
+    if retry and sigma.dtype != torch.float64 and not bool(factors.ok.all()):
+        retry_in_float64(factors, sigma, (~factors.ok).nonzero().flatten().tolist())
     return factors
+
+
+def factorize_(sigma: Tensor, gamma: float, *, eps: float = 0.0, cholesky: bool = False,
+               damping: Tensor | None = None) -> Factors:
+    """:func:`factorize` of ``B x d x d`` symmetric ``sigma`` in place, without the float64 retry.
+
+    ``sigma`` (contiguous) is damped, factorized and, unless ``cholesky``, inverted in its own memory (LAPACK
+    works in place on the column-major view of a symmetric matrix), so a refresh allocates nothing of Sigma's
+    size; the returned factor is a view of ``sigma``. To retry failures, keep the undamped Sigma elsewhere.
+    """
+    if not sigma.is_contiguous():
+        raise ValueError("factorize_ needs a contiguous sigma (it factorizes in place); use factorize()")
+    diag = sigma.diagonal(dim1=-2, dim2=-1)
+    lam = gamma * diag.mean(dim=-1) + eps if damping is None else damping
+    diag.add_(lam[:, None])
+    factor, cond, ok = _cholesky_(sigma, cholesky)
+    return Factors(factor, lam, cond, ok, torch.zeros_like(ok), "cholesky" if cholesky else "inverse")
+
+
+def _factorize_diagonal(sigma: Tensor, gamma: float, eps: float, damping: Tensor | None) -> Factors:
+    lam = gamma * sigma.mean(dim=-1) + eps if damping is None else damping
+    damped = sigma + lam[:, None]
+    # a token never seen (frequency 0, no damping) has a zero gradient row: any finite factor will do
+    seen = damped > 0
+    inverse = torch.where(seen, damped.reciprocal(), torch.ones_like(damped))
+    ok = finite_rows(inverse) & (damped >= 0).all(dim=-1)
+    cond = damped.amax(dim=-1) / torch.where(seen, damped, damped.amax(dim=-1, keepdim=True)).amin(dim=-1)
+    return Factors(inverse, lam, cond, ok, torch.zeros_like(ok), "diagonal")
 
 
 def retry_in_float64(factors: Factors, sigma: Tensor, failed: list[int]) -> None:
@@ -241,8 +265,8 @@ def retry_in_float64(factors: Factors, sigma: Tensor, failed: list[int]) -> None
     retry = torch.tensor(failed, device=sigma.device)
     lam = factors.damping[retry]
     eye = torch.eye(sigma.shape[-1], dtype=torch.float64, device=sigma.device)
-    f64, cond64, ok64 = _cholesky(sigma[retry].double() + lam.double()[:, None, None] * eye,
-                                  factors.kind == "cholesky")
+    f64, cond64, ok64 = _cholesky_(sigma[retry].double() + lam.double()[:, None, None] * eye,
+                                   factors.kind == "cholesky")
     f64, fits = _narrowed(f64, sigma.dtype, triangular=factors.kind == "cholesky")
     ok64 &= fits
     factors.factor[retry], factors.condition[retry] = f64, cond64.to(sigma.dtype)
@@ -259,17 +283,24 @@ def _narrowed(factors64: Tensor, dtype: torch.dtype, *, triangular: bool) -> tup
     return narrow, fits
 
 
-def _cholesky(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor]:
-    chol, info = torch.linalg.cholesky_ex(damped)
+def _cholesky_(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Cholesky factor (lower, as a column-major view) or inverse of contiguous symmetric ``damped``, in place."""
+    view = damped.mT  # the same symmetric matrices, column-major as LAPACK wants them: no copy in or out
+    _, info = torch.linalg.cholesky_ex(view, out=(view, torch.empty(damped.shape[0], dtype=torch.int32,
+                                                                    device=damped.device)))
     factored = info == 0
-    # failed entries hold a partial factor that cholesky_inverse would reject: the identity instead (no sync
-    # to find out whether any failed; the select is one cheap pass)
-    diagonal = chol.diagonal(dim1=-2, dim2=-1)  # only the diagonal: a unit one makes any partial factor invertible
+    # failed entries hold a partial factor that cholesky_inverse would reject: a unit diagonal makes any of them
+    # invertible (no sync to find out whether any failed; the select is one cheap pass)
+    diagonal = view.diagonal(dim1=-2, dim2=-1)
     diagonal.copy_(torch.where(factored[:, None], diagonal, torch.ones_like(diagonal)))
-    factor = chol if keep_factor else torch.cholesky_inverse(chol)
-    ok = factored & finite_rows(factor)
-    d = chol.diagonal(dim1=-2, dim2=-1).abs()
+    d = diagonal.abs()
     cond = (d.amax(dim=-1) / d.amin(dim=-1)) ** 2
+    if keep_factor:
+        factor = view
+    else:
+        torch.cholesky_inverse(view, out=view)
+        factor = damped  # symmetric: the row-major view is the same matrix
+    ok = factored & finite_rows(factor)
     return factor, cond, ok
 
 

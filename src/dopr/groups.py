@@ -116,7 +116,8 @@ def group_state(g: Group) -> dict[str, Any]:
         "kept": torch.cat(g.kept) if g.kept else None,
         "rows": g.rows,
         "accumulations": g.accumulations,
-        "factor": g.factor,
+        # a copy: the factor is a view of memory the next refresh overwrites (and saving a view saves its base)
+        "factor": None if g.factor is None else g.factor.clone(),  # keeps the layout: a resume is bitwise exact
         "kind": g.kind,
         "low_rank_chol": g.low_rank_chol,
         "low_rank_damping": g.low_rank_damping,

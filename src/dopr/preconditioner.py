@@ -30,7 +30,7 @@ from .functional import (
     statistics_dtype,
 )
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
-from .refresh import refresh_groups
+from .refresh import Workspaces, refresh_groups
 from .reporting import preconditioner_summary
 from .statistics import StatisticsCapture
 from .tied import separate_tied_gradients
@@ -176,6 +176,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
         self._row_mask: Tensor | None = None
+        self._workspaces = Workspaces()  # the memory refreshes factorize in (the factors are views of it)
         self._grouping_frozen = not share_inputs
         self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
         self.layers: dict[str, Layer] = {}
@@ -375,7 +376,8 @@ class ActivationPreconditioner(StatisticsCapture):
             factorizer = lambda stacks: distributed.factorize_across_ranks(  # noqa: E731
                 stacks, self.damping, self.eps, self.process_group)
         failures = refresh_groups(groups, gamma=self.damping, eps=self.eps, sigma_mode=self.sigma_mode,
-                                  ema_decay=self.ema_decay, uses_cholesky=self._uses_cholesky, factorizer=factorizer)
+                                  ema_decay=self.ema_decay, uses_cholesky=self._uses_cholesky, factorizer=factorizer,
+                                  workspaces=self._workspaces)
         for failure in failures:
             self._fall_back(failure.group, failure.trace, failure.kind, stacklevel=5)
 
@@ -477,6 +479,7 @@ class ActivationPreconditioner(StatisticsCapture):
             for m in saved["members"]:
                 self.layers[m].group = key
         self.groups = new_groups
+        self._workspaces.clear()
         self.step_count = int(state["step_count"])
         self.skipped_steps = int(state["skipped_steps"])
         self._grouping_frozen = bool(state["grouping_frozen"])

@@ -18,7 +18,8 @@ from torch import Tensor
 from .functional import (
     Factors,
     LowRankFactor,
-    factorize,
+    _factorize_diagonal,
+    factorize_,
     factorize_low_rank,
     pad_blocks_,
     retry_in_float64,
@@ -26,7 +27,7 @@ from .functional import (
 )
 from .groups import Group
 
-__all__ = ["Failure", "Stack", "refresh_groups"]
+__all__ = ["Failure", "Stack", "Workspaces", "refresh_groups"]
 
 
 @dataclass
@@ -50,40 +51,45 @@ Factorizer = Callable[[list[Stack]], list[Factors]]
 
 
 def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode: str, ema_decay: float,
-                   uses_cholesky: Callable[[Group], bool], factorizer: Factorizer | None = None) -> list[Failure]:
+                   uses_cholesky: Callable[[Group], bool], factorizer: Factorizer | None = None,
+                   workspaces: Workspaces | None = None) -> list[Failure]:
     """Set ``factor``/``kind``/telemetry of each group from its statistics; return the groups that failed.
 
-    ``factorizer`` factorizes a list of stacks (default: :func:`~dopr.functional.factorize` on each, in
-    this process; the distributed one splits them over ranks).
+    ``factorizer`` factorizes a list of stacks (default: :func:`~dopr.functional.factorize_` on each, in
+    this process and in the stacks' memory; the distributed one splits them over ranks). ``workspaces`` keeps
+    the stacks' memory from one refresh to the next (see :class:`Workspaces`).
     """
     if factorizer is None:
         factorizer = lambda stacks: [  # noqa: E731
-            factorize(s.sigmas, gamma, eps=eps, diagonal=s.diagonal, cholesky=s.cholesky, damping=s.damping,
-                      retry=False)
+            _factorize_diagonal(s.sigmas, gamma, eps, s.damping) if s.diagonal
+            else factorize_(s.sigmas, gamma, eps=eps, cholesky=s.cholesky, damping=s.damping)
             for s in stacks]
+    workspaces = Workspaces() if workspaces is None else workspaces
     failures: list[Failure] = []
-    buckets: dict[tuple, list[tuple[Group, Tensor, Tensor]]] = {}
+    buckets: dict[tuple, list[tuple[Group, Tensor, float]]] = {}
     low_rank: list[tuple[Group, LowRankFactor]] = []
     for group in groups:
         if group.total is None:
             low_rank.append((group, _low_rank_factor(group, gamma, eps)))
             continue
-        sigma = _current_sigma(group, sigma_mode, ema_decay)
-        if group.blocks > 1:
-            sigma = sigma.clone() if sigma is group.ema else sigma  # the padding must not enter the EMA
-            trace = pad_blocks_(sigma, group.dim)
-        else:
-            trace = (sigma if group.diagonal else sigma.diagonal()).sum()
-            sigma = sigma[None]
-        key = (sigma.shape[1:], group.diagonal, group.blocks > 1, uses_cholesky(group), sigma.dtype, sigma.device)
-        buckets.setdefault(key, []).append((group, sigma, trace))
-    stacks = []
-    for (_, diagonal, blocked, cholesky, *_), items in buckets.items():
-        sigmas = torch.cat([s for _, s, _ in items])
+        source, scale = _current_sigma(group, sigma_mode, ema_decay)
+        key = (tuple(source.shape[1:]) if group.blocks > 1 else tuple(source.shape), group.diagonal,
+               group.blocks > 1, uses_cholesky(group), source.dtype, source.device)
+        buckets.setdefault(key, []).append((group, source, scale))
+    stacks, traces = [], []
+    for key, items in buckets.items():
+        shape, diagonal, blocked = key[0], key[1], key[2]
+        count = sum(g.blocks for g, _, _ in items)
+        sigmas = workspaces.take((key, tuple(g.members[0] for g, _, _ in items)), (count, *shape),
+                                 items[0][1].dtype, items[0][1].device)
+        bucket_traces = _fill(sigmas, items)
         damping = None
         if blocked:  # every block of a group gets lambda = gamma tr(Sigma) / dim of the whole group
-            damping = torch.cat([(gamma * t / g.dim + eps).expand(g.blocks) for g, _, t in items])
-        stacks.append(Stack(sigmas, diagonal, cholesky, damping))
+            damping = torch.cat([(gamma * t / g.dim + eps).expand(g.blocks)
+                                 for (g, _, _), t in zip(items, bucket_traces)])
+        stacks.append(Stack(sigmas, diagonal, key[3], damping))
+        traces.append(bucket_traces)
+    workspaces.end_refresh()
     factors = factorizer(stacks)
     # the one device sync of a refresh: whether each factorization worked
     oks = _host_flags([f.ok for f in factors] + [f.ok.reshape(1) for _, f in low_rank])
@@ -92,19 +98,22 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
             retry_low_rank_in_float64(f)
             ok[0] = bool(f.ok)
         failures += _set_low_rank(group, f, ok[0])
-    for stack, f, ok in zip(stacks, factors, oks):
-        if not all(ok):  # rare: redo the failed float32 factorizations in float64
-            retry_in_float64(f, stack.sigmas, [i for i, good in enumerate(ok) if not good])
+    for stack, f, ok, items in zip(stacks, factors, oks, buckets.values()):
+        if not all(ok):  # rare: redo the failed float32 factorizations in float64, from Sigma built anew
+            undamped = torch.empty_like(stack.sigmas)
+            _fill(undamped, items)
+            retry_in_float64(f, undamped, [i for i, good in enumerate(ok) if not good])
             ok[:] = f.ok.tolist()
-    for items, f, ok in zip(buckets.values(), factors, oks):
+    for items, bucket_traces, f, ok in zip(buckets.values(), traces, factors, oks):
         offset = 0
-        for group, sigma, trace in items:
-            count = sigma.shape[0]
-            part = slice(offset, offset + count)
-            offset += count
+        for (group, _, _), trace in zip(items, bucket_traces):
+            part = slice(offset, offset + group.blocks)
+            offset += group.blocks
             group.refreshes += 1
             group.trace = trace
             if not all(ok[part]):
+                if group.factor is not None:  # the last good factor may live in a workspace the next refresh reuses
+                    group.factor = group.factor.clone()
                 failures.append(Failure(group, float(trace), f.kind))
                 continue
             group.factor = f.factor[part] if group.blocks > 1 else f.factor[part.start]
@@ -113,6 +122,51 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
             group.damping, group.condition = f.damping[part.start], f.condition[part].amax()
             group.float64_retries += f.used_float64[part].any()  # a tensor: read when telemetry is
     return failures
+
+
+class Workspaces:
+    """The memory each bucket of equal-size Sigmas is factorized in, kept from one refresh to the next.
+
+    A factorization overwrites its stack (:func:`~dopr.functional.factorize_`) and the groups' factors are views
+    of it, so a bucket alternates between two buffers: the factors of the last refresh stay intact while the next
+    one is computed (a group whose factorization fails keeps its last factor, cloned out of the pool). Reusing
+    warm memory saves the allocations, page faults and copies of fresh tensors of Sigma's size at every refresh.
+    Buckets not refreshed in a refresh are released (their groups' factors keep their memory alive).
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple, tuple[list[Tensor], int]] = {}
+        self._used: set[tuple] = set()
+
+    def take(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        buffers, turn = self._pools.get(key, ([], 0))
+        if not buffers or buffers[0].shape != shape:
+            buffers, turn = [torch.empty(shape, dtype=dtype, device=device) for _ in range(2)], 0
+        self._pools[key] = (buffers, 1 - turn)
+        self._used.add(key)
+        return buffers[turn]
+
+    def end_refresh(self) -> None:
+        self._pools = {k: v for k, v in self._pools.items() if k in self._used}
+        self._used = set()
+
+    def clear(self) -> None:
+        self._pools.clear()
+        self._used.clear()
+
+
+def _fill(sigmas: Tensor, items: list[tuple[Group, Tensor, float]]) -> list[Tensor]:
+    """Write each group's Sigma (``source * scale``) into its rows of ``sigmas``; return their traces."""
+    traces, offset = [], 0
+    for group, source, scale in items:
+        part = sigmas[offset : offset + group.blocks] if group.blocks > 1 else sigmas[offset]
+        offset += group.blocks
+        torch.mul(source, scale, out=part)
+        if group.blocks > 1:
+            traces.append(pad_blocks_(part, group.dim))
+        else:
+            traces.append(part.sum() if group.diagonal else part.diagonal().sum())
+    return traces
 
 
 def _host_flags(flags: list[Tensor]) -> list[list[bool]]:
@@ -127,15 +181,15 @@ def _host_flags(flags: list[Tensor]) -> list[list[bool]]:
     return out
 
 
-def _current_sigma(group: Group, sigma_mode: str, ema_decay: float) -> Tensor:
-    sigma = group.total / group.rows
+def _current_sigma(group: Group, sigma_mode: str, ema_decay: float) -> tuple[Tensor, float]:
+    """This refresh's Sigma as ``(tensor, scale)``: Sigma is ``tensor * scale`` (no temporary of Sigma's size)."""
     if sigma_mode != "ema":
-        return sigma
+        return group.total, 1.0 / group.rows
     if group.ema is None:
-        group.ema = sigma.clone()
+        group.ema = group.total / group.rows
     else:
-        group.ema.mul_(ema_decay).add_(sigma, alpha=1 - ema_decay)
-    return group.ema
+        group.ema.mul_(ema_decay).add_(group.total, alpha=(1 - ema_decay) / group.rows)
+    return group.ema, 1.0
 
 
 def _low_rank_factor(group: Group, gamma: float, eps: float) -> LowRankFactor:
