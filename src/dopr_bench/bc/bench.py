@@ -35,6 +35,13 @@ class BCSpec(Common):
     std_floor: float = opt(1e-2, "added to the demos' std when standardizing")
     clip: float = opt(10.0, "clip of standardized observations")
     standardize: bool = opt(False, "standardize observations with the training demos' mean and std")
+    zca: bool = opt(False, "whiten observations once by the training demos' ZCA (floored by --std-floor, clipped by "
+                           "--clip), in training and at rollout; instead of --standardize")
+    ap_layers: str = opt("all", "layers the DoPr arms precondition: all, first (the input layer only), hidden (every "
+                                "layer but the first); the others get the base optimizer alone",
+                         choices=("all", "first", "hidden"))
+    demo_noise: float = opt(0.0, "a weaker demonstrator: Gaussian noise of this std times half the action range on "
+                                 "the expert's actions, executed and recorded (training and validation demos)")
     max_episode_steps: int | None = opt(None, "cap on rollout length (default: the env's)")
     log_every: int = opt(100, "steps between logged losses")
     dataset: str | None = opt(None, "Minari dataset id or local dataset directory instead of the expert")
@@ -64,7 +71,14 @@ def resolve(task: str, quick: bool, overrides: dict[str, Any]) -> BCSpec:
     spec = TASKS[task]
     if quick:
         spec = replace(spec, **(QUICK | QUICK_TASK.get(task, {})))
-    return replace(spec, **overrides)
+    spec = replace(spec, **overrides)
+    if spec.zca and spec.standardize:
+        raise SystemExit("--zca and --standardize are two preprocessings: give one")
+    if spec.demo_noise < 0:
+        raise SystemExit(f"--demo-noise must be >= 0, got {spec.demo_noise}")
+    if spec.demo_noise and spec.dataset:
+        raise SystemExit("--demo-noise applies to the expert's demonstrations, not to a --dataset")
+    return spec
 
 
 def planned(spec: BCSpec, task: str) -> dict[str, Any]:
@@ -84,9 +98,11 @@ def load_episodes(spec: BCSpec, cache: Path) -> tuple[list[Episode], list[Episod
     expert = load_expert(spec.name, spec.env_id)
     tag = expert_tag(spec.name)
     bars = interactive()
-    train = expert_demos(spec.name, spec.env_id, expert, spec.demos, 0, tag, cache, progress=bars)
-    val = expert_demos(spec.name, spec.env_id, expert, spec.val_demos, VAL_SEED, tag, cache, progress=bars)
-    return train, val, spec.env_id, f"expert:{tag}"
+    noise = spec.demo_noise
+    train = expert_demos(spec.name, spec.env_id, expert, spec.demos, 0, tag, cache, progress=bars, noise=noise)
+    val = expert_demos(spec.name, spec.env_id, expert, spec.val_demos, VAL_SEED, tag, cache, progress=bars,
+                       noise=noise)
+    return train, val, spec.env_id, f"expert:{tag}" + (f"+noise{noise:g}" if noise else "")
 
 
 def _stack(eps: list[Episode]) -> tuple[np.ndarray, np.ndarray]:

@@ -131,11 +131,27 @@ def read_minari(id_or_path: str | Path, root: Path | None = None, download: bool
             ) from err
 
 
+def noisy(expert: Callable[[np.ndarray], np.ndarray], env: gym.Env, noise: float,
+          seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The expert with Gaussian action noise of std ``noise`` times half the action range, clipped to the action box
+    (a weaker demonstrator: the noisy action is the one executed and recorded); seeded by the episode's seed."""
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    scale, rng = noise * (high - low) / 2, np.random.default_rng([seed, 15])
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        a = np.asarray(expert(obs), dtype=np.float64).reshape(low.shape)
+        return np.clip(a + scale * rng.standard_normal(low.shape), low, high)
+
+    return act
+
+
 def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarray], n: int, first_seed: int,
                  tag: str, cache: Path = CACHE, max_steps: int | None = None,
-                 progress: bool = False) -> list[Episode]:
-    """``n`` expert episodes with env seeds ``first_seed..first_seed+n-1``, cached as a Minari dataset."""
-    key = hashlib.sha1(f"{task}|{env_id}|{tag}|{n}|{first_seed}|{max_steps}".encode()).hexdigest()[:10]
+                 progress: bool = False, noise: float = 0.0) -> list[Episode]:
+    """``n`` expert episodes with env seeds ``first_seed..first_seed+n-1``, cached as a Minari dataset; ``noise``:
+    action noise of the demonstrator (see :func:`noisy`)."""
+    noise_key = f"|noise{noise:g}" if noise else ""
+    key = hashlib.sha1(f"{task}|{env_id}|{tag}|{n}|{first_seed}|{max_steps}{noise_key}".encode()).hexdigest()[:10]
     dataset_id = f"dopr_bench/{task}-{key}-v0"
     path = cache / dataset_id
     if (path / "data" / "metadata.json").exists():
@@ -151,9 +167,9 @@ def expert_demos(task: str, env_id: str, expert: Callable[[np.ndarray], np.ndarr
         from tqdm import tqdm
 
         seeds = tqdm(seeds, desc=f"{task} expert demos", leave=False)
-    eps = [rollout(env, expert, s, max_steps) for s in seeds]
+    eps = [rollout(env, noisy(expert, env, noise, s) if noise else expert, s, max_steps) for s in seeds]
     env.close()
-    desc = f"{task} expert demonstrations ({tag}), seeds {first_seed}+"
+    desc = f"{task} expert demonstrations ({tag}), seeds {first_seed}+" + (f", action noise {noise:g}" if noise else "")
     # written aside and renamed into place: runs started together (e.g. one per seed) may all be making it
     cache.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))

@@ -6,15 +6,33 @@ import numpy as np
 import torch
 from torch import nn
 
+#: ``--ap-layers``: fnmatch patterns of the :class:`ResidualMLP` modules DoPr leaves to the base optimizer.
+AP_EXCLUDE: dict[str, tuple[str, ...]] = {
+    "all": (),  # every linear layer (the paper's)
+    "first": ("blocks.*", "head"),  # the input layer only: per-batch whitening of the (normalized) observations
+    "hidden": ("inp",),  # every layer but the input layer
+}
+
+
+def zca_matrix(obs: np.ndarray, floor: float) -> np.ndarray:
+    """``U diag(1 / (sqrt(l) + floor)) U^T`` of the centered covariance ``U diag(l) U^T`` of ``obs``: the ZCA
+    whitening map, floored like the standardization (for a diagonal covariance it is ``1 / (std + floor)``)."""
+    x = np.asarray(obs, dtype=np.float64)
+    x = x - x.mean(0)
+    lam, u = np.linalg.eigh(x.T @ x / max(len(x), 1))
+    return (u / (np.sqrt(np.clip(lam, 0.0, None)) + floor)) @ u.T
+
 
 class ObsNormalizer(nn.Module):
-    """x -> clip((x - mean) / std, +-clip). Buffers only (never trained); identity when ``enabled`` is False."""
+    """x -> clip(proj (x - mean) / std, +-clip), ``proj`` the identity unless set (ZCA). Buffers only (never
+    trained); the identity map until fitted."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.register_buffer("clip", torch.tensor(float("inf")))
+        self.register_buffer("proj", None)  # the ZCA map when whitening (state dicts without it stay loadable)
 
     @torch.no_grad()
     def fit(self, obs: np.ndarray, std_floor: float, clip: float) -> None:
@@ -22,8 +40,19 @@ class ObsNormalizer(nn.Module):
         self.std.copy_(torch.as_tensor(obs.std(0) + std_floor, dtype=self.std.dtype))
         self.clip.fill_(clip)
 
+    @torch.no_grad()
+    def fit_zca(self, obs: np.ndarray, floor: float, clip: float) -> None:
+        """Whiten once by the ZCA of ``obs`` (see :func:`zca_matrix`), then clip."""
+        self.mean.copy_(torch.as_tensor(np.asarray(obs).mean(0), dtype=self.mean.dtype))
+        self.std.fill_(1.0)
+        self.proj = torch.as_tensor(zca_matrix(obs, floor), dtype=self.mean.dtype)
+        self.clip.fill_(clip)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std).clamp(-self.clip, self.clip)
+        x = x - self.mean
+        if self.proj is not None:
+            x = x @ self.proj.T
+        return (x / self.std).clamp(-self.clip, self.clip)
 
 
 class ResBlock(nn.Module):

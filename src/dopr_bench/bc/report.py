@@ -16,6 +16,24 @@ def run_return(run: dict[str, Any]) -> float:
     return float(np.mean(run["returns"])) if run.get("returns") else float("nan")
 
 
+AP_LAYERS = {"first": "the input layer only (inp)", "hidden": "every layer but the input layer"}
+
+
+def _obs(s: dict[str, Any]) -> str:
+    return "ZCA-whitened" if s.get("zca") else "standardized" if s["standardize"] else "raw"
+
+
+def _variant(s: dict[str, Any]) -> str:
+    """What a folder changes from the bench's defaults in the arms or the demonstrations (empty for old folders)."""
+    out = ""
+    if s.get("ap_layers", "all") != "all":
+        out += f" DoPr arms precondition {AP_LAYERS[s['ap_layers']]}; their other layers get the base alone."
+    if s.get("demo_noise", 0.0):
+        out += (f" Demonstrator: the expert with Gaussian action noise of std {s['demo_noise']:g} x half the action "
+                "range (executed and recorded).")
+    return out
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """The summary of results with one lr."""
     runs = results["runs"]
@@ -25,7 +43,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines.append(f"env {s['env_id']}, {s['demos']} training demos ({results.get('n_train_transitions', '?')} "
                  f"transitions), {s['val_demos']} validation demos, {s['steps']} steps at batch {s['batch']}, "
                  f"lr {lr}, damping {s['damping']}, EMA rate {s['ema']}, observations "
-                 f"{'standardized' if s['standardize'] else 'raw'}, {s['episodes']} evaluation episodes per seed.")
+                 f"{_obs(s)}, {s['episodes']} evaluation episodes per seed." + _variant(s))
     if "expert_demo_return" in results:
         lines.append(f"Expert demonstrations: mean return {results['expert_demo_return']:,.1f}.")
     lines += ["", "| arm | seeds | val loss (EMA) | train loss (EMA) | return | episode length | state drift "
@@ -57,8 +75,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 def headline(results: dict[str, Any]) -> str:
     s = results["settings"]
-    return (f"{results['task']}, {s['demos']} demos, {'std.' if s['standardize'] else 'raw'} obs., {s['steps']} steps, "
+    obs = "ZCA" if s.get("zca") else "std." if s["standardize"] else "raw"
+    return (f"{results['task']}, {s['demos']} demos, {obs} obs., {s['steps']} steps, "
             f"damping {s['damping']:g}"
+            + ("" if s.get("ap_layers", "all") == "all" else f", AP on {s['ap_layers']} layers")
+            + ("" if not s.get("demo_noise", 0.0) else f", demo noise {s['demo_noise']:g}")
             + ("" if s.get("refresh_every", 1) == 1 else f", refresh {s['refresh_every']}")
             + ("" if s.get("sigma", "batch") == "batch" else f", Sigma {s['sigma']}")
             + ("" if s.get("max_block") is None else f", max_block {s['max_block']}")

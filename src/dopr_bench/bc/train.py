@@ -12,7 +12,7 @@ from torch import nn
 
 from ..core.arms import build_optimizer, telemetry
 from ..core.nets import EMA
-from .policy import ResidualMLP
+from .policy import AP_EXCLUDE, ResidualMLP
 
 if TYPE_CHECKING:
     from .bench import BCSpec
@@ -40,13 +40,15 @@ def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     torch.manual_seed(seed)  # same init for every arm with this seed
     model = ResidualMLP(obs_dim, act_dim, spec.width, spec.blocks)
-    if spec.standardize and obs_stats is not None:
+    if spec.zca:
+        model.norm.fit_zca(data.obs.double().numpy(), spec.std_floor, spec.clip)
+    elif spec.standardize and obs_stats is not None:
         mean, std = obs_stats
         model.norm.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         model.norm.std.copy_(torch.as_tensor(std + spec.std_floor, dtype=torch.float32))
         model.norm.clip.fill_(spec.clip)
     ema = EMA(model, spec.ema)
-    opt = build_optimizer(model, arm, lr, spec)
+    opt = build_optimizer(model, arm, lr, spec, exclude=AP_EXCLUDE[spec.ap_layers])
     gen = torch.Generator().manual_seed(10_000 + seed)  # same minibatch order for every arm with this seed
     n, batch = len(data.obs), min(spec.batch, len(data.obs))
     log_every = max(1, spec.log_every)
@@ -86,6 +88,10 @@ def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
         "diverged": diverged,
         "train_s": train_s,
     }
+    if hasattr(opt, "preconditioner"):  # a DoPr arm: the layers that got AP (the --ap-layers ablation)
+        got = {id(p) for p in opt.preconditioner.preconditioned_parameters()}
+        rec["preconditioned"] = [name for name, m in model.named_modules()
+                                 if any(id(p) in got for p in m.parameters(recurse=False))]
     if not diverged and (stats := telemetry(opt)) is not None:
         rec["dopr_stats"] = stats
     return ema.model, rec

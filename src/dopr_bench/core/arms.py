@@ -91,10 +91,11 @@ def base_kwargs_for(base: str, weight_decay: float, muon_ns_dtype: str) -> dict[
     return kw
 
 
-def build_optimizer(model: nn.Module, arm: str, lr: float, spec: Any) -> Any:
+def build_optimizer(model: nn.Module, arm: str, lr: float, spec: Any, exclude: tuple[str, ...] = ()) -> Any:
     """The arm's optimizer for ``model`` at ``lr``; every other choice comes from ``spec`` (a bench Spec): damping,
     weight_decay, aux_lr, sigma, refresh_every, max_block and muon_ns_dtype (resolved, see :func:`hardware_ns_dtype`).
-    DoPr options left at the library's defaults are not passed."""
+    DoPr options left at the library's defaults are not passed. ``exclude``: fnmatch patterns of module names a DoPr
+    arm leaves to its base optimizer (an ablation of which layers get AP); plain arms ignore it."""
     from dopr import DoPr
     from dopr.routing import DEFAULT_AUX_PATTERNS, build_bases
 
@@ -109,6 +110,8 @@ def build_optimizer(model: nn.Module, arm: str, lr: float, spec: Any) -> Any:
             dopr_kwargs["refresh_every"] = spec.refresh_every
         if spec.max_block is not None:
             dopr_kwargs["max_block"] = spec.max_block
+        if exclude:
+            dopr_kwargs["exclude"] = list(exclude)
         return DoPr(model, base=base, lr=lr, damping=spec.damping, aux_lr=spec.aux_lr, aux_kwargs=aux_kwargs,
                     **dopr_kwargs, **kw)
     bases, _ = build_bases(model, base, lr, kw, spec.aux_lr, aux_kwargs, DEFAULT_AUX_PATTERNS)

@@ -15,7 +15,8 @@ from typing import Any
 
 #: bench -> {setting: the value an old folder that lacks the key was made with}
 ABSENT: dict[str, dict[str, Any]] = {
-    "bc": {"refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16"},
+    "bc": {"refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16", "ap_layers": "all", "zca": False,
+           "demo_noise": 0.0},
     "lm": {"refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16", "sigma_rows": "all"},
     "flow": {"aux_lr": None, "sigma": "batch", "refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16"},
     "robo": {"aux_lr": None, "sigma": "batch", "refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16"},
@@ -72,7 +73,9 @@ def modern_argv(argv: list[str], absent: dict[str, Any] | None = None) -> list[s
     argv = list(argv)
     for key, value in (absent or {}).items():
         flag = "--" + key.replace("_", "-")
-        if value is not None and flag not in argv:
+        if isinstance(value, bool):  # a switch: --name / --no-name
+            argv += [] if flag in argv or f"--no-{flag[2:]}" in argv else [flag if value else f"--no-{flag[2:]}"]
+        elif value is not None and flag not in argv:
             argv += [flag, str(value)]
     if argv and argv[0] in ("flow", "robo"):
         argv = ["run", *argv]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 15, Humanoid-v5 evidence queue in the regime chosen by results/humanoid-std-scan (how the BASE did):
+# 5 demonstrations from the expert with action noise 0.3 (demonstrator return ~6,036), 1,000 steps, standardized
+# observations; AdamW there got 3,793 at lr 1e-3 (seed 0), well off both the ceiling and the floor.
+# Every step is resumable (finished runs are skipped); a step's seeds or lrs can be extended by rerunning it with
+# larger --seeds / more --lrs. Usage: scripts/evidence/queue_humanoid.sh [main|first|hidden|zca|all] [SEEDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what=${1:-all}
+seeds=${2:-5}
+LRS=3e-4,1e-3,3e-3
+R=results/humanoid-std-d5-noise0.3-s1000
+run() {  # run OUT [flags...]
+  local out=$1; shift
+  mkdir -p "$out"  # the library (src/dopr) is edited by others meanwhile: record the state each start imports
+  echo "$(date -u +%FT%TZ) HEAD $(git rev-parse --short HEAD), src/dopr diff sha1 $(git diff HEAD -- src/dopr | sha1sum | cut -c1-12)" >> "$out/LIBRARY.txt"
+  taskset -c 1 .venv/bin/dopr-bench run humanoid --demos 5 --demo-noise 0.3 --steps 1000 --lrs "$LRS" \
+    --seeds "$seeds" --threads 1 --no-progress --out "$out" "$@"
+}
+case $what in
+  main|all) run "$R" --standardize --optimizers adamw,dopr-adamw ;;&
+  first|all) run "$R-ap-first" --standardize --ap-layers first --optimizers dopr-adamw ;;&
+  hidden|all) run "$R-ap-hidden" --standardize --ap-layers hidden --optimizers dopr-adamw ;;&
+  zca|all) run "${R/std/zca}" --zca --optimizers adamw ;;
+esac
