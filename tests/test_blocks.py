@@ -116,11 +116,11 @@ def test_failed_blocks_fall_back_to_the_identity():
 def test_auto_solve_judges_a_blocked_sigma_by_its_block_width():
     model = nn.Sequential(nn.Linear(8, 2100), nn.Tanh(), nn.Linear(2100, 16))
     kinds = {}
-    for max_block in (None, 1100, 512):
+    for max_block in (None, 1100, 12):
         ap = ActivationPreconditioner(model, max_block=max_block)
         model(torch.randn(1100, 8)).sum().backward()
         ap.precondition_()
         kinds[max_block] = (ap.groups["2"].blocks, ap.groups["2"].kind)
         ap.remove()
-    # 2100 inputs into 16 outputs: Cholesky solves for the full Sigma and for blocks of 1050, not for blocks of 420
-    assert kinds == {None: (1, "cholesky"), 1100: (2, "cholesky"), 512: (5, "inverse")}
+    # 2100 inputs into 16 outputs: Cholesky solves for the full Sigma and for blocks of 1050, not for blocks of 13
+    assert kinds == {None: (1, "cholesky"), 1100: (2, "cholesky"), 12: (175, "inverse")}

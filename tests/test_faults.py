@@ -74,11 +74,20 @@ def test_tiny_activations_with_a_bias_are_fine():
 
 def test_tiny_activations_fall_back_with_a_warning_and_stay_finite():
     model = nn.Sequential(nn.Linear(4, 3, bias=False))
-    opt = DoPr(model, lr=1e-2, damping=1e-3)
+    opt = DoPr(model, lr=1e-2, damping=1e-3, solve="inverse")  # the inverse of Sigma ~ 1e-40 overflows float32
     with pytest.warns(RuntimeWarning, match="Cholesky of Sigma"):
         _step(model, opt, torch.randn(8, 4) * 1e-20, torch.randn(8, 3))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert opt.stats()["0"]["fallbacks"] == 1
+
+
+def test_tiny_activations_need_no_fallback_with_cholesky_solves():
+    # the Cholesky factor of Sigma ~ 1e-40 (~1e-20) is a float32 even where the inverse is not; M = G Sigma^-1 is
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    opt = DoPr(model, lr=1e-2, damping=1e-3, solve="cholesky")
+    _step(model, opt, torch.randn(8, 4) * 1e-20, torch.randn(8, 3))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert opt.stats()["0"]["fallbacks"] == 0 and opt.preconditioner.groups["0"].kind == "cholesky"
 
 
 def test_huge_activations_raise_a_clear_error():

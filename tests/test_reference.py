@@ -35,7 +35,7 @@ def test_both_solves_match_reference(solve):
     assert max_rel_diff(model, other) < 1e-9
 
 
-def test_auto_solve_picks_cholesky_for_wide_inputs_refreshed_every_step():
+def test_auto_solve_picks_cholesky_for_groups_with_fewer_outputs_than_inputs_refreshed_every_step():
     from dopr import ActivationPreconditioner
 
     model = nn.Sequential(nn.Linear(8, 1100), nn.Tanh(), nn.Linear(1100, 16), nn.Tanh(), nn.Linear(16, 1200))
@@ -46,7 +46,8 @@ def test_auto_solve_picks_cholesky_for_wide_inputs_refreshed_every_step():
         ap.precondition_()
         kinds[refresh] = {name: g.kind for name, g in ap.groups.items()}
         ap.remove()
-    # layer 2 reads 1100 inputs into 16 outputs: Cholesky solves; layer 4 has more outputs than inputs
+    # layer 2 reads 1101 inputs (with the bias) into 16 outputs: Cholesky solves; layers 0 and 4 have more outputs
+    # than inputs
     assert kinds[1] == {"0": "inverse", "2": "cholesky", "4": "inverse"}
     assert kinds[2] == {"0": "inverse", "2": "inverse", "4": "inverse"}
 
@@ -61,7 +62,8 @@ def test_few_rows_into_a_wide_layer_match_reference(sizes):
     opt = train_fast(model, batches, 3, damping=1e-2)
     train_reference(other, batches, 3, damping=1e-2)
     kinds = {name: g.kind for name, g in opt.preconditioner.groups.items()}
-    assert kinds == ({"0": "low_rank", "2": "low_rank"} if len(sizes) == 2 else {"0": "inverse", "2": "inverse"})
+    # once Sigma is formed, the 3 outputs of layer 2 (49 inputs) take Cholesky solves, layer 0's 48 (41) the inverse
+    assert kinds == ({"0": "low_rank", "2": "low_rank"} if len(sizes) == 2 else {"0": "inverse", "2": "cholesky"})
     assert max_rel_diff(model, other) < 1e-9
 
 
