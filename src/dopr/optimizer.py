@@ -58,7 +58,7 @@ class DoPr(Optimizer):
         sigma: str = "batch",
         ema_decay: float = 0.95,
         refresh_every: int = 1,
-        max_rows: int | None = None,
+        max_rows: int | str | None = None,
         share_inputs: bool = True,
         exclude: tuple[str, ...] | list[str] = (),
         fallback: str = "last",

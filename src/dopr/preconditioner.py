@@ -73,7 +73,11 @@ class ActivationPreconditioner(StatisticsCapture):
         ema_decay: decay of the EMA when ``sigma="ema"``.
         refresh_every: recompute Sigma and its factorization every k steps, reusing the factor in
             between (hooks only record on refresh steps).
-        max_rows: estimate Sigma from at most this many randomly chosen rows per forward.
+        max_rows: estimate Sigma from at most this many randomly chosen rows per forward (``None``: all
+            rows, exact). ``"auto"``: at most ``ROWS_PER_INPUT`` (4) rows per input dimension of each
+            layer (``4 d_in``), which caps Sigma's cost at ``8 d_in^3`` per forward however many tokens it
+            sees, and leaves steps with fewer rows exact (more rows per dimension than the paper's own
+            behavior-cloning batches, 256 rows into ~350 inputs).
         share_inputs: layers that read the same tensor share one Sigma.
         exclude: fnmatch patterns of module names left to the base optimizer.
         fallback: when Cholesky fails in float32 and float64: ``"last"`` keeps the last good factor
@@ -119,7 +123,7 @@ class ActivationPreconditioner(StatisticsCapture):
         sigma: str = "batch",
         ema_decay: float = 0.95,
         refresh_every: int = 1,
-        max_rows: int | None = None,
+        max_rows: int | str | None = None,
         share_inputs: bool = True,
         exclude: tuple[str, ...] | list[str] = (),
         fallback: str = "last",
@@ -146,8 +150,9 @@ class ActivationPreconditioner(StatisticsCapture):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         if not (isinstance(refresh_every, int) and refresh_every >= 1):
             raise ValueError(f"refresh_every must be an int >= 1, got {refresh_every!r}")
-        if max_rows is not None and not (isinstance(max_rows, int) and max_rows >= 1):
-            raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+        if max_rows is not None and max_rows != "auto" and not (isinstance(max_rows, int) and max_rows >= 1):
+            raise ValueError(f"max_rows must be None (all rows), 'auto' (4 per input dimension) or an int >= 1, "
+                             f"got {max_rows!r}")
         if max_block is not None and not (isinstance(max_block, int) and max_block >= 1):
             raise ValueError(f"max_block must be None (full Sigma) or an int >= 1, got {max_block!r}")
         if solve not in _SOLVES:

@@ -24,7 +24,10 @@ from .capture import output_tensors, when_backward_reaches
 from .functional import block_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
 
-__all__ = ["StatisticsCapture"]
+__all__ = ["ROWS_PER_INPUT", "StatisticsCapture"]
+
+#: ``max_rows="auto"``: Sigma of a ``d``-input layer is estimated from at most this many rows per dimension per forward
+ROWS_PER_INPUT = 4
 
 _NO_GRAD = object()  # grad marker: the weight had no .grad when rows were last committed
 
@@ -131,8 +134,9 @@ class StatisticsCapture:
             z = layer.adapter.rows(layer.module, x)
             if self._row_mask is not None and layer.adapter.maskable:
                 z = self._masked(layer.name, x, z)
-            if self.max_rows is not None and z.shape[0] > self.max_rows:
-                idx = torch.randperm(z.shape[0], generator=self._generator)[: self.max_rows]
+            cap = ROWS_PER_INPUT * group.dim if self.max_rows == "auto" else self.max_rows
+            if cap is not None and z.shape[0] > cap:
+                idx = torch.randperm(z.shape[0], generator=self._generator)[:cap]
                 z = z[idx.to(z.device)]
             n = z.shape[0]
             if group.diagonal:  # one-hot counts; index_add_, unlike bincount, needs no device sync
