@@ -11,6 +11,11 @@ measured as well.
     python benchmarks/overhead.py --model cnn --steps 20
     python benchmarks/overhead.py --model gpt --variants "exact:;rows1k:max_rows=1024"   # other modes
     python benchmarks/overhead.py --model gpt --preset gpt2-small --device cuda --dtype bfloat16   # GPU
+    python benchmarks/overhead.py --tokens 2048,8192,32768 --bases adamw --variants "exact:;auto:max_rows=auto"
+    python benchmarks/overhead.py --tokens 8192 --bases adamw --peers po-soap@every,po-soap@default   # peers
+
+Ratios are given in wall time and in process CPU time (steadier on a shared machine), each beside the analytic
+floor of the DoPr arms (``flop_floor``: the ratio if DoPr's extra flops ran as fast as the base's).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
+from peers import PEERS, available, make_peer
 from torch import nn
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
@@ -132,10 +139,43 @@ def cycle(opt: object) -> int:
     return opt.preconditioner.refresh_every if isinstance(opt, DoPr) else 1
 
 
+def flop_floor(opt: DoPr, rows: int, base_flops: float) -> float:
+    """The ratio DoPr-X / X would reach if its extra work ran at the speed of the base's: ``1 + extra / base`` flops.
+
+    Per input group of ``d`` (with the bias) and ``d_out`` outputs over ``m`` rows (``rows`` capped by ``max_rows``):
+    Sigma ``2 m d^2`` (``(k+1)/2k`` of it with k symmetric column blocks), factorization ``d^3/3`` plus ``2 d^3/3`` for
+    an explicit inverse, application ``2 d_out d^2``. Block-diagonal Sigmas count their blocks.
+    """
+    from dopr.functional import symmetric_blocks
+
+    ap = opt.preconditioner
+    extra = 0.0
+    for g in ap.groups.values():
+        if g.diagonal:
+            continue
+        cap = 4 * g.dim if ap.max_rows == "auto" else ap.max_rows
+        m = rows if cap is None else min(rows, cap)
+        d_out = sum(ap.layers[n].adapter.out_features(ap.layers[n].module) for n in g.members)
+        b = g.sigma_shape()[-1]
+        k = symmetric_blocks(b)
+        extra += g.blocks * (2 * m * b * b * (k + 1) / (2 * k) + b**3 / 3 + (2 * b**3 / 3 if g.kind == "inverse" else 0)
+                             + 2 * d_out * b * b)
+    return 1 + extra / base_flops
+
+
+def gpt_flops(cfg: dict[str, int], tokens: int) -> float:
+    """Forward + backward flops of one step of :class:`GPT`: ``6 n`` per matmul weight, causal attention ``6 n t d``."""
+    d, layers = cfg["d"], cfg["layers"]
+    weights = layers * 12 * d * d + d * cfg["vocab"]
+    return 6 * tokens * weights + layers * 6 * tokens * cfg["seq"] * d
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["gpt", "cnn"], default="gpt")
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
+    parser.add_argument("--tokens", default=None,
+                        help="GPT: comma-separated tokens per step (batch = tokens / seq), each measured in turn")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -144,23 +184,40 @@ def main() -> None:
                         help="comma-separated: adamw, muon, ... or muon32 (Muon with float32 Newton-Schulz)")
     parser.add_argument("--variants", default="exact:;fast:refresh_every=10",
                         help="DoPr arms as 'label:k=v,k=v;label2:...' (no options: the default, exact mode)")
+    parser.add_argument("--peers", default="",
+                        help=f"optional peer arms beside the first base, e.g. po-soap@every,singd@default ({PEERS})")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-phase profile")
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-    variants = parse_variants(args.variants)
-
-    torch.manual_seed(0)
+    results = []
     if args.model == "gpt":
         cfg = PRESETS[args.preset]
+        token_counts = [int(t) for t in args.tokens.split(",")] if args.tokens else [cfg["batch"] * cfg["seq"]]
+        for tokens in token_counts:
+            results.append(measure(args, dict(cfg, batch=max(1, tokens // cfg["seq"]))))
+    else:
+        results.append(measure(args, None))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(command=" ".join(sys.argv), runs=results), f, indent=1)
+
+
+def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, object]:
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    variants = parse_variants(args.variants)
+    torch.manual_seed(0)
+    if cfg is not None:
         proto = GPT(**cfg)
         data = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["seq"] + 1), device=device)
         loss_fn = lambda m: F.cross_entropy(m(data[:, :-1]).float().flatten(0, 1), data[:, 1:].flatten())  # noqa: E731
+        rows, base_flops = cfg["batch"] * cfg["seq"], gpt_flops(cfg, cfg["batch"] * cfg["seq"] * args.accum)
     else:
         proto = cnn()
         x = torch.randn(64, 3, 32, 32, device=device, dtype=dtype)
         y = torch.randint(0, 10, (64,), device=device)
         loss_fn = lambda m: F.cross_entropy(m(x).float(), y)  # noqa: E731
+        rows, base_flops = 0, 0.0
     proto = proto.to(device=device, dtype=dtype)
     n_params = sum(p.numel() for p in proto.parameters())
 
@@ -173,36 +230,79 @@ def main() -> None:
         for label, kw in variants.items():
             model = copy.deepcopy(proto)
             arms[f"dopr-{name} {label}"] = (model, DoPr(model, base=base, lr=lr, **base_kw, **kw))
+    first = args.bases.split(",")[0]
+    for spec in filter(None, args.peers.split(",")):
+        if not available(spec.partition("@")[0]):
+            print(f"peer {spec}: its package is not installed (pip install -e '.[peers]'); left out")
+            continue
+        model = copy.deepcopy(proto)
+        arms[f"{spec} vs {first}"] = (model, make_peer(spec, model, 1e-3))
 
-    def one_step(model: nn.Module, opt: object) -> float:
+    def one_step(model: nn.Module, opt: object) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad()
         for _ in range(args.accum):
             loss_fn(model).backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     # Each round runs every arm for the length of its refresh cycle, so a round's time per step is
     # that arm's amortized cost; rounds interleave the arms.
     times: dict[str, list[float]] = {name: [] for name in arms}
+    cpu: dict[str, list[float]] = {name: [] for name in arms}
     peaks: dict[str, int] = {name: 0 for name in arms}
     for i in range(args.warmup + args.steps):
         for name, (model, opt) in arms.items():
             k = cycle(opt)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            dt = sum(one_step(model, opt) for _ in range(k)) / k
+            spent = [one_step(model, opt) for _ in range(k)]
             if device.type == "cuda":
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
             if i >= args.warmup:
-                times[name].append(dt)
+                times[name].append(sum(w for w, _ in spent) / k)
+                cpu[name].append(sum(c for _, c in spent) / k)
 
+    phases = {} if args.no_profile else profile_phases(arms, one_step, device)
+    tokens = f", {args.accum} micro-batches per step" if args.accum > 1 else ""
+    where = f"{args.preset}, {rows * args.accum} tokens per step" if cfg is not None else "cnn"
+    print(f"\n{args.model} ({where}), {n_params / 1e6:.1f}M params, {args.dtype} on {args.device}{tokens}, "
+          f"median of {args.steps} interleaved rounds")
+    print("command: " + " ".join(sys.argv))
+    mem_head = f" {'peak MB':>8} {'mem ratio':>9}" if device.type == "cuda" else ""
+    print(f"{'arm':<30} {'ms/step':>9} {'ratio':>7} {'cpu ratio':>9} {'floor':>6} {'opt state MB':>13}{mem_head}  "
+          "phases ms/step (sigma / factorize / apply / base)")
+    rows_out = []
+    for name, ts in times.items():
+        base = name.split(" ")[-1] if " vs " in name else name.split(" ")[0].removeprefix("dopr-")
+        med, cmed = statistics.median(ts), statistics.median(cpu[name])
+        ratio, cratio = med / statistics.median(times[base]), cmed / statistics.median(cpu[base])
+        opt = arms[name][1]
+        floor = flop_floor(opt, rows, base_flops) if isinstance(opt, DoPr) and base_flops else float("nan")
+        mb = state_bytes(opt) / 2**20 if isinstance(opt, (DoPr, Plain)) else float("nan")
+        p = phases.get(name, {})
+        split = " / ".join(f"{p.get(k, float('nan')):.1f}" for k in ("sigma", "factorize", "apply", "base step"))
+        mem = f" {peaks[name] / 2**20:>8.0f} {peaks[name] / max(peaks[base], 1):>9.3f}" if device.type == "cuda" else ""
+        print(f"{name:<30} {med * 1e3:>9.1f} {ratio:>7.3f} {cratio:>9.3f} {floor:>6.3f} {mb:>13.1f}{mem}  {split}")
+        rows_out.append(dict(arm=name, ms=med * 1e3, cpu_ms=cmed * 1e3, ratio=ratio, cpu_ratio=cratio, floor=floor,
+                             state_mb=mb, phases_ms=p, **({"peak_mb": peaks[name] / 2**20} if device.type == "cuda"
+                                                          else {})))
+    return dict(model=args.model, preset=args.preset, config=cfg, params=n_params, dtype=args.dtype,
+                device=args.device, steps=args.steps, accum=args.accum, tokens=rows * args.accum, variants=variants,
+                rows=rows_out)
+
+
+def profile_phases(arms: dict[str, tuple[nn.Module, object]], one_step: Callable, device: torch.device
+                   ) -> dict[str, dict[str, float]]:
+    """Per DoPr arm, one profiled refresh cycle split into Sigma / factorize / apply / base step (ms per step)."""
     phases: dict[str, dict[str, float]] = {}
     for name, (model, opt) in arms.items():
+        if not isinstance(opt, (DoPr, Plain)):
+            continue
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         k = cycle(opt)
         with profile(activities=acts) as prof:
@@ -218,31 +318,7 @@ def main() -> None:
             elif key.startswith("Optimizer.step#") and "DoPr" not in key:
                 split["base step"] += ms
         phases[name] = split
-
-    tokens = f", {args.accum} micro-batches per step" if args.accum > 1 else ""
-    print(f"{args.model} ({args.preset if args.model == 'gpt' else 'cnn'}), {n_params / 1e6:.1f}M params, "
-          f"{args.dtype} on {args.device}{tokens}, median of {args.steps} interleaved rounds")
-    print("command: " + " ".join(sys.argv))
-    mem_head = f" {'peak MB':>8} {'mem ratio':>9}" if device.type == "cuda" else ""
-    print(f"{'arm':<26} {'ms/step':>9} {'ratio':>7} {'opt state MB':>13}{mem_head}  "
-          "phases ms/step (sigma / factorize / apply / base)")
-    rows = []
-    for name, ts in times.items():
-        base = name.split(" ")[0].removeprefix("dopr-")
-        med = statistics.median(ts)
-        ratio = med / statistics.median(times[base])
-        mb = state_bytes(arms[name][1]) / 2**20
-        p = phases[name]
-        mem = f" {peaks[name] / 2**20:>8.0f} {peaks[name] / max(peaks[base], 1):>9.3f}" if device.type == "cuda" else ""
-        print(f"{name:<26} {med * 1e3:>9.1f} {ratio:>7.3f} {mb:>13.1f}{mem}  "
-              f"{p['sigma']:.1f} / {p['factorize']:.1f} / {p['apply']:.1f} / {p['base step']:.1f}")
-        rows.append(dict(arm=name, ms=med * 1e3, ratio=ratio, state_mb=mb, phases_ms=p,
-                         **({"peak_mb": peaks[name] / 2**20} if device.type == "cuda" else {})))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(model=args.model, preset=args.preset, params=n_params, dtype=args.dtype,
-                           device=args.device, steps=args.steps, accum=args.accum, variants=variants,
-                           command=" ".join(sys.argv), rows=rows), f, indent=1)
+    return phases
 
 
 if __name__ == "__main__":

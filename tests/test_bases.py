@@ -146,3 +146,21 @@ def test_muon_ns_dtype_is_checked_and_survives_a_checkpoint():
     other = Muon([torch.nn.Parameter(p.detach().clone())], lr=0.02)
     other.load_state_dict(torch.load(buf, weights_only=True))
     assert other.param_groups[0]["ns_dtype"] == torch.float32
+
+
+def test_muon_auto_ns_dtype_is_the_faster_precision_of_this_hardware():
+    from torch import nn
+
+    from dopr import DoPr
+    from dopr.bases.muon import Muon, fast_ns_dtype, matmul_probe
+
+    model = nn.Linear(8, 8, bias=False)
+    opt = Muon(model.parameters(), lr=1e-2, ns_dtype="auto")
+    ms = matmul_probe()
+    expected = torch.bfloat16 if ms["bfloat16"] <= ms["float32"] else torch.float32
+    assert opt.param_groups[0]["ns_dtype"] == expected == fast_ns_dtype("cpu")
+    assert fast_ns_dtype("cuda") == torch.bfloat16
+    dopr_opt = DoPr(nn.Linear(8, 8, bias=False), base="muon", lr=1e-2, ns_dtype="auto")
+    assert dopr_opt.param_groups[0]["ns_dtype"] == expected
+    with pytest.raises(ValueError, match="ns_dtype"):
+        Muon(model.parameters(), ns_dtype="fast")

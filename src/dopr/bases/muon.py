@@ -12,19 +12,51 @@ and backward. This class keeps torch's update rule, hyperparameters, defaults an
     W_t = (1 - lr wd) W_{t-1} - lr * adjust(shape) * O_t
 
 The default ``ns_dtype=torch.bfloat16`` reproduces ``torch.optim.Muon`` bit for bit (so results made
-with it stay reproducible); on such CPUs pass ``ns_dtype=torch.float32``, which is also more precise.
+with it stay reproducible); on such CPUs pass ``ns_dtype=torch.float32``, which is also more precise, or
+``ns_dtype="auto"``: bfloat16 on CUDA and on CPUs whose bfloat16 matmuls are at least as fast as float32's (native
+bfloat16, e.g. AMX), else float32 (:func:`fast_ns_dtype`, decided once per process by a short matmul probe).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Muon", "zeropower_via_newton_schulz"]
+__all__ = ["Muon", "fast_ns_dtype", "matmul_probe", "zeropower_via_newton_schulz"]
+
+
+@functools.cache
+def matmul_probe(size: int = 256, reps: int = 5) -> dict[str, float]:
+    """Best-of-``reps`` milliseconds of one ``size``-square matmul in bfloat16 and in float32 on this CPU."""
+    out = {}
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    for name in ("bfloat16", "float32"):
+        x = a.to(getattr(torch, name))
+        x @ x  # warm-up
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                x @ x
+            best = min(best, (time.perf_counter() - t0) / 4)
+        out[name] = best * 1e3
+    return out
+
+
+def fast_ns_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """The Newton-Schulz precision ``ns_dtype="auto"`` picks on ``device``: bfloat16 on CUDA, and on a CPU whose
+    bfloat16 matmuls are at least as fast as float32's; else float32 (torch's bfloat16 matmul is 2-8x slower
+    than float32's on AVX2/AVX-512 CPUs without native bfloat16)."""
+    if torch.device(device).type != "cpu":
+        return torch.bfloat16
+    ms = matmul_probe()
+    return torch.bfloat16 if ms["bfloat16"] <= ms["float32"] else torch.float32
 
 
 def zeropower_via_newton_schulz(grad: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
@@ -55,12 +87,15 @@ def _adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> floa
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon`` with ``ns_dtype``: the precision of Newton-Schulz (see the module docstring)."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *, ns_dtype: torch.dtype = torch.bfloat16,
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *, ns_dtype: torch.dtype | str = torch.bfloat16,
                  **kwargs: Any) -> None:
-        if not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
-            raise ValueError(
-                f"ns_dtype must be a floating torch.dtype (torch.bfloat16 or torch.float32), got {ns_dtype!r}")
+        if not (ns_dtype == "auto" or (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point)):
+            raise ValueError(f"ns_dtype must be a floating torch.dtype (torch.bfloat16 or torch.float32) or 'auto' "
+                             f"(the faster of the two on this hardware), got {ns_dtype!r}")
         super().__init__(params, lr=lr, **kwargs)
+        if ns_dtype == "auto":
+            first = next((p for g in self.param_groups for p in g["params"]), None)
+            ns_dtype = fast_ns_dtype(first.device if first is not None else "cpu")
         for group in self.param_groups:
             group.setdefault("ns_dtype", ns_dtype)
         self.defaults["ns_dtype"] = ns_dtype

@@ -6,13 +6,13 @@ preconditioning). Plain arms get the same parameter routing as DoPr (dopr.routin
 
 from __future__ import annotations
 
-import functools
-import time
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+from dopr.bases.muon import fast_ns_dtype, matmul_probe  # noqa: F401 (matmul_probe: re-exported for the sweep)
 
 BASE_NAMES = ("adamw", "adam", "sgd", "signum", "muon", "adamuon")
 NS_DTYPES = ("bfloat16", "float32")
@@ -38,30 +38,11 @@ def validate_arms(arms: list[str]) -> None:
             raise SystemExit(str(err)) from err
 
 
-@functools.cache
-def matmul_probe(size: int = 256, reps: int = 5) -> dict[str, float]:
-    """Best-of-``reps`` milliseconds of one ``size``-square matmul in bfloat16 and in float32 on this CPU."""
-    out = {}
-    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-    for name in NS_DTYPES:
-        x = a.to(getattr(torch, name))
-        x @ x  # warm-up
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for _ in range(4):
-                x @ x
-            best = min(best, (time.perf_counter() - t0) / 4)
-        out[name] = best * 1e3
-    return out
-
-
 def hardware_ns_dtype() -> str:
     """The Muon arms' Newton-Schulz precision on this machine: bfloat16 where its matmuls are at least as fast as
     float32's (native bfloat16, e.g. AMX), else float32 (on AVX2/AVX-512 CPUs torch's bfloat16 matmul is 2-8x
     slower). Decided once per process (the probe is cached), the same for every bench."""
-    ms = matmul_probe()
-    return "bfloat16" if ms["bfloat16"] <= ms["float32"] else "float32"
+    return str(fast_ns_dtype("cpu")).removeprefix("torch.")
 
 
 class MultiOptimizer:
