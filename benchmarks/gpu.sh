@@ -9,8 +9,11 @@ mkdir -p "$OUT"
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/device.txt"
 export PYTHONPATH=src
 python benchmarks/overhead.py --model gpt --preset gpt2-small --device cuda --dtype bfloat16 --steps 10 --warmup 2 \
-  --variants "exact:;block768:max_block=768;fast:refresh_every=10;ema10:sigma=ema,refresh_every=10" \
+  --variants "exact:;auto:max_rows=auto;block768:max_block=768;fast:refresh_every=10;ema10:sigma=ema,refresh_every=10" \
   --json "$OUT/gpt2-small-bf16.json" 2>&1 | grep -v USDT | tee "$OUT/gpt2-small-bf16.txt"
+python benchmarks/overhead.py --model gpt --preset cpu-10m --device cuda --dtype bfloat16 --tokens 2048,8192,32768 \
+  --bases adamw --variants "exact:;auto:max_rows=auto" --steps 10 --warmup 2 --no-profile \
+  --json "$OUT/gpt-tokens-bf16.json" 2>&1 | grep -v USDT | tee "$OUT/gpt-tokens-bf16.txt"
 python benchmarks/overhead.py --model cnn --device cuda --dtype float32 --steps 20 --warmup 5 \
   --variants "exact:;block256:max_block=256;fast:refresh_every=10" --json "$OUT/cnn.json" 2>&1 | grep -v USDT | tee "$OUT/cnn.txt"
 date -u +"measured %Y-%m-%dT%H:%MZ with: bash benchmarks/gpu.sh" | tee -a "$OUT/device.txt"

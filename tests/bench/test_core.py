@@ -46,9 +46,11 @@ def test_lrs_and_arms_parse_as_lists() -> None:
 
 
 def test_muon_precision_follows_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(arms, "matmul_probe", lambda: {"bfloat16": 1.0, "float32": 2.0})
+    import dopr.bases.muon as muon  # the bench's policy is the library's ns_dtype="auto"
+
+    monkeypatch.setattr(muon, "matmul_probe", lambda: {"bfloat16": 1.0, "float32": 2.0})
     assert arms.hardware_ns_dtype() == "bfloat16"
-    monkeypatch.setattr(arms, "matmul_probe", lambda: {"bfloat16": 7.0, "float32": 1.0})
+    monkeypatch.setattr(muon, "matmul_probe", lambda: {"bfloat16": 7.0, "float32": 1.0})
     assert arms.hardware_ns_dtype() == "float32"
 
 
