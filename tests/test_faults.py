@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dopr import DoPr, NonFiniteError
+from dopr import ActivationPreconditioner, DoPr, NonFiniteError
 from helpers import max_rel_diff, mlp, train_fast, train_reference
 
 
@@ -204,3 +204,33 @@ def test_property_random_convs_match_the_reference(c_in, c_out, k, stride, pad, 
     train_fast(model, batches, 2, damping=0.1)
     train_reference(twin, batches, 2, damping=0.1)
     assert max_rel_diff(model, twin) < 1e-8
+
+
+@pytest.mark.parametrize("solve", ["inverse", "cholesky"])
+def test_a_failing_group_keeps_its_last_good_factor_while_its_bucket_is_refactorized(solve):
+    # two layers of one size share a bucket, whose factorizations alternate between two reused buffers; "b"'s
+    # Sigma is all zero from step 2 on (no damping: Cholesky fails), "a" keeps refreshing into those buffers
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3, bias=False), nn.Linear(4, 3, bias=False)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    torch.manual_seed(0)
+    model = Two()
+    ap = ActivationPreconditioner(model, damping=1e-3, solve=solve)
+    kept = None
+    for step in range(4):
+        y = torch.randn(16, 4) if step == 0 else torch.zeros(16, 4)
+        model(torch.randn(16, 4), y).sum().backward()
+        if step == 0:
+            ap.precondition_()
+            kept = ap.groups["b"].factor.clone()
+        else:
+            with pytest.warns(RuntimeWarning, match="keeping the last good factor"):
+                ap.precondition_()
+        model.zero_grad()
+        assert torch.equal(ap.groups["b"].factor, kept)
+    assert ap.stats()["b"]["fallbacks"] == 3 and ap.stats()["a"]["refreshes"] == 4

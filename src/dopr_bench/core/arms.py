@@ -12,10 +12,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from dopr.bases.muon import fast_ns_dtype, matmul_probe  # noqa: F401 (matmul_probe: re-exported for the sweep)
+from dopr.bases.muon import fast_ns_dtype
 
 BASE_NAMES = ("adamw", "adam", "sgd", "signum", "muon", "adamuon")
-NS_DTYPES = ("bfloat16", "float32")
 
 
 def parse_arm(arm: str) -> tuple[str, bool]:

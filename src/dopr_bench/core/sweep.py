@@ -12,7 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .arms import hardware_ns_dtype, matmul_probe, validate_arms
+from dopr.bases.muon import matmul_probe
+
+from .arms import hardware_ns_dtype, validate_arms
 from .bench import Bench
 from .progress import SweepProgress
 from .report import closing_lines, write_report
