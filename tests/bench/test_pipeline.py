@@ -133,6 +133,30 @@ def test_refresh_every_and_max_block_reach_dopr() -> None:
     assert max(s["blocks"] for s in blocked["dopr_stats"].values()) > 1
 
 
+def test_max_rows_reaches_dopr() -> None:
+    """A row cap the batch exceeds changes the step; one it does not exceed is exact mode, bit for bit."""
+    import torch
+
+    from dopr_bench.bc.train import train_bc
+
+    spec = replace(TINY_SPEC, steps=5, standardize=False, log_every=5)
+    exact, _ = train_bc("dopr-adamw", 0, 1e-3, _tiny_data(), spec, None)
+    wide, _ = train_bc("dopr-adamw", 0, 1e-3, _tiny_data(), replace(spec, max_rows="1000"), None)
+    capped, _ = train_bc("dopr-adamw", 0, 1e-3, _tiny_data(), replace(spec, max_rows="4"), None)
+    for a, b, c in zip(exact.state_dict().values(), wide.state_dict().values(), capped.state_dict().values(),
+                       strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(exact.state_dict().values(), capped.state_dict().values(),
+                                                     strict=True))
+
+
+def test_bad_max_rows_is_refused_before_any_run(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--max-rows must be 'auto' or a positive integer"):
+        main(["run", "idp", "--optimizers", "dopr-adamw", "--seeds", "1", "--max-rows", "half",
+              "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")] + TINY)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_merge_runs_of_parallel_seeds(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     base = ["run", "idp", "--optimizers", "adamw,dopr-adamw", "--seeds", "1", "--cache", str(cache)] + TINY

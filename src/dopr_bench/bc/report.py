@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_figure
+from ..core.report import dopr_options
 from ..core.stats import arm_order, ci, lrs, pairs
 
 
@@ -80,9 +81,7 @@ def headline(results: dict[str, Any]) -> str:
             f"damping {s['damping']:g}"
             + ("" if s.get("ap_layers", "all") == "all" else f", AP on {s['ap_layers']} layers")
             + ("" if not s.get("demo_noise", 0.0) else f", demo noise {s['demo_noise']:g}")
-            + ("" if s.get("refresh_every", 1) == 1 else f", refresh {s['refresh_every']}")
-            + ("" if s.get("sigma", "batch") == "batch" else f", Sigma {s['sigma']}")
-            + ("" if s.get("max_block") is None else f", max_block {s['max_block']}")
+            + dopr_options(s)
             + ("" if s.get("max_episode_steps") is None else f", episodes ≤ {s['max_episode_steps']} steps"))
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the DoPr options every bench has, as the folders made before each option existed ran them
+_DOPR = {"refresh_every": 1, "max_block": None, "max_rows": None, "muon_ns_dtype": "bfloat16"}
 #: bench -> {setting: the value an old folder that lacks the key was made with}
 ABSENT: dict[str, dict[str, Any]] = {
-    "bc": {"refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16", "ap_layers": "all", "zca": False,
-           "demo_noise": 0.0},
-    "lm": {"refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16", "sigma_rows": "all"},
-    "flow": {"aux_lr": None, "sigma": "batch", "refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16"},
-    "robo": {"aux_lr": None, "sigma": "batch", "refresh_every": 1, "max_block": None, "muon_ns_dtype": "bfloat16"},
+    "bc": _DOPR | {"ap_layers": "all", "zca": False, "demo_noise": 0.0},
+    "lm": _DOPR | {"sigma_rows": "all"},
+    "flow": _DOPR | {"aux_lr": None, "sigma": "batch"},
+    "robo": _DOPR | {"aux_lr": None, "sigma": "batch"},
 }
 
 #: run fields renamed since (old name -> name now)

@@ -15,6 +15,14 @@ from .results import save_json
 Run = dict[str, Any]
 
 
+def dopr_options(s: dict[str, Any]) -> str:
+    """The DoPr options a folder's ``settings`` changed from the paper's method, as a headline suffix."""
+    return (("" if s.get("refresh_every", 1) == 1 else f", refresh {s['refresh_every']}")
+            + ("" if s.get("sigma", "batch") == "batch" else f", Sigma {s['sigma']}")
+            + ("" if s.get("max_block") is None else f", max_block {s['max_block']}")
+            + ("" if s.get("max_rows") is None else f", Sigma from <= {s['max_rows']} rows"))
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """The bench's own summary (split by lr unless it lays lrs out itself); with several lrs, files of the current
     schema add the learning-rate section (folders made before it report exactly as they did)."""

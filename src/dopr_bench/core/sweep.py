@@ -14,7 +14,7 @@ from typing import Any
 
 from dopr.bases.muon import matmul_probe
 
-from .arms import hardware_ns_dtype, validate_arms
+from .arms import hardware_ns_dtype, max_rows_option, validate_arms
 from .bench import Bench
 from .progress import SweepProgress
 from .report import closing_lines, write_report
@@ -48,6 +48,11 @@ def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, thr
     validate_arms(arms)
     if not spec.lrs or any(lr <= 0 for lr in spec.lrs):
         raise SystemExit(f"--lrs needs positive learning rates, got {spec.lrs}")
+    if spec.max_rows is not None:
+        try:
+            max_rows_option(spec.max_rows)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     path = out / "results.json"
     old = load_results(path) if path.exists() else None
     ns_dtype, why = ns_dtype_choice(spec, old)

@@ -20,6 +20,7 @@ from torch import nn
 from ..core.arms import build_optimizer
 from ..core.bench import Bench, Metric
 from ..core.nets import EMA, Block, TimeEmbedding
+from ..core.report import dopr_options
 from ..core.spec import Common, opt
 from .report import make_plots, summary_markdown
 
@@ -156,7 +157,7 @@ class Prepared:
 
 def headline(results: dict[str, Any]) -> str:
     s = results["settings"]
-    return f"8x8 digits, {s['steps']} steps, FD after {max(s['integration_steps'])} Euler steps"
+    return f"8x8 digits, {s['steps']} steps, FD after {max(s['integration_steps'])} Euler steps" + dopr_options(s)
 
 
 BENCH = Bench(

@@ -18,6 +18,7 @@ import torch
 
 from ..core.bench import Bench, Metric
 from ..core.progress import interactive
+from ..core.report import dopr_options
 from ..core.spec import Common, opt
 from .data import Source
 from .report import make_plots, summary_markdown
@@ -159,7 +160,7 @@ class Prepared:
 def headline(results: dict[str, Any]) -> str:
     s = results["settings"]
     return (f"{results['task']}, {'LoRA r=' + str(s['lora_r']) if s['lora'] else 'full FT'}, {s['steps']} steps"
-            + ("" if s.get("max_block") is None else f", max_block {s['max_block']}")
+            + dopr_options(s)
             + ("" if s.get("sigma_rows") == "attention-mask" else ", Sigma over padding too"))
 
 

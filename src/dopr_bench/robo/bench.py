@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.bench import Bench, Metric
 from ..core.progress import interactive
+from ..core.report import dopr_options
 from ..core.spec import Common, opt
 from .envs import CAMERAS, PROPRIO_KEYS, TASKS
 from .experts import Demo
@@ -161,7 +162,7 @@ class Prepared:
 
 def headline(results: dict[str, Any]) -> str:
     s = results["settings"]
-    return f"{results['task']} ({s['env_name']}), {s['demos']} demos, images, {s['steps']} steps"
+    return f"{results['task']} ({s['env_name']}), {s['demos']} demos, images, {s['steps']} steps" + dopr_options(s)
 
 
 BENCH = Bench(
