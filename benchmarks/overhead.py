@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 from peers import PEERS, available, make_peer
+from peers import cycle as peer_cycle
 from torch import nn
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
@@ -135,7 +136,7 @@ BASE_ALIASES: dict[str, tuple[str, dict[str, object]]] = {"muon32": ("muon", {"n
 
 
 def cycle(opt: object) -> int:
-    """Steps after which an arm's costs repeat (its refresh period)."""
+    """Steps after which a DoPr arm's costs repeat (its refresh period); 1 for its bases."""
     return opt.preconditioner.refresh_every if isinstance(opt, DoPr) else 1
 
 
@@ -223,6 +224,8 @@ def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, o
     n_params = sum(p.numel() for p in proto.parameters())
 
     arms: dict[str, tuple[nn.Module, object]] = {}
+    cycles: dict[str, int] = {}  # peers: steps per round at their default update frequency (see peers.cycle)
+    notes: list[str] = []
     for name in args.bases.split(","):
         base, base_kw = BASE_ALIASES.get(name, (name, {}))
         lr = 0.02 if base == "muon" else 1e-3
@@ -238,6 +241,8 @@ def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, o
             continue
         model = copy.deepcopy(proto)
         arms[f"{spec} vs {first}"] = (model, make_peer(spec, model, 1e-3))
+        cycles[f"{spec} vs {first}"], note = peer_cycle(spec)
+        notes += [note] if note else []
 
     def one_step(model: nn.Module, opt: object) -> tuple[float, float]:
         if device.type == "cuda":
@@ -258,7 +263,7 @@ def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, o
     peaks: dict[str, int] = {name: 0 for name in arms}
     for i in range(args.warmup + args.steps):
         for name, (model, opt) in arms.items():
-            k = cycle(opt)
+            k = cycles.get(name) or cycle(opt)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             spent = [one_step(model, opt) for _ in range(k)]
@@ -292,9 +297,11 @@ def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, o
         rows_out.append(dict(arm=name, ms=med * 1e3, cpu_ms=cmed * 1e3, ratio=ratio, cpu_ratio=cratio, floor=floor,
                              state_mb=mb, phases_ms=p, **({"peak_mb": peaks[name] / 2**20} if device.type == "cuda"
                                                           else {})))
+    for note in notes:
+        print("note: " + note)
     return dict(model=args.model, preset=args.preset, config=cfg, params=n_params, dtype=args.dtype,
                 device=args.device, steps=args.steps, accum=args.accum, tokens=rows * args.accum, variants=variants,
-                rows=rows_out)
+                rows=rows_out, cycles=cycles, notes=notes)
 
 
 def profile_phases(arms: dict[str, tuple[nn.Module, object]], one_step: Callable, device: torch.device
