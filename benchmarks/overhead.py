@@ -148,14 +148,14 @@ def flop_floor(opt: DoPr, rows: int, base_flops: float) -> float:
     an explicit inverse, application ``2 d_out d^2``. Block-diagonal Sigmas count their blocks.
     """
     from dopr.functional import symmetric_blocks
-    from dopr.statistics import ROWS_PER_INPUT
+    from dopr.statistics import auto_row_cap
 
     ap = opt.preconditioner
     extra = 0.0
     for g in ap.groups.values():
         if g.diagonal:
             continue
-        cap = ROWS_PER_INPUT * g.dim if ap.max_rows == "auto" else ap.max_rows
+        cap = auto_row_cap(g.dim) if ap.max_rows == "auto" else ap.max_rows
         m = rows if cap is None else min(rows, cap)
         d_out = sum(ap.layers[n].adapter.out_features(ap.layers[n].module) for n in g.members)
         b = g.sigma_shape()[-1]

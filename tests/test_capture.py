@@ -146,20 +146,21 @@ def test_max_rows_subsamples_and_is_reproducible_by_seed():
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
 
 
-@pytest.mark.parametrize("rows", [20, 21, 200])
-def test_auto_max_rows_is_exact_up_to_four_rows_per_input_and_caps_there(rows):
-    # Linear(4, 2) with bias: Sigma is 5 x 5, so "auto" keeps up to 20 rows per forward
+@pytest.mark.parametrize(("d_in", "rows", "cap"), [(4, 1024, 1024), (4, 1025, 1024), (300, 1204, 1204),
+                                                   (300, 1205, 1204), (300, 3000, 1204)])
+def test_auto_max_rows_is_exact_up_to_its_cap_and_caps_there(d_in, rows, cap):
+    # "auto" keeps max(4 (d_in + 1), 1024) rows per forward (the bias adds a column to Sigma)
     factors, counts = {}, {}
     for max_rows in (None, "auto"):
-        model = nn.Linear(4, 2)
+        model = nn.Linear(d_in, 2)
         ap = ActivationPreconditioner(model, damping=1e-3, max_rows=max_rows, solve="inverse")
         torch.manual_seed(0)
-        model(torch.randn(rows, 4)).sum().backward()
+        model(torch.randn(rows, d_in)).sum().backward()
         counts[max_rows] = ap.groups[""].rows
         ap.precondition_()
         factors[max_rows] = ap.groups[""].factor
-    assert counts == {None: rows, "auto": min(rows, 20)}
-    assert torch.equal(factors[None], factors["auto"]) == (rows <= 20)
+    assert counts == {None: rows, "auto": min(rows, cap)}
+    assert torch.equal(factors[None], factors["auto"]) == (rows <= cap)
 
 
 def test_layers_sharing_an_input_are_grouped_and_checked():

@@ -74,10 +74,10 @@ class ActivationPreconditioner(StatisticsCapture):
         refresh_every: recompute Sigma and its factorization every k steps, reusing the factor in
             between (hooks only record on refresh steps).
         max_rows: estimate Sigma from at most this many randomly chosen rows per forward (``None``: all
-            rows, exact). ``"auto"``: at most ``ROWS_PER_INPUT`` (4) rows per input dimension of each
-            layer (``4 d_in``), which caps Sigma's cost at ``8 d_in^3`` per forward however many tokens it
-            sees, and leaves steps with fewer rows exact (more rows per dimension than the paper's own
-            behavior-cloning batches, 256 rows into ~350 inputs).
+            rows, exact). ``"auto"``: at most ``max(4 d_in, 1024)`` rows per forward (``auto_row_cap``),
+            which caps Sigma's cost at ``8 d_in^3`` per forward however many tokens a wide layer sees and
+            leaves forwards of up to 1024 rows (or 4 per input dimension) exact: the paper's behavior-cloning
+            batches (256 rows into ~350 inputs) and most fine-tuning micro-batches.
         share_inputs: layers that read the same tensor share one Sigma.
         exclude: fnmatch patterns of module names left to the base optimizer.
         fallback: when Cholesky fails in float32 and float64: ``"last"`` keeps the last good factor
@@ -151,7 +151,7 @@ class ActivationPreconditioner(StatisticsCapture):
         if not (isinstance(refresh_every, int) and refresh_every >= 1):
             raise ValueError(f"refresh_every must be an int >= 1, got {refresh_every!r}")
         if max_rows is not None and max_rows != "auto" and not (isinstance(max_rows, int) and max_rows >= 1):
-            raise ValueError(f"max_rows must be None (all rows), 'auto' (4 per input dimension) or an int >= 1, "
+            raise ValueError(f"max_rows must be None (all rows), 'auto' (max(4 d_in, 1024)) or an int >= 1, "
                              f"got {max_rows!r}")
         if max_block is not None and not (isinstance(max_block, int) and max_block >= 1):
             raise ValueError(f"max_block must be None (full Sigma) or an int >= 1, got {max_block!r}")

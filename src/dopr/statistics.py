@@ -24,10 +24,18 @@ from .capture import output_tensors, when_backward_reaches
 from .functional import block_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
 
-__all__ = ["ROWS_PER_INPUT", "StatisticsCapture"]
+__all__ = ["AUTO_MIN_ROWS", "ROWS_PER_INPUT", "StatisticsCapture", "auto_row_cap"]
 
-#: ``max_rows="auto"``: Sigma of a ``d``-input layer is estimated from at most this many rows per dimension per forward
+#: ``max_rows="auto"``: Sigma of a ``d``-input layer is estimated from at most this many rows per dimension per
+#: forward, ...
 ROWS_PER_INPUT = 4
+#: ... and never from fewer than this many: forwards up to this size stay exact whatever the layer's width
+AUTO_MIN_ROWS = 1024
+
+
+def auto_row_cap(dim: int) -> int:
+    """Rows per forward that ``max_rows="auto"`` keeps for a ``dim``-wide Sigma (more are subsampled)."""
+    return max(ROWS_PER_INPUT * dim, AUTO_MIN_ROWS)
 
 _NO_GRAD = object()  # grad marker: the weight had no .grad when rows were last committed
 
@@ -134,7 +142,7 @@ class StatisticsCapture:
             z = layer.adapter.rows(layer.module, x)
             if self._row_mask is not None and layer.adapter.maskable:
                 z = self._masked(layer.name, x, z)
-            cap = ROWS_PER_INPUT * group.dim if self.max_rows == "auto" else self.max_rows
+            cap = auto_row_cap(group.dim) if self.max_rows == "auto" else self.max_rows
             if cap is not None and z.shape[0] > cap:
                 idx = torch.randperm(z.shape[0], generator=self._generator)[:cap]
                 z = z[idx.to(z.device)]

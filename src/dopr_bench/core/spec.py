@@ -41,7 +41,7 @@ class Common:
     refresh_every: int = opt(1, "DoPr: recompute Sigma and its factorization every k steps (1: the paper's)")
     max_block: int | None = opt(None, "DoPr: block-diagonal Sigma for layers with more inputs than this")
     max_rows: str | None = opt(None, "DoPr: estimate Sigma from at most this many rows per forward: an int, or "
-                                     "'auto' (4 per input dimension); default every row (exact)")
+                                     "'auto' (max(4 per input dimension, 1024)); default every row (exact)")
     muon_ns_dtype: str | None = opt(None, "Newton-Schulz precision of the Muon arms (default: from the hardware, "
                                           "bfloat16 where its matmuls are fast, else float32; a result folder keeps "
                                           "the precision it was made with)", choices=("bfloat16", "float32"))
