@@ -30,17 +30,13 @@ from .functional import (
     statistics_dtype,
 )
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
+from .options import check_options
 from .refresh import Workspaces, refresh_groups
 from .reporting import preconditioner_summary
 from .statistics import StatisticsCapture
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
-
-_SIGMA_MODES = ("batch", "ema")
-_FALLBACKS = ("last", "identity")
-_NONFINITE = ("raise", "skip")
-_SOLVES = ("auto", "inverse", "cholesky")
 
 
 class NonFiniteError(FloatingPointError):
@@ -136,31 +132,8 @@ class ActivationPreconditioner(StatisticsCapture):
         max_block: int | None = None,
         strict: bool = False,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model must be an nn.Module, got {type(model).__name__}; pass the model, not its parameters"
-            )
-        if not (isinstance(damping, (int, float)) and damping >= 0):
-            raise ValueError(
-                f"damping must be a number >= 0 (relative to the mean eigenvalue of Sigma), got {damping!r}"
-            )
-        if sigma not in _SIGMA_MODES:
-            raise ValueError(f"sigma must be one of {_SIGMA_MODES}, got {sigma!r}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-        if not (isinstance(refresh_every, int) and refresh_every >= 1):
-            raise ValueError(f"refresh_every must be an int >= 1, got {refresh_every!r}")
-        if max_rows is not None and max_rows != "auto" and not (isinstance(max_rows, int) and max_rows >= 1):
-            raise ValueError(f"max_rows must be None (all rows), 'auto' (max(4 d_in, 1024)) or an int >= 1, "
-                             f"got {max_rows!r}")
-        if max_block is not None and not (isinstance(max_block, int) and max_block >= 1):
-            raise ValueError(f"max_block must be None (full Sigma) or an int >= 1, got {max_block!r}")
-        if solve not in _SOLVES:
-            raise ValueError(f"solve must be one of {_SOLVES}, got {solve!r}")
-        if fallback not in _FALLBACKS:
-            raise ValueError(f"fallback must be one of {_FALLBACKS}, got {fallback!r}")
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+        check_options(model=model, damping=damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
+                      max_rows=max_rows, max_block=max_block, solve=solve, fallback=fallback, nonfinite=nonfinite)
         if isinstance(exclude, str):
             exclude = (exclude,)
         self.damping = float(damping)
