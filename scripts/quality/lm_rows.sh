@@ -9,9 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 seeds=${1:-5}
 core=${2:-0}
-for mode in exact auto; do
-  extra=()
-  [ "$mode" = auto ] && extra=(--max-rows auto)
-  taskset -c "$core" .venv/bin/dopr-bench run lm --optimizers dopr-adamw --lrs 1e-3,3e-3 --batch 64 \
-    --seeds "$seeds" --threads 1 --no-progress --out "results/lm-rows-$mode" "${extra[@]}"
+for n in $(seq 1 "$seeds"); do  # seed by seed, both modes, so a stopped queue leaves pairs
+  for mode in exact auto; do
+    extra=()
+    [ "$mode" = auto ] && extra=(--max-rows auto)
+    taskset -c "$core" .venv/bin/dopr-bench run lm --optimizers dopr-adamw --lrs 1e-3,3e-3 --batch 64 \
+      --seeds "$n" --threads 1 --no-progress --out "results/lm-rows-$mode" "${extra[@]}"
+  done
 done
