@@ -34,6 +34,9 @@ def test_pipeline_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
         assert len(r["returns"]) == 2 and len(r["lengths"]) == 2 and max(r["lengths"]) <= 15
         assert np.isfinite(r["val_loss"]) and np.isfinite(r["drift"]) and r["train_curve"]
         assert r["wall_s"] > 0 and r["torch"] and r["dopr"] and r["threads"] == 1
+        assert set(r["input_log10_cond"]) == {"inp", "blocks.0.fc1", "blocks.0.fc2", "head"}
+        assert all(np.isfinite(v) and v >= 0 for v in r["input_log10_cond"].values())
+        assert np.isnan(r["feature_cka_expert"])  # the LQR expert has no hidden features
     assert res["settings"]["steps"] == 12 and res["settings"]["standardize"] is False
     assert res["settings"]["muon_ns_dtype"] == hardware_ns_dtype()  # decided from the hardware, recorded
     assert res["expert_demo_return"] > 9000 and "dopr-bench run idp" in res["command"]

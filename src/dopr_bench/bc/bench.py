@@ -16,6 +16,7 @@ from ..core.bench import Bench, Metric
 from ..core.progress import interactive
 from ..core.spec import Common, opt
 from .data import Episode, drift, expert_demos, read_minari, rollout
+from .diagnostics import diagnostics, expert_first_features
 from .report import headline, make_plots, run_return, standardization_notes, summary_markdown
 from .train import BCData, train_bc
 
@@ -126,6 +127,11 @@ class Prepared:
         self.data = BCData(_tensor(obs), _tensor(act), _tensor(vobs), _tensor(vact))
         self.expert_obs = np.concatenate([obs, vobs])
         self.expert_return = float(np.mean([e.ret for e in train_eps + val_eps]))
+        self.expert_features = None  # the expert's first hidden features on the validation states (diagnostics)
+        if not spec.dataset:
+            from .experts import load_expert
+
+            self.expert_features = expert_first_features(load_expert(spec.name, spec.env_id), vobs)
         self.env = gym.make(self.env_id)
         self.low = self.env.action_space.low.astype(np.float64)
         self.high = self.env.action_space.high.astype(np.float64)
@@ -146,6 +152,8 @@ class Prepared:
         mean, std = self.stats
         if self.spec.video:
             self.models[f"{arm}-s{seed}"] = model
+        if not rec["diverged"]:
+            rec |= diagnostics(model, self.data.val_obs, self.expert_features)
         return rec | {"returns": [e.ret for e in eps], "lengths": [e.length for e in eps],
                       "eval_seeds": [EVAL_SEED + i for i in range(len(eps))],
                       "drift": drift(self.expert_obs, pol_obs) if eps else float("nan"),
