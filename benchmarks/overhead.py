@@ -86,6 +86,21 @@ def cnn() -> nn.Module:
     )
 
 
+def robo_policy(device: torch.device, batch: int = 64) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
+    """The robosuite bench's FlowPolicy at its defaults (Lift: 2 cameras, 9 low-dim inputs, 7 actions in chunks of
+    8) on a fixed random minibatch, and its flow-matching loss."""
+    from dopr_bench.robo.policy import FlowPolicy
+
+    g = torch.Generator().manual_seed(0)
+    cams, low_dim, act_dim, horizon = ("agentview", "robot0_eye_in_hand"), 9, 7, 8
+    model = FlowPolicy(cams, low_dim, act_dim, horizon)
+    images = {c: torch.randint(0, 256, (batch, 84, 84, 3), generator=g, dtype=torch.uint8).to(device) for c in cams}
+    low, chunk = torch.randn(batch, low_dim, generator=g), torch.randn(batch, horizon, act_dim, generator=g)
+    x0, t = torch.randn(batch, horizon * act_dim, generator=g), torch.rand(batch, generator=g)
+    low, chunk, x0, t = (v.to(device) for v in (low, chunk, x0, t))
+    return model, lambda m: m.loss(images, low, chunk, x0, t)
+
+
 class Plain:
     """The base optimizer(s) with exactly DoPr's parameter routing, without AP."""
 
@@ -174,7 +189,8 @@ def gpt_flops(cfg: dict[str, int], tokens: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=["gpt", "cnn"], default="gpt")
+    parser.add_argument("--model", choices=["gpt", "cnn", "robo"], default="gpt",
+                        help="robo: the robosuite bench's image flow policy (2 cameras, 84x84, batch 64)")
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     parser.add_argument("--tokens", default=None,
                         help="GPT: comma-separated tokens per step (batch = tokens / seq), each measured in turn")
@@ -214,6 +230,9 @@ def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, o
         data = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["seq"] + 1), device=device)
         loss_fn = lambda m: F.cross_entropy(m(data[:, :-1]).float().flatten(0, 1), data[:, 1:].flatten())  # noqa: E731
         rows, base_flops = cfg["batch"] * cfg["seq"], gpt_flops(cfg, cfg["batch"] * cfg["seq"] * args.accum)
+    elif args.model == "robo":
+        proto, loss_fn = robo_policy(device)
+        rows, base_flops = 0, 0.0
     else:
         proto = cnn()
         x = torch.randn(64, 3, 32, 32, device=device, dtype=dtype)
@@ -275,7 +294,7 @@ def measure(args: argparse.Namespace, cfg: dict[str, int] | None) -> dict[str, o
 
     phases = {} if args.no_profile else profile_phases(arms, one_step, device)
     tokens = f", {args.accum} micro-batches per step" if args.accum > 1 else ""
-    where = f"{args.preset}, {rows * args.accum} tokens per step" if cfg is not None else "cnn"
+    where = f"{args.preset}, {rows * args.accum} tokens per step" if cfg is not None else args.model
     print(f"\n{args.model} ({where}), {n_params / 1e6:.1f}M params, {args.dtype} on {args.device}{tokens}, "
           f"median of {args.steps} interleaved rounds")
     print("command: " + " ".join(sys.argv))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dopr import DoPr
+from dopr import ActivationPreconditioner, DoPr
 from helpers import max_rel_diff, train_fast, train_reference
 
 
@@ -220,3 +220,57 @@ def test_multi_layer_rnn_is_named_not_silently_skipped():
     assert "rnn.weight_hh_l1" in opt.preconditioner.discovery.uncovered
     with pytest.raises(ValueError, match="0.weight_ih_l0: unsupported: num_layers=2"):
         DoPr(nn.Sequential(nn.LSTM(3, 4, num_layers=2)), lr=1e-3, strict=True)
+
+
+_SAMPLED_CONVS = [
+    (nn.Conv1d(3, 4, 3, stride=2, padding=1), (2, 3, 11)),
+    (nn.Conv1d(3, 4, 3, padding="same", dilation=2), (3, 9)),  # unbatched
+    (nn.Conv2d(3, 5, 4, stride=4), (2, 3, 21, 21)),  # a patchify stem
+    (nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), (2, 2, 9, 8)),
+    (nn.Conv3d(2, 3, 3, stride=(1, 2, 2), padding=1), (2, 2, 5, 6, 6)),
+    (nn.ConvTranspose1d(3, 2, 3, stride=2, padding=1, output_padding=1), (2, 3, 7)),
+    (nn.ConvTranspose2d(2, 3, 3, stride=2, dilation=2, padding=1), (2, 2, 5, 4)),
+    (nn.ConvTranspose3d(2, 2, 2, stride=2), (1, 2, 3, 3, 3)),
+]
+
+
+@pytest.mark.parametrize(("conv", "shape"), _SAMPLED_CONVS, ids=lambda v: type(v).__name__ if isinstance(v, nn.Module)
+                         else str(v))
+def test_conv_rows_drawn_before_unfolding_are_the_same_rows(conv, shape):
+    # a row cap on a convolution draws patch indices first and gathers only those patches: the rows must be
+    # exactly those the full unfolding would give at the same indices
+    from dopr.adapters import conv as conv_adapters
+
+    adapter = (conv_adapters.ConvTransposeAdapter() if isinstance(conv, nn.modules.conv._ConvTransposeNd)
+               else conv_adapters.ConvAdapter())
+    x = torch.randn(*shape)
+    full = adapter.rows(conv, x)
+    assert adapter.row_count(conv, x) == full.shape[0]
+    select = torch.randperm(full.shape[0], generator=torch.Generator().manual_seed(0))[: max(1, full.shape[0] // 3)]
+    assert torch.equal(adapter.selected_rows(conv, x, select), full[select])
+
+
+def test_row_capped_conv_sigma_equals_capping_the_full_unfolding(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2))
+    x = torch.randn(4, 3, 12, 12)
+
+    def factors():
+        ap = ActivationPreconditioner(model, damping=1e-3, max_rows=50, seed=3)
+        model.zero_grad()
+        model(x).square().sum().backward()
+        rows = {name: g.rows for name, g in ap.groups.items()}
+        ap.precondition_()
+        out = {name: g.factor.clone() for name, g in ap.groups.items()}
+        ap.remove()
+        return rows, out
+
+    rows, drawn_first = factors()
+    from dopr.adapters.base import Adapter
+    from dopr.adapters.conv import ConvAdapter
+
+    monkeypatch.setattr(ConvAdapter, "row_count", Adapter.row_count)  # the generic path: unfold all, then draw
+    rows_full, unfolded_first = factors()
+    assert rows == rows_full == {"0": 50, "2": 50}
+    for name in drawn_first:
+        assert torch.equal(drawn_first[name], unfolded_first[name])

@@ -139,13 +139,19 @@ class StatisticsCapture:
         """This forward's statistics for ``group``, computed now (the input may not outlive the forward)."""
         dtype = statistics_dtype(layer.adapter.weight(layer.module).dtype)
         with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
-            z = layer.adapter.rows(layer.module, x)
-            if self._row_mask is not None and layer.adapter.maskable:
-                z = self._masked(layer.name, x, z)
             cap = auto_row_cap(group.dim) if self.max_rows == "auto" else self.max_rows
-            if cap is not None and z.shape[0] > cap:
-                idx = torch.randperm(z.shape[0], generator=self._generator)[:cap]
-                z = z[idx.to(z.device)]
+            masked = self._row_mask is not None and layer.adapter.maskable
+            count = None if cap is None or masked else layer.adapter.row_count(layer.module, x)
+            if count is not None and count > cap:  # draw the rows first, form only those (a conv's patches)
+                idx = torch.randperm(count, generator=self._generator)[:cap]
+                z = layer.adapter.selected_rows(layer.module, x, idx.to(x.device))
+            else:
+                z = layer.adapter.rows(layer.module, x)
+                if masked:
+                    z = self._masked(layer.name, x, z)
+                if cap is not None and z.shape[0] > cap:
+                    idx = torch.randperm(z.shape[0], generator=self._generator)[:cap]
+                    z = z[idx.to(z.device)]
             n = z.shape[0]
             if group.diagonal:  # one-hot counts; index_add_, unlike bincount, needs no device sync
                 counts = torch.zeros(group.dim, dtype=dtype, device=z.device)

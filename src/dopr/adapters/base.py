@@ -89,6 +89,15 @@ class Adapter:
         """The layer input as an ``n x d_in`` matrix (no bias column)."""
         raise NotImplementedError
 
+    def row_count(self, module: nn.Module, x: Tensor) -> int | None:
+        """How many rows :meth:`rows` would give, where that is known without forming them (adapters whose rows
+        cost more than the input, like a convolution's patches); None otherwise."""
+        return None
+
+    def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
+        """``rows(module, x)[select]``; adapters with :meth:`row_count` form only the selected rows."""
+        return self.rows(module, x)[select]
+
     def params(self, module: nn.Module) -> list[nn.Parameter]:
         bias = self.bias(module)
         return [self.weight(module)] + ([bias] if bias is not None else [])

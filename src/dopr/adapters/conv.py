@@ -28,12 +28,13 @@ _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: list[tuple[int, int]],
-            stride: tuple[int, ...], flip: bool = False) -> Tensor:
+            stride: tuple[int, ...], flip: bool = False, select: Tensor | None = None) -> Tensor:
     """All receptive fields of ``x`` (``N x C x *spatial``) as rows ``(N * positions) x (C * prod(kernel))``.
 
     ``pads`` holds ``(before, after)`` per spatial dim (negative values crop). Columns are in
     ``(C, k_1, ..., k_s)`` order, the order of a flattened convolution kernel; ``flip`` reverses each
-    kernel axis. Works for any number of spatial dims (``F.unfold`` only does two).
+    kernel axis. Works for any number of spatial dims (``F.unfold`` only does two). ``select`` (row
+    indices): only those rows, gathered from the windows' view without forming the others.
     """
     spatial = len(kernel)
     flat_pads = [p for before_after in reversed(pads) for p in before_after]
@@ -45,11 +46,22 @@ def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads:
         if d > 1:
             x = x[..., ::d]
     # x: N x C x o_1..o_s x k_1..k_s -> (N, o_1..o_s) x (C, k_1..k_s)
+    c = x.shape[1]
+    if select is not None:
+        where = torch.unravel_index(select, (x.shape[0], *x.shape[2:2 + spatial]))
+        rows = x[(where[0], slice(None), *where[1:])]  # count x C x k_1..k_s
+        return (rows.flip(list(range(2, 2 + spatial))) if flip else rows).reshape(-1, c * math.prod(kernel))
     if flip:
         x = x.flip(list(range(2 + spatial, 2 + 2 * spatial)))
     order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
-    c = x.shape[1]
     return x.permute(order).reshape(-1, c * math.prod(kernel))
+
+
+def _positions(size: tuple[int, ...], kernel: tuple[int, ...], dilation: tuple[int, ...],
+               pads: list[tuple[int, int]], stride: tuple[int, ...]) -> int:
+    """Output positions of a convolution over an input of spatial ``size``."""
+    return math.prod((n + a + b - d * (k - 1) - 1) // s + 1
+                     for n, k, d, (a, b), s in zip(size, kernel, dilation, pads, stride))
 
 
 def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
@@ -79,8 +91,7 @@ class ConvAdapter(Adapter):
         spatial = len(module.kernel_size)
         x = _batched(x, spatial)
         if spatial == 3:
-            return patches(x, module.kernel_size, module.dilation, [(p, p) for p in _explicit_padding(module)],
-                           module.stride)
+            return patches(x, *self._geometry(module))
         # F.unfold (2 spatial dims) is the fast path; a 1D convolution is a 2D one of height 1
         if spatial == 1:
             x = x.unsqueeze(-2)
@@ -91,6 +102,17 @@ class ConvAdapter(Adapter):
             padding, stride = _explicit_padding(module), module.stride
         unfolded = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
         return unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
+
+    @staticmethod
+    def _geometry(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, int]], tuple[int, ...]]:
+        return module.kernel_size, module.dilation, [(p, p) for p in _explicit_padding(module)], module.stride
+
+    def row_count(self, module: nn.Module, x: Tensor) -> int:
+        x = _batched(x, len(module.kernel_size))
+        return x.shape[0] * _positions(tuple(x.shape[2:]), *self._geometry(module))
+
+    def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
+        return patches(_batched(x, len(module.kernel_size)), *self._geometry(module), select=select)
 
 
 class ConvTransposeAdapter(Adapter):
@@ -112,6 +134,11 @@ class ConvTransposeAdapter(Adapter):
         return super().read(module, args, kwargs, output)
 
     def rows(self, module: nn.Module, x: Tensor) -> Tensor:
+        return patches(*self._dilated(module, x), flip=True)
+
+    def _dilated(self, module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...], tuple[int, ...],
+                                                              list[tuple[int, int]], tuple[int, ...]]:
+        """The stride-1 convolution this one is: its input (zeros inserted) and geometry, as :func:`patches` takes."""
         spatial = len(module.kernel_size)
         x = _batched(x, spatial)
         stride = module.stride
@@ -122,7 +149,15 @@ class ConvTransposeAdapter(Adapter):
             x = up
         pads = [(d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
                 zip(module.kernel_size, module.dilation, module.padding, module.output_padding)]
-        return patches(x, module.kernel_size, module.dilation, pads, (1,) * spatial, flip=True)
+        return x, module.kernel_size, module.dilation, pads, (1,) * spatial
+
+    def row_count(self, module: nn.Module, x: Tensor) -> int:
+        x = _batched(x, len(module.kernel_size))
+        up, *geometry = self._dilated(module, x[:0])  # an empty batch: the geometry without the copy
+        return x.shape[0] * _positions(tuple(up.shape[2:]), *geometry)
+
+    def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
+        return patches(*self._dilated(module, x), flip=True, select=select)
 
     def _grad_view(self, grad: Tensor) -> Tensor:
         return local(grad).transpose(0, 1)  # C_out x C_in x *kernel
