@@ -16,4 +16,6 @@ python benchmarks/overhead.py --model gpt --preset cpu-10m --device cuda --dtype
   --json "$OUT/gpt-tokens-bf16.json" 2>&1 | grep -v USDT | tee "$OUT/gpt-tokens-bf16.txt"
 python benchmarks/overhead.py --model cnn --device cuda --dtype float32 --steps 20 --warmup 5 \
   --variants "exact:;block256:max_block=256;fast:refresh_every=10" --json "$OUT/cnn.json" 2>&1 | grep -v USDT | tee "$OUT/cnn.txt"
+python benchmarks/overhead.py --model robo --device cuda --dtype float32 --bases adamw --steps 20 --warmup 5 \
+  --variants "exact:;auto:max_rows=auto" --json "$OUT/robo.json" 2>&1 | grep -v USDT | tee "$OUT/robo.txt"
 date -u +"measured %Y-%m-%dT%H:%MZ with: bash benchmarks/gpu.sh" | tee -a "$OUT/device.txt"
