@@ -316,8 +316,10 @@ def apply_cholesky(grad: Tensor, chol: Tensor) -> Tensor:
 
     Same ``2 d_out d_in^2`` flops as multiplying by an explicit inverse, without forming it.
     """
-    y = torch.linalg.solve_triangular(chol.mT, grad, upper=True, left=False)  # y L^T = G
-    return torch.linalg.solve_triangular(chol, y, upper=False, left=False)  # M L = y
+    # solved as M^T = L^-T L^-1 G^T: G^T is a column-major view of the row-major G, the layout LAPACK works in, so
+    # neither solve copies its right-hand side and M comes back row-major (right-sided solves transposed both)
+    x = torch.linalg.solve_triangular(chol, grad.mT, upper=False, left=True)  # L x = G^T
+    return torch.linalg.solve_triangular(chol.mT, x, upper=True, left=True).mT  # L^T M^T = x
 
 
 def apply_factor(grad: Tensor, factor: Tensor, kind: str) -> Tensor:
