@@ -90,7 +90,7 @@ def _attention_lstm():
 
 @pytest.mark.parametrize("build", [_mlp, _small_batch, _conv, _lm, _attention_lstm])
 @pytest.mark.parametrize("options", [{}, {"max_block": 8}, {"refresh_every": 2, "sigma": "ema"},
-                                     {"solve": "cholesky"}])
+                                     {"solve": "cholesky"}, {"max_rows": 5}])
 def test_at_most_two_host_syncs_per_step_beyond_the_base(build, options):
     torch.manual_seed(0)
     model, loss_fn = build()
