@@ -83,9 +83,9 @@ def max_rows_option(value: str) -> int | str:
 def build_optimizer(model: nn.Module, arm: str, lr: float, spec: Any, exclude: tuple[str, ...] = ()) -> Any:
     """The arm's optimizer for ``model`` at ``lr``; every other choice comes from ``spec`` (a bench Spec): damping,
     weight_decay, aux_lr, sigma, refresh_every, max_block, max_rows and muon_ns_dtype (resolved, see
-    :func:`hardware_ns_dtype`). DoPr options left at the library's defaults are not passed. ``exclude``: fnmatch
-    patterns of module names a DoPr arm leaves to its base optimizer (an ablation of which layers get AP); plain
-    arms ignore it."""
+    :func:`hardware_ns_dtype`). DoPr options left at the library's defaults are not passed (max_rows always is).
+    ``exclude``: fnmatch patterns of module names a DoPr arm leaves to its base optimizer (an ablation of which
+    layers get AP); plain arms ignore it."""
     from dopr import DoPr
     from dopr.routing import DEFAULT_AUX_PATTERNS, build_bases
 
@@ -100,8 +100,8 @@ def build_optimizer(model: nn.Module, arm: str, lr: float, spec: Any, exclude: t
             dopr_kwargs["refresh_every"] = spec.refresh_every
         if spec.max_block is not None:
             dopr_kwargs["max_block"] = spec.max_block
-        if spec.max_rows is not None:
-            dopr_kwargs["max_rows"] = max_rows_option(spec.max_rows)
+        # always explicit: the bench's default is exact (the paper's Sigma over every row), whatever the library's
+        dopr_kwargs["max_rows"] = None if spec.max_rows is None else max_rows_option(spec.max_rows)
         if exclude:
             dopr_kwargs["exclude"] = list(exclude)
         return DoPr(model, base=base, lr=lr, damping=spec.damping, aux_lr=spec.aux_lr, aux_kwargs=aux_kwargs,
