@@ -1,0 +1,47 @@
+"""Paired difference of one arm between two result folders of one bench that differ in one setting (issue 14's
+quality check of a cheaper mode against exact mode): B − A per (lr, seed), with mean ± 95% t-interval.
+
+Usage: ``python scripts/quality/paired.py ARM FOLDER_A FOLDER_B [FOLDER_A2 ...]``. Folders after the second one
+are extra parts of A (seeds made in another folder with A's settings, e.g. results/robo-lift + robo-lift-s3).
+The folders share data, initialization and batch order per seed, so a pair differs only in the setting.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dopr_bench.core import stats
+from dopr_bench.core.bench import get_bench
+from dopr_bench.core.results import load_results
+
+
+def main(arm: str, a: str, b: str, *more_a: str) -> None:
+    ra, rb = load_results(Path(a)), load_results(Path(b))
+    bench = get_bench(ra["bench"])
+    runs_a = [r for f in (a, *more_a) for r in stats.select(load_results(Path(f))["runs"], arm)]
+    runs_b = stats.select(rb["runs"], arm)
+    by_a = {(r["lr"], r["seed"]): r for r in runs_a}
+    print(f"{arm}: B = {b} minus A = {', '.join((a, *more_a))}; test metric {bench.test.label}, "
+          f"validation {bench.val.label}\n")
+    print("| lr | seeds | A test | B test | Δ test (B − A) | Δ val (B − A) | B better |\n|---|---|---|---|---|---|---|")
+    for lr in sorted({r["lr"] for r in runs_b}, key=lambda v: (v is None, v)):
+        ps = [(by_a[(lr, r["seed"])], r) for r in runs_b if r["lr"] == lr and (lr, r["seed"]) in by_a]
+        if not ps:
+            continue
+        ta, tb = [bench.test.of(x) for x, _ in ps], [bench.test.of(y) for _, y in ps]
+        dt = [y - x for x, y in zip(ta, tb)]
+        dv = [bench.val.of(y) - bench.val.of(x) for x, y in ps]
+        (mt, ht), (mv, hv) = stats.t_ci(dt), stats.t_ci(dv)
+        better = sum(bench.test.better(y, x) for x, y in zip(ta, tb))
+        seeds = ",".join(str(y["seed"]) for _, y in ps)
+        print(f"| {lr} | {seeds} | {bench.test.fmt(float(np.mean(ta)))} | {bench.test.fmt(float(np.mean(tb)))} | "
+              f"{mt:+.4g} ± {ht:.2g} | {mv:+.3g} ± {hv:.2g} | {better}/{len(ps)} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4:
+        raise SystemExit(__doc__)
+    main(*sys.argv[1:])
