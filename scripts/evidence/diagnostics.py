@@ -62,6 +62,32 @@ def bootstrap(x: np.ndarray, y: np.ndarray, n: int = 2000, seed: int = 0) -> tup
     return float(lo), float(hi)
 
 
+def _common(runs: list[Run]) -> str:
+    """Every diagnostic on the same runs (those that have all of them), with the difference of its |rho| to the
+    validation loss's |rho| on the same bootstrap resamples: > 0 means it ranks the runs' returns better."""
+    rows = [[get(r) for get in DIAGNOSTICS.values()] + [run_return(r)] for r in runs]
+    data = np.array([row for row in rows if all(np.isfinite(row))])
+    if len(data) < 5:
+        return "Too few runs have every diagnostic for the same-runs comparison."
+    y, val = data[:, -1], data[:, 0]
+    rng = np.random.default_rng(0)
+    idx = [rng.integers(0, len(y), len(y)) for _ in range(2000)]
+    lines = [f"Same {len(y)} runs for every row (those with every diagnostic); Delta|rho| = |rho| - |rho of the "
+             "validation loss|, 95% bootstrap interval on shared resamples (> 0: ranks the returns better).", "",
+             "| diagnostic | rho with return | Delta abs(rho) vs validation loss | 95% interval |", "|---|---|---|---|"]
+    for j, name in enumerate(DIAGNOSTICS):
+        x = data[:, j]
+        if np.ptp(x) == 0:  # e.g. the input layer's condition under fixed data: a property of the data, not the run
+            lines.append(f"| {name} | (the same in every run) | | |")
+            continue
+        d = [abs(spearman(x[i], y[i])) - abs(spearman(val[i], y[i])) for i in idx]
+        lo, hi = np.nanpercentile(d, [2.5, 97.5])
+        gap = abs(spearman(x, y)) - abs(spearman(val, y))
+        lines.append(f"| {name} | {spearman(x, y):+.2f} | " + ("" if j == 0 else f"{gap:+.2f}") + " | "
+                     + ("" if j == 0 else f"[{lo:+.2f}, {hi:+.2f}]") + " |")
+    return "\n".join(lines)
+
+
 def table(folders: list[str]) -> str:
     runs = [r for f in folders for r in load_results(Path(f))["runs"] if not r.get("diverged")]
     lines = [f"Runs pooled from {', '.join(folders)}: {len(runs)} finished runs "
@@ -75,9 +101,12 @@ def table(folders: list[str]) -> str:
             lines.append(f"| {name} | {len(pairs)} | (too few runs) | |")
             continue
         x, y = np.array(pairs).T
+        if np.ptp(x) == 0:
+            lines.append(f"| {name} | {len(x)} | (the same in every run) | |")
+            continue
         lo, hi = bootstrap(x, y)
         lines.append(f"| {name} | {len(x)} | {spearman(x, y):+.2f} | [{lo:+.2f}, {hi:+.2f}] |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", _common(runs)])
 
 
 if __name__ == "__main__":
