@@ -4,12 +4,17 @@ quality check of a cheaper mode against exact mode): B − A per (lr, seed), wit
 Usage: ``python scripts/quality/paired.py ARM FOLDER_A FOLDER_B [FOLDER_A2 ...]``. Folders after the second one
 are extra parts of A (seeds made in another folder with A's settings, e.g. results/robo-lift + robo-lift-s3).
 The folders share data, initialization and batch order per seed, so a pair differs only in the setting.
+
+``python scripts/quality/paired.py --pool ARM_A ARM_B FOLDER [FOLDER ...]`` instead pairs two arms by (lr, seed)
+over the runs of all the folders pooled (seeds of one setting made in several folders, e.g. results/robo-lift and
+results/robo-lift-s4): B − A, e.g. ``--pool adamw dopr-adamw``.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,13 +24,24 @@ from dopr_bench.core.results import load_results
 
 
 def main(arm: str, a: str, b: str, *more_a: str) -> None:
-    ra, rb = load_results(Path(a)), load_results(Path(b))
-    bench = get_bench(ra["bench"])
+    bench = get_bench(load_results(Path(a))["bench"])
     runs_a = [r for f in (a, *more_a) for r in stats.select(load_results(Path(f))["runs"], arm)]
-    runs_b = stats.select(rb["runs"], arm)
-    by_a = {(r["lr"], r["seed"]): r for r in runs_a}
+    runs_b = stats.select(load_results(Path(b))["runs"], arm)
     print(f"{arm}: B = {b} minus A = {', '.join((a, *more_a))}; test metric {bench.test.label}, "
           f"validation {bench.val.label}\n")
+    table(bench, runs_a, runs_b)
+
+
+def pool(arm_a: str, arm_b: str, *folders: str) -> None:
+    bench = get_bench(load_results(Path(folders[0]))["bench"])
+    runs = [r for f in folders for r in load_results(Path(f))["runs"]]
+    print(f"B = {arm_b} minus A = {arm_a}, runs pooled from {', '.join(folders)}; test metric {bench.test.label}, "
+          f"validation {bench.val.label}\n")
+    table(bench, stats.select(runs, arm_a), stats.select(runs, arm_b))
+
+
+def table(bench: Any, runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]) -> None:
+    by_a = {(r["lr"], r["seed"]): r for r in runs_a}
     print("| lr | seeds | A test | B test | Δ test (B − A) | Δ val (B − A) | B better |\n|---|---|---|---|---|---|---|")
     for lr in sorted({r["lr"] for r in runs_b}, key=lambda v: (v is None, v)):
         ps = [(by_a[(lr, r["seed"])], r) for r in runs_b if r["lr"] == lr and (lr, r["seed"]) in by_a]
@@ -42,6 +58,9 @@ def main(arm: str, a: str, b: str, *more_a: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 4:
+    if len(sys.argv) < 4 or (sys.argv[1] == "--pool" and len(sys.argv) < 5):
         raise SystemExit(__doc__)
-    main(*sys.argv[1:])
+    if sys.argv[1] == "--pool":
+        pool(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])
