@@ -7,15 +7,21 @@
 #    AdamW 1,899 vs DoPr-AdamW 3,198): `raw-ablations` runs, at that folder's shared lr and seeds, AP on the input
 #    layer only, AP on every layer but the input layer, AdamW on ZCA-whitened inputs and AdamW/DoPr-AdamW on
 #    standardized inputs; each pairs by seed with the raw folder (same demos, initialization and minibatch order).
+# `bases`: the paper's other base optimizers in the regime, each with and without DoPr, one folder per pair
+# ($R-muon, $R-signum, $R-adamuon), each over its own grid (MUON_LRS, SIGNUM_LRS, ADAMUON_LRS; signum's update has
+# RMS 1, so its grid starts lower).
 # Resumable: finished runs are skipped; rerun a step with more seeds or lrs to extend it.
-# Usage: [LRS=..] [ABL_LRS=..] scripts/evidence/queue_hopper.sh [main|first|hidden|zca|regime|raw-ablations] [SEEDS] [CORE]
+# Usage: [LRS=..] [ABL_LRS=..] scripts/evidence/queue_hopper.sh [main|first|hidden|zca|regime|bases|raw-ablations] [SEEDS] [CORE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-regime}
 seeds=${2:-5}
 core=${3:-1}
 LRS=${LRS:-1e-4,3e-4,1e-3,3e-3,1e-2}
-ABL_LRS=${ABL_LRS:-3e-4,1e-3,3e-3}
+ABL_LRS=${ABL_LRS:-3e-4,1e-3,3e-3,1e-2}
+MUON_LRS=${MUON_LRS:-3e-4,1e-3,3e-3,1e-2,3e-2}
+SIGNUM_LRS=${SIGNUM_LRS:-3e-5,1e-4,3e-4,1e-3,3e-3}
+ADAMUON_LRS=${ADAMUON_LRS:-3e-4,1e-3,3e-3,1e-2,3e-2}
 R=results/hopper-std-d5-s1000
 RAW=results/hopper-raw-5demos
 run() {  # run OUT [flags...]
@@ -29,6 +35,10 @@ case $what in
   first|regime) run "$R-ap-first" --steps 1000 --lrs "$ABL_LRS" --standardize --ap-layers first --optimizers dopr-adamw ;;&
   hidden|regime) run "$R-ap-hidden" --steps 1000 --lrs "$ABL_LRS" --standardize --ap-layers hidden --optimizers dopr-adamw ;;&
   zca|regime) run "${R/std/zca}" --steps 1000 --lrs "$ABL_LRS" --zca --optimizers adamw ;;
+  bases)
+    run "$R-muon" --steps 1000 --lrs "$MUON_LRS" --standardize --optimizers muon,dopr-muon
+    run "$R-signum" --steps 1000 --lrs "$SIGNUM_LRS" --standardize --optimizers signum,dopr-signum
+    run "$R-adamuon" --steps 1000 --lrs "$ADAMUON_LRS" --standardize --optimizers adamuon,dopr-adamuon ;;
   raw-ablations)
     run "$RAW-ap-first" --lrs 1e-3 --ap-layers first --optimizers dopr-adamw
     run "$RAW-ap-hidden" --lrs 1e-3 --ap-layers hidden --optimizers dopr-adamw
