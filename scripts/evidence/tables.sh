@@ -24,11 +24,20 @@ arms() { $py scripts/evidence/arm_table.py "$@"; }
     "arm_table.py 'adamw std=$P:adamw' 'dopr-adamw all std=$P:dopr-adamw' 'dopr-adamw first std=$P-ap-first:dopr-adamw' 'dopr-adamw hidden std=$P-ap-hidden:dopr-adamw' 'adamw ZCA=${P/std/zca}:adamw'"
   arms "adamw std=$P:adamw" "dopr-adamw all std=$P:dopr-adamw" "dopr-adamw first std=$P-ap-first:dopr-adamw" \
     "dopr-adamw hidden std=$P-ap-hidden:dopr-adamw" "adamw ZCA=${P/std/zca}:adamw"
+  section "Hopper-v5, same regime: the four bases, best against best" \
+    "arm_table.py --pairs $P:adamw,dopr-adamw $P-signum:signum,dopr-signum $P-muon:muon,dopr-muon $P-adamuon:adamuon,dopr-adamuon"
+  arms --pairs "$P:adamw,dopr-adamw" "$P-signum:signum,dopr-signum" "$P-muon:muon,dopr-muon" "$P-adamuon:adamuon,dopr-adamuon"
   section "Hopper-v5, 5 demos, 3,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
     "arm_table.py 'adamw raw=$RAW:adamw' 'dopr-adamw all raw=$RAW:dopr-adamw' 'dopr-adamw first raw=$RAW-ap-first:dopr-adamw' 'dopr-adamw hidden raw=$RAW-ap-hidden:dopr-adamw' 'adamw ZCA=results/hopper-zca-5demos:adamw' 'adamw std=results/hopper-std-5demos:adamw' 'dopr-adamw std=results/hopper-std-5demos:dopr-adamw'"
   arms "adamw raw=$RAW:adamw" "dopr-adamw all raw=$RAW:dopr-adamw" "dopr-adamw first raw=$RAW-ap-first:dopr-adamw" \
     "dopr-adamw hidden raw=$RAW-ap-hidden:dopr-adamw" "adamw ZCA=results/hopper-zca-5demos:adamw" \
     "adamw std=results/hopper-std-5demos:adamw" "dopr-adamw std=results/hopper-std-5demos:dopr-adamw"
+  W=results/walker2d-raw-5demos
+  section "Walker2d-v5, 5 demos, 3,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
+    "arm_table.py 'adamw raw=$W:adamw' 'dopr-adamw all raw=$W:dopr-adamw' 'dopr-adamw first raw=$W-ap-first:dopr-adamw' 'dopr-adamw hidden raw=$W-ap-hidden:dopr-adamw' 'adamw ZCA=results/walker2d-zca-5demos:adamw' 'adamw std=results/walker2d-std-5demos:adamw' 'dopr-adamw std=results/walker2d-std-5demos:dopr-adamw'"
+  arms "adamw raw=$W:adamw" "dopr-adamw all raw=$W:dopr-adamw" "dopr-adamw first raw=$W-ap-first:dopr-adamw" \
+    "dopr-adamw hidden raw=$W-ap-hidden:dopr-adamw" "adamw ZCA=results/walker2d-zca-5demos:adamw" \
+    "adamw std=results/walker2d-std-5demos:adamw" "dopr-adamw std=results/walker2d-std-5demos:dopr-adamw"
   section "robosuite Lift (images), AdamW against DoPr-AdamW, seeds 0-7 pooled" \
     "scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4"
   $py scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4
