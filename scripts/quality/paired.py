@@ -7,7 +7,9 @@ The folders share data, initialization and batch order per seed, so a pair diffe
 
 ``python scripts/quality/paired.py --pool ARM_A ARM_B FOLDER [FOLDER ...]`` instead pairs two arms by (lr, seed)
 over the runs of all the folders pooled (seeds of one setting made in several folders, e.g. results/robo-lift and
-results/robo-lift-s4): B − A, e.g. ``--pool adamw dopr-adamw``.
+results/robo-lift-s4): B − A, e.g. ``--pool adamw dopr-adamw``. Where the pooled runs hold more than one lr, it
+also gives each arm at its own best lr and the best-against-best difference (the bench report's lr section), over
+the seeds that have every lr of both arms.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from dopr_bench.core import stats
 from dopr_bench.core.bench import get_bench
+from dopr_bench.core.report import lr_section
 from dopr_bench.core.results import load_results
 
 
@@ -37,7 +40,17 @@ def pool(arm_a: str, arm_b: str, *folders: str) -> None:
     runs = [r for f in folders for r in load_results(Path(f))["runs"]]
     print(f"B = {arm_b} minus A = {arm_a}, runs pooled from {', '.join(folders)}; test metric {bench.test.label}, "
           f"validation {bench.val.label}\n")
-    table(bench, stats.select(runs, arm_a), stats.select(runs, arm_b))
+    runs_a, runs_b = stats.select(runs, arm_a), stats.select(runs, arm_b)
+    table(bench, runs_a, runs_b)
+    grid = {r["lr"] for r in runs_a + runs_b}
+    if len(grid) < 2:
+        return
+    cells = [{r["seed"] for r in rs if r["lr"] == lr} for rs in (runs_a, runs_b) for lr in grid]
+    seeds = set.intersection(*cells)
+    full = [r for r in runs_a + runs_b if r["seed"] in seeds]
+    print(f"\nSeeds with every lr ({', '.join(f'{lr:g}' for lr in sorted(grid))}) of both arms: "
+          f"{sorted(seeds)}\n")
+    print(lr_section(full, bench.val, bench.test))
 
 
 def table(bench: Any, runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]) -> None:
