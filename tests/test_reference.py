@@ -52,6 +52,18 @@ def test_auto_solve_picks_cholesky_for_groups_with_fewer_outputs_than_inputs_ref
     assert kinds[2] == {"0": "inverse", "2": "inverse", "4": "inverse"}
 
 
+def test_auto_solve_keeps_cholesky_only_up_to_half_as_many_outputs_as_inputs():
+    # benchmarks/solve_crossover.py: from about 0.6 d outputs on the inverse and one product beat two solves
+    from dopr import ActivationPreconditioner
+
+    model = nn.Sequential(nn.Linear(40, 63), nn.Tanh(), nn.Linear(63, 32), nn.Tanh(), nn.Linear(32, 24))
+    ap = ActivationPreconditioner(model)
+    model(torch.randn(600, 40)).sum().backward()
+    ap.precondition_()
+    # d = inputs + 1 (bias): 41 -> 63 outputs, 64 -> 32 (exactly d/2), 33 -> 24 (0.73 d)
+    assert {name: g.kind for name, g in ap.groups.items()} == {"0": "inverse", "2": "cholesky", "4": "inverse"}
+
+
 @pytest.mark.parametrize("sizes", [(3, 5), (3, 5, 30)])
 def test_few_rows_into_a_wide_layer_match_reference(sizes):
     # rows <= dim/2: the Woodbury form from the kept rows; (3, 5, 30): the third micro-batch passes

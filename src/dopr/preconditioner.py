@@ -90,8 +90,10 @@ class ActivationPreconditioner(StatisticsCapture):
         solve: how ``(Sigma + lambda I)^{-1}`` is applied. ``"inverse"``: form it (``~d^3`` flops)
             and multiply; ``"cholesky"``: keep the Cholesky factor (``d^3/3``) and do two triangular
             solves. ``"auto"`` (default) picks ``"cholesky"`` for a group when Sigma is refreshed every
-            step and the group's layers have at most ``d`` outputs in all (an MLP's down projection, a
-            narrow head), where the solves cost about what the inverse would (``2/3 d^3``) save. Also with
+            step and the group's layers have at most ``d/2`` outputs in all (an MLP's down projection, a
+            narrow head): there the solves cost less than forming the inverse (``2/3 d^3``) would; from
+            about ``0.6 d`` outputs on, triangular solves run so far below the matrix-product rate (CPU, LAPACK)
+            that the inverse is faster (``benchmarks/solve_crossover.py``). Also with
             ``"auto"``, a step with at most ``d/2`` rows (a small batch into a wide layer) keeps the
             rows instead of forming Sigma and applies the inverse in its Woodbury form,
             ``(I - Z^T (n lambda I + Z Z^T)^{-1} Z) / lambda`` (``sigma="batch"``, one process). All
@@ -383,7 +385,7 @@ class ActivationPreconditioner(StatisticsCapture):
             return True
         outputs = sum(self.layers[m].adapter.out_features(self.layers[m].module) for m in group.members)
         width = group.sigma_shape()[-1]  # a block's width for a block-diagonal Sigma
-        return self.refresh_every == 1 and outputs <= width
+        return self.refresh_every == 1 and 2 * outputs <= width
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> dict[str, dict[str, float | int | list[str]]]:
