@@ -38,9 +38,15 @@ arms() { $py scripts/evidence/arm_table.py "$@"; }
   arms "adamw raw=$W:adamw" "dopr-adamw all raw=$W:dopr-adamw" "dopr-adamw first raw=$W-ap-first:dopr-adamw" \
     "dopr-adamw hidden raw=$W-ap-hidden:dopr-adamw" "adamw ZCA=results/walker2d-zca-5demos:adamw" \
     "adamw std=results/walker2d-std-5demos:adamw" "dopr-adamw std=results/walker2d-std-5demos:dopr-adamw"
+  HR=results/humanoid-raw-60demos
+  section "Humanoid-v5, 60 demos, 8,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
+    "arm_table.py 'adamw raw=$HR:adamw' 'dopr-adamw all raw=$HR:dopr-adamw' 'dopr-adamw first raw=$HR-ap-first:dopr-adamw' 'dopr-adamw hidden raw=$HR-ap-hidden:dopr-adamw' 'adamw ZCA=results/humanoid-zca-60demos:adamw' 'adamw std=results/humanoid-std-60demos:adamw' 'dopr-adamw std=results/humanoid-std-60demos:dopr-adamw'"
+  arms "adamw raw=$HR:adamw" "dopr-adamw all raw=$HR:dopr-adamw" "dopr-adamw first raw=$HR-ap-first:dopr-adamw" \
+    "dopr-adamw hidden raw=$HR-ap-hidden:dopr-adamw" "adamw ZCA=results/humanoid-zca-60demos:adamw" \
+    "adamw std=results/humanoid-std-60demos:adamw" "dopr-adamw std=results/humanoid-std-60demos:dopr-adamw"
   section "robosuite Lift (images), AdamW against DoPr-AdamW, seeds 0-7 pooled" \
-    "scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4"
-  $py scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4
+    "scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0"
+  $py scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0
   section "Synthetic-arithmetic LM: best against best (from the folder's summary.md)" "results/lm-synthetic-sweep/summary.md"
   sed -n '/^## Learning-rate sweep/,$p' results/lm-synthetic-sweep/summary.md | sed '1d'
   section "Diagnostics: rank correlation with the return across runs, Humanoid regime" \
