@@ -14,6 +14,7 @@
 # Usage: [LRS=..] [ABL_LRS=..] scripts/evidence/queue_hopper.sh [main|first|hidden|zca|regime|bases|raw-ablations] [SEEDS] [CORE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/evidence/library.sh
 what=${1:-regime}
 seeds=${2:-5}
 core=${3:-1}
@@ -23,11 +24,9 @@ MUON_LRS=${MUON_LRS:-3e-4,1e-3,3e-3,1e-2,3e-2}
 SIGNUM_LRS=${SIGNUM_LRS:-3e-5,1e-4,3e-4,1e-3,3e-3}
 ADAMUON_LRS=${ADAMUON_LRS:-3e-4,1e-3,3e-3,1e-2,3e-2}
 R=results/hopper-std-d5-s1000
-RAW=results/hopper-raw-5demos
 run() {  # run OUT [flags...]
   local out=$1; shift
-  mkdir -p "$out"
-  echo "$(date -u +%FT%TZ) HEAD $(git rev-parse --short HEAD), src/dopr diff sha1 $(git diff HEAD -- src/dopr | sha1sum | cut -c1-12)" >> "$out/LIBRARY.txt"
+  record_library "$out"
   taskset -c "$core" .venv/bin/dopr-bench run hopper --demos 5 --seeds "$seeds" --threads 1 --no-progress --out "$out" "$@"
 }
 case $what in
@@ -39,9 +38,5 @@ case $what in
     run "$R-muon" --steps 1000 --lrs "$MUON_LRS" --standardize --optimizers muon,dopr-muon
     run "$R-signum" --steps 1000 --lrs "$SIGNUM_LRS" --standardize --optimizers signum,dopr-signum
     run "$R-adamuon" --steps 1000 --lrs "$ADAMUON_LRS" --standardize --optimizers adamuon,dopr-adamuon ;;
-  raw-ablations)
-    run "$RAW-ap-first" --lrs 1e-3 --ap-layers first --optimizers dopr-adamw
-    run "$RAW-ap-hidden" --lrs 1e-3 --ap-layers hidden --optimizers dopr-adamw
-    run "results/hopper-zca-5demos" --lrs 1e-3 --zca --optimizers adamw
-    run "results/hopper-std-5demos" --lrs 1e-3 --standardize --optimizers adamw,dopr-adamw ;;
+  raw-ablations) scripts/evidence/queue_raw_ablations.sh hopper "$seeds" "$core" ;;
 esac

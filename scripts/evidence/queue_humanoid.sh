@@ -14,6 +14,7 @@
 # lower. Not in `all`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/evidence/library.sh
 what=${1:-all}
 seeds=${2:-5}
 LRS=${LRS:-3e-5,1e-4,3e-4,1e-3,3e-3}  # main comparison
@@ -24,8 +25,7 @@ ADAMUON_LRS=${ADAMUON_LRS:-1e-4,3e-4,1e-3,3e-3}
 R=results/humanoid-std-d5-noise0.3-s1000
 run() {  # run OUT [flags...]
   local out=$1; shift
-  mkdir -p "$out"  # the library (src/dopr) is edited by others meanwhile: record the state each start imports
-  echo "$(date -u +%FT%TZ) HEAD $(git rev-parse --short HEAD), src/dopr diff sha1 $(git diff HEAD -- src/dopr | sha1sum | cut -c1-12)" >> "$out/LIBRARY.txt"
+  record_library "$out"
   taskset -c 1 .venv/bin/dopr-bench run humanoid --demos 5 --demo-noise 0.3 --steps 1000 \
     --seeds "$seeds" --threads 1 --no-progress --out "$out" "$@"
 }

@@ -4,10 +4,10 @@
 # label noise. Resumable; extend with larger SEEDS or more LRS. Usage: [LRS=..] queue_humanoid_floor.sh [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/evidence/library.sh
 seeds=${1:-3}
 LRS=${LRS:-1e-4,3e-4,1e-3}
 out=results/humanoid-std-d1-s1000
-mkdir -p "$out"  # the library (src/dopr) is edited by others meanwhile: record the state each start imports
-echo "$(date -u +%FT%TZ) HEAD $(git rev-parse --short HEAD), src/dopr diff sha1 $(git diff HEAD -- src/dopr | sha1sum | cut -c1-12)" >> "$out/LIBRARY.txt"
+record_library "$out"
 taskset -c 1 .venv/bin/dopr-bench run humanoid --demos 1 --steps 1000 --standardize --lrs "$LRS" --seeds "$seeds" \
   --optimizers adamw,dopr-adamw --threads 1 --no-progress --out "$out"

@@ -8,42 +8,37 @@ py=.venv/bin/python
 out=results/EVIDENCE-TABLES.md
 H=results/humanoid-std-d5-noise0.3-s1000
 P=results/hopper-std-d5-s1000
-RAW=results/hopper-raw-5demos
 section() { printf '\n## %s\n\n`%s`\n\n' "$1" "$2"; }
-arms() { $py scripts/evidence/arm_table.py "$@"; }
+shown() { local a out=(); for a in "$@"; do [[ $a == *" "* ]] && out+=("'$a'") || out+=("$a"); done; echo "${out[*]}"; }
+arms() {  # arms TITLE ARG...: a section holding arm_table.py's table for ARG...
+  section "$1" "arm_table.py $(shown "${@:2}")"
+  $py scripts/evidence/arm_table.py "${@:2}"
+}
+bases() {  # bases TITLE R: the four base optimizers of regime folder R, each against its DoPr
+  arms "$1" --pairs "$2:adamw,dopr-adamw" "$2-signum:signum,dopr-signum" "$2-muon:muon,dopr-muon" \
+    "$2-adamuon:adamuon,dopr-adamuon"
+}
+regime_ablations() {  # regime_ablations TITLE R: AP first / hidden and ZCA against the tuned standardized AdamW
+  arms "$1" "adamw std=$2:adamw" "dopr-adamw all std=$2:dopr-adamw" "dopr-adamw first std=$2-ap-first:dopr-adamw" \
+    "dopr-adamw hidden std=$2-ap-hidden:dopr-adamw" "adamw ZCA=${2/std/zca}:adamw"
+}
+raw_ablations() {  # raw_ablations TITLE RAW: the folders of queue_raw_ablations.sh against raw AdamW
+  arms "$1" "adamw raw=$2:adamw" "dopr-adamw all raw=$2:dopr-adamw" "dopr-adamw first raw=$2-ap-first:dopr-adamw" \
+    "dopr-adamw hidden raw=$2-ap-hidden:dopr-adamw" "adamw ZCA=${2/raw/zca}:adamw" "adamw std=${2/raw/std}:adamw" \
+    "dopr-adamw std=${2/raw/std}:dopr-adamw"
+}
 {
   echo "# Issue 15 evidence tables (written by scripts/evidence/tables.sh; do not edit)"
-  section "Humanoid-v5, 5 demos from the noise-0.3 demonstrator, 1,000 steps, standardized: four bases, best against best" \
-    "arm_table.py --pairs $H:adamw,dopr-adamw $H-signum:signum,dopr-signum $H-muon:muon,dopr-muon $H-adamuon:adamuon,dopr-adamuon"
-  arms --pairs "$H:adamw,dopr-adamw" "$H-signum:signum,dopr-signum" "$H-muon:muon,dopr-muon" "$H-adamuon:adamuon,dopr-adamuon"
-  section "Humanoid-v5, same regime: ablations against the tuned standardized AdamW" \
-    "arm_table.py 'adamw std=$H:adamw' 'dopr-adamw all std=$H:dopr-adamw' 'dopr-adamw first std=$H-ap-first:dopr-adamw' 'dopr-adamw hidden std=$H-ap-hidden:dopr-adamw' 'adamw ZCA=${H/std/zca}:adamw'"
-  arms "adamw std=$H:adamw" "dopr-adamw all std=$H:dopr-adamw" "dopr-adamw first std=$H-ap-first:dopr-adamw" \
-    "dopr-adamw hidden std=$H-ap-hidden:dopr-adamw" "adamw ZCA=${H/std/zca}:adamw"
-  section "Hopper-v5, 5 clean demos, 1,000 steps, standardized (the regime of results/hopper-std-scan): best against best and ablations" \
-    "arm_table.py 'adamw std=$P:adamw' 'dopr-adamw all std=$P:dopr-adamw' 'dopr-adamw first std=$P-ap-first:dopr-adamw' 'dopr-adamw hidden std=$P-ap-hidden:dopr-adamw' 'adamw ZCA=${P/std/zca}:adamw'"
-  arms "adamw std=$P:adamw" "dopr-adamw all std=$P:dopr-adamw" "dopr-adamw first std=$P-ap-first:dopr-adamw" \
-    "dopr-adamw hidden std=$P-ap-hidden:dopr-adamw" "adamw ZCA=${P/std/zca}:adamw"
-  section "Hopper-v5, same regime: the four bases, best against best" \
-    "arm_table.py --pairs $P:adamw,dopr-adamw $P-signum:signum,dopr-signum $P-muon:muon,dopr-muon $P-adamuon:adamuon,dopr-adamuon"
-  arms --pairs "$P:adamw,dopr-adamw" "$P-signum:signum,dopr-signum" "$P-muon:muon,dopr-muon" "$P-adamuon:adamuon,dopr-adamuon"
-  section "Hopper-v5, 5 demos, 3,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
-    "arm_table.py 'adamw raw=$RAW:adamw' 'dopr-adamw all raw=$RAW:dopr-adamw' 'dopr-adamw first raw=$RAW-ap-first:dopr-adamw' 'dopr-adamw hidden raw=$RAW-ap-hidden:dopr-adamw' 'adamw ZCA=results/hopper-zca-5demos:adamw' 'adamw std=results/hopper-std-5demos:adamw' 'dopr-adamw std=results/hopper-std-5demos:dopr-adamw'"
-  arms "adamw raw=$RAW:adamw" "dopr-adamw all raw=$RAW:dopr-adamw" "dopr-adamw first raw=$RAW-ap-first:dopr-adamw" \
-    "dopr-adamw hidden raw=$RAW-ap-hidden:dopr-adamw" "adamw ZCA=results/hopper-zca-5demos:adamw" \
-    "adamw std=results/hopper-std-5demos:adamw" "dopr-adamw std=results/hopper-std-5demos:dopr-adamw"
-  W=results/walker2d-raw-5demos
-  section "Walker2d-v5, 5 demos, 3,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
-    "arm_table.py 'adamw raw=$W:adamw' 'dopr-adamw all raw=$W:dopr-adamw' 'dopr-adamw first raw=$W-ap-first:dopr-adamw' 'dopr-adamw hidden raw=$W-ap-hidden:dopr-adamw' 'adamw ZCA=results/walker2d-zca-5demos:adamw' 'adamw std=results/walker2d-std-5demos:adamw' 'dopr-adamw std=results/walker2d-std-5demos:dopr-adamw'"
-  arms "adamw raw=$W:adamw" "dopr-adamw all raw=$W:dopr-adamw" "dopr-adamw first raw=$W-ap-first:dopr-adamw" \
-    "dopr-adamw hidden raw=$W-ap-hidden:dopr-adamw" "adamw ZCA=results/walker2d-zca-5demos:adamw" \
-    "adamw std=results/walker2d-std-5demos:adamw" "dopr-adamw std=results/walker2d-std-5demos:dopr-adamw"
-  HR=results/humanoid-raw-60demos
-  section "Humanoid-v5, 60 demos, 8,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
-    "arm_table.py 'adamw raw=$HR:adamw' 'dopr-adamw all raw=$HR:dopr-adamw' 'dopr-adamw first raw=$HR-ap-first:dopr-adamw' 'dopr-adamw hidden raw=$HR-ap-hidden:dopr-adamw' 'adamw ZCA=results/humanoid-zca-60demos:adamw' 'adamw std=results/humanoid-std-60demos:adamw' 'dopr-adamw std=results/humanoid-std-60demos:dopr-adamw'"
-  arms "adamw raw=$HR:adamw" "dopr-adamw all raw=$HR:dopr-adamw" "dopr-adamw first raw=$HR-ap-first:dopr-adamw" \
-    "dopr-adamw hidden raw=$HR-ap-hidden:dopr-adamw" "adamw ZCA=results/humanoid-zca-60demos:adamw" \
-    "adamw std=results/humanoid-std-60demos:adamw" "dopr-adamw std=results/humanoid-std-60demos:dopr-adamw"
+  bases "Humanoid-v5, 5 demos from the noise-0.3 demonstrator, 1,000 steps, standardized: four bases, best against best" "$H"
+  regime_ablations "Humanoid-v5, same regime: ablations against the tuned standardized AdamW" "$H"
+  regime_ablations "Hopper-v5, 5 clean demos, 1,000 steps, standardized (the regime of results/hopper-std-scan): best against best and ablations" "$P"
+  bases "Hopper-v5, same regime: the four bases, best against best" "$P"
+  raw_ablations "Hopper-v5, 5 demos, 3,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
+    results/hopper-raw-5demos
+  raw_ablations "Walker2d-v5, 5 demos, 3,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
+    results/walker2d-raw-5demos
+  raw_ablations "Humanoid-v5, 60 demos, 8,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
+    results/humanoid-raw-60demos
   section "robosuite Lift (images), AdamW against DoPr-AdamW, seeds 0-7 pooled" \
     "scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0"
   $py scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0
