@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compile_graphs import GPT  # noqa: E402
+from mlp_step import mlp as residual_mlp  # noqa: E402
 
 from dopr import DoPr  # noqa: E402
 
@@ -63,6 +64,7 @@ def models():
     mlp = nn.Sequential(nn.Linear(348, 256), nn.ReLU(), *hidden, nn.Linear(256, 17))
     x, y = torch.randn(256, 348), torch.randn(256, 17)
     yield "MLP 348-256x4-17", mlp, lambda m: (m(x) - y).pow(2).mean()
+    yield "residual MLP policy (mlp_step.py)", residual_mlp(), lambda m: (m(x) - y).pow(2).mean()
     gpt = GPT(vocab=64, d=64, layers=4, heads=4)
     ids = torch.randint(0, 64, (8, 32))
     yield "GPT d=64 x4", gpt, lambda m: nn.functional.cross_entropy(m(ids).flatten(0, 1), ids.flatten())
