@@ -4,6 +4,7 @@
 inverse second moment of that layer's inputs, then hands the result to any base optimizer.
 """
 
+from ._version import __version__
 from .adapters.attention import CapturedMultiheadAttention
 from .bases import AdaMuon, Muon, Signum
 from .functional import Factors, apply_cholesky, apply_factor, apply_inverse, factorize, second_moment_sum
@@ -27,4 +28,3 @@ __all__ = [
     "factorize",
     "second_moment_sum",
 ]
-__version__ = "0.1.0"

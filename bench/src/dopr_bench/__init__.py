@@ -5,4 +5,6 @@ a flow-matching generator; ``robo``: robosuite from images) on one core (:mod:`d
 library never imports this package.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+../../../src/dopr/_version.py
