@@ -13,6 +13,7 @@ from .preconditioner import ActivationPreconditioner, NonFiniteError
 from .routing import BASES
 
 __all__ = [
+    "__version__",
     "BASES",
     "ActivationPreconditioner",
     "AdaMuon",
