@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15: every evidence table, regenerated from the committed result folders into results/EVIDENCE-TABLES.md
-# (do not edit that file by hand; the reading of the tables is in results/EVIDENCE-QUEUE.md and the README).
+# (do not edit that file by hand; the reading of the tables is in scripts/evidence/QUEUE.md and the README).
 # Usage: scripts/evidence/tables.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -4,7 +4,7 @@
                                               lm, flow or robo; `dopr-bench run BENCH --help` lists its options
     dopr-bench report DIR                     rewrite summary.md and the plots of a result folder of any bench
     dopr-bench merge OUT DIR...               add the runs of other folders (same settings) to OUT, then report
-    dopr-bench index [RESULTS] [--check]      write (or check) the README's results table from the result folders
+    dopr-bench index [RESULTS] [--check]      write (or check) the results index, RESULTS/README.md
     dopr-bench train-expert TASK              train (or resume) a PPO expert for hopper / walker2d / humanoid
 """
 
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     mg = sub.add_parser("merge", help="add the runs of other output folders (same settings) to OUT, then report")
     mg.add_argument("out")
     mg.add_argument("sources", nargs="+")
-    ix = sub.add_parser("index", help="write the README's results table from the result folders")
+    ix = sub.add_parser("index", help="write the results index (ROOT/README.md) from the result folders")
     ix.add_argument("root", nargs="?", default="results")
-    ix.add_argument("--readme", default="README.md")
-    ix.add_argument("--check", action="store_true", help="only check that the README's table is up to date")
+    ix.add_argument("--readme", default=None, help="the file with the index markers (default ROOT/README.md)")
+    ix.add_argument("--check", action="store_true", help="only check that the index is up to date")
     a = p.parse_args(argv)
     if a.cmd == "report":
         from .core.report import report_dir
@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "index":
         from .core.index import write_index
 
-        changed = write_index(Path(a.root), Path(a.readme), check=a.check)
+        readme = Path(a.readme) if a.readme else Path(a.root) / "README.md"
+        changed = write_index(Path(a.root), readme, check=a.check)
         if a.check and changed:
-            raise SystemExit(f"{a.readme}'s results table is out of date: run `dopr-bench index {a.root}`")
-        print(f"{a.readme}: results table {'up to date' if not changed else 'rewritten'}")
+            raise SystemExit(f"{readme}'s results table is out of date: run `dopr-bench index {a.root}`")
+        print(f"{readme}: results table {'up to date' if not changed else 'rewritten'}")
 
 
 if __name__ == "__main__":

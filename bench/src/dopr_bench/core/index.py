@@ -1,4 +1,4 @@
-"""The README's results table, written from the result folders (``dopr-bench index results/``).
+"""The results index, ``results/README.md``, written from the result folders (``dopr-bench index results/``).
 
 One row per folder, lr and DoPr/base pair (or lone arm): mean over seeds of the validation and test metrics and
 the paired DoPr − base difference of the test metric with its 95% t-interval. Folders named as sources of a
@@ -36,11 +36,13 @@ def merged_parts(root: Path) -> set[Path]:
     return parts
 
 
-def index_table(root: Path) -> str:
+def index_table(root: Path, folders: list[Path] | None = None) -> str:
+    """The table of the folders under ``root`` (``folders``: only these, e.g. the git-tracked ones)."""
     parts = merged_parts(root)
+    paths = sorted(root.glob("**/results.json")) if folders is None else sorted(f / "results.json" for f in folders)
     lines = ["| folder | setting | lr | arms (base / DoPr) | seeds | val: base / DoPr | test: base / DoPr | "
              "Δ test, DoPr − base (95% t) | DoPr better |", "|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted(root.glob("**/results.json")):
+    for path in paths:
         if path.parent.resolve() in parts:
             continue
         results = load_results(path)
@@ -67,14 +69,14 @@ def index_table(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_index(root: Path, readme: Path, check: bool = False) -> bool:
+def write_index(root: Path, readme: Path, check: bool = False, folders: list[Path] | None = None) -> bool:
     """Put the table between the markers of ``readme``; returns whether it changed (``check``: do not write)."""
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme} has no results-index markers ({BEGIN} ... {END})")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{index_table(root)}{END}{tail}"
+    new = f"{head}{BEGIN}\n{index_table(root, folders)}{END}{tail}"
     if new != text and not check:
         readme.write_text(new)
     return new != text

@@ -1,6 +1,6 @@
 """Optimizer-state MB of DoPr-AdamW after one step, full and block-diagonal Sigma (benchmarks/overhead.py's count).
 
-    OMP_NUM_THREADS=1 .venv/bin/python results/overhead-cpu-v4/recount_state.py      # from the repository root
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recount_state.py      # from the repository root
 """
 import copy
 import sys

@@ -1,6 +1,6 @@
 """float32 vs bfloat16 matmul time on this CPU (1 thread): why torch.optim.Muon's bfloat16 Newton-Schulz is slow here.
 
-    OMP_NUM_THREADS=1 .venv/bin/python results/overhead-cpu-v4/matmul_dtype.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/matmul_dtype.py
 measured 2026-12-01 on the AVX2 machine: float32 5.1 ms, bfloat16 42.7 ms (8.4x); CPU capability AVX2
 """
 import time
