@@ -24,7 +24,7 @@ def run_parser(bench: Bench, shown: Any = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"dopr-bench run {bench.name}", description=bench.help)
     p.add_argument("task", nargs="?", default=bench.default_task,
                    help=f"one of {', '.join(bench.tasks)} (default {bench.default_task})")
-    p.add_argument("--out", default=None, help="output folder (default results/<task>[-quick])")
+    p.add_argument("--out", default=None, help="output folder (default runs/<task>[-quick], git-ignored; committed evidence goes to results/ with --out)")
     p.add_argument("--quick", action="store_true", help="a short run of the same protocol (a few minutes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache", default=None, help="cache of demonstrations and models (default ~/.cache/dopr_bench)")
@@ -56,7 +56,7 @@ def _run(argv: list[str]) -> None:
             print(f"  {name:5} {get_bench(name).help}")
         return
     bench, task, spec, args = parse_run(argv)
-    out = Path(args.out or f"results/{bench.out_name(task, spec)}{'-quick' if args.quick else ''}")
+    out = Path(args.out or f"runs/{bench.out_name(task, spec)}{'-quick' if args.quick else ''}")
     run_sweep(bench, task, spec, out, cache=Path(args.cache) if args.cache else CACHE, threads=args.threads,
               progress=not args.no_progress, command="dopr-bench run " + shlex.join(argv))
 
