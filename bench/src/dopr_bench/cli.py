@@ -24,7 +24,8 @@ def run_parser(bench: Bench, shown: Any = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"dopr-bench run {bench.name}", description=bench.help)
     p.add_argument("task", nargs="?", default=bench.default_task,
                    help=f"one of {', '.join(bench.tasks)} (default {bench.default_task})")
-    p.add_argument("--out", default=None, help="output folder (default runs/<task>[-quick], git-ignored; committed evidence goes to results/ with --out)")
+    p.add_argument("--out", default=None, help="output folder (default runs/<task>[-quick], git-ignored; "
+                                               "committed evidence goes to results/ with --out)")
     p.add_argument("--quick", action="store_true", help="a short run of the same protocol (a few minutes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cache", default=None, help="cache of demonstrations and models (default ~/.cache/dopr_bench)")
