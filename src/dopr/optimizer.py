@@ -36,16 +36,30 @@ class DoPr(Optimizer):
         lr: learning rate of the base optimizer (``None``: the base optimizer's own default).
         damping: gamma, relative to the mean eigenvalue: ``lambda = gamma * tr(Sigma) / d_in``.
             The ``gamma' * tr(Sigma)`` convention corresponds to ``gamma = gamma' * d_in``.
-        aux_lr, aux_kwargs, aux_patterns: for matrix bases (muon, adamuon), the learning rate and
-            keyword arguments of the AdamW that takes the other parameters, and the module-name
-            patterns of Linear layers (output heads) that go to AdamW as well.
-        sigma, ema_decay, refresh_every, max_rows, share_inputs, exclude, fallback, nonfinite, seed,
-            process_group, split_factorization, solve, max_block, strict: see
-            :class:`~dopr.ActivationPreconditioner`.
+        sigma: ``"batch"`` (this step's second moment) or ``"ema"``; see
+            [ActivationPreconditioner][dopr.ActivationPreconditioner] for this and the other AP options.
+        ema_decay: decay of the EMA when ``sigma="ema"``.
+        refresh_every: recompute Sigma and its factorization every k steps.
+        max_rows: ``None`` (all rows), an int or ``"auto"``: rows per forward that Sigma is estimated from.
+        share_inputs: layers that read the same tensor share one Sigma.
+        exclude: fnmatch patterns of module names left to the base optimizer without AP.
+        fallback: ``"last"`` or ``"identity"``: what a failed factorization falls back to.
+        nonfinite: ``"raise"`` or ``"skip"``: what a NaN/inf gradient or activation does.
+        aux_lr: for matrix bases (muon, adamuon), the learning rate of the AdamW that takes the other
+            parameters (``None``: ``lr``).
+        aux_kwargs: keyword arguments of that AdamW.
+        aux_patterns: module-name patterns of Linear layers (output heads) that a matrix base leaves to
+            the AdamW as well.
+        seed: seed of the row-subsampling generator (``max_rows``).
+        process_group: all-reduce Sigma over this group when torch.distributed is initialized.
+        split_factorization: under torch.distributed, each rank factorizes a share of the input groups.
+        solve: ``"auto"``, ``"inverse"`` or ``"cholesky"``: how ``(Sigma + lambda I)^{-1}`` is applied.
+        max_block: ``None`` (the full Sigma) or the width above which a layer gets a block-diagonal Sigma.
+        strict: raise instead of warning when a trainable weight matrix gets no AP.
+        **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
 
     ``zero_grad()`` also discards the input statistics collected for the gradients it clears. The hooks
-    go with :meth:`remove`, the end of a ``with DoPr(...) as opt:`` block, or garbage collection.
-        **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
+    go with [remove][dopr.DoPr.remove], the end of a ``with DoPr(...) as opt:`` block, or garbage collection.
     """
 
     def __init__(
