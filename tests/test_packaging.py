@@ -78,8 +78,8 @@ def test_one_version_everywhere(dists: dict[str, Path]) -> None:
         assert member.isfile()
     newest = re.search(r"^## \[?(\d+\.\d+\.\d+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
     assert newest and newest.group(1) == v, "CHANGELOG.md's newest entry is not src/dopr/_version.py's version"
-    assert not re.search(r"^\s*version\s*=", (ROOT / "pyproject.toml").read_text(), re.M)
-    assert not re.search(r"^\s*version\s*=", (ROOT / "bench/pyproject.toml").read_text(), re.M)
+    assert not re.search(r"^\s*version\s*=\s*\"", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert not re.search(r"^\s*version\s*=\s*\"", (ROOT / "bench/pyproject.toml").read_text(), re.M)
 
 
 def test_twine_check_passes(dists: dict[str, Path]) -> None:
