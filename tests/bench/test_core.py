@@ -180,3 +180,17 @@ def test_progress_bars_on_a_terminal_one_line_per_run_otherwise(terminal: bool, 
         assert "\r" in err and "run 1:" in err and "2/2" in err  # a bar per run inside the bar of the sweep
     else:
         assert out == "finished run 0\nfinished run 1\n" and err == ""
+
+
+def test_runs_go_to_the_git_ignored_runs_folder_unless_told() -> None:
+    import subprocess
+
+    from dopr_bench.cli import output_folder, parse_run
+
+    bench, task, spec, args = parse_run(["idp", "--quick"])
+    out = output_folder(bench, task, spec, args)
+    assert out == Path("runs/idp-quick")
+    root = Path(__file__).resolve().parents[2]
+    assert subprocess.run(["git", "check-ignore", "-q", str(out / "results.json")], cwd=root).returncode == 0
+    bench, task, spec, args = parse_run(["idp", "--out", "results/idp-x"])
+    assert output_folder(bench, task, spec, args) == Path("results/idp-x")

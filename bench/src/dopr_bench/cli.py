@@ -47,6 +47,11 @@ def parse_run(argv: list[str]) -> tuple[Bench, str, Any, argparse.Namespace]:
     return bench, args.task, spec, args
 
 
+def output_folder(bench: Bench, task: str, spec: Any, args: argparse.Namespace) -> Path:
+    """``--out``, else ``runs/<task>[-quick]``: git-ignored, so a run never lands among the committed results."""
+    return Path(args.out or f"runs/{bench.out_name(task, spec)}{'-quick' if args.quick else ''}")
+
+
 def _run(argv: list[str]) -> None:
     from .core import CACHE
     from .core.sweep import run_sweep
@@ -57,9 +62,9 @@ def _run(argv: list[str]) -> None:
             print(f"  {name:5} {get_bench(name).help}")
         return
     bench, task, spec, args = parse_run(argv)
-    out = Path(args.out or f"runs/{bench.out_name(task, spec)}{'-quick' if args.quick else ''}")
-    run_sweep(bench, task, spec, out, cache=Path(args.cache) if args.cache else CACHE, threads=args.threads,
-              progress=not args.no_progress, command="dopr-bench run " + shlex.join(argv))
+    run_sweep(bench, task, spec, output_folder(bench, task, spec, args),
+              cache=Path(args.cache) if args.cache else CACHE, threads=args.threads, progress=not args.no_progress,
+              command="dopr-bench run " + shlex.join(argv))
 
 
 def _train_expert(argv: list[str]) -> None:
