@@ -4,15 +4,15 @@
 # Usage: scripts/evidence/tables.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-py=.venv/bin/python
+bench=.venv/bin/dopr-bench
 out=results/EVIDENCE-TABLES.md
 H=results/humanoid-std-d5-noise0.3-s1000
 P=results/hopper-std-d5-s1000
 section() { printf '\n## %s\n\n`%s`\n\n' "$1" "$2"; }
 shown() { local a out=(); for a in "$@"; do [[ $a == *" "* ]] && out+=("'$a'") || out+=("$a"); done; echo "${out[*]}"; }
-arms() {  # arms TITLE ARG...: a section holding arm_table.py's table for ARG...
-  section "$1" "arm_table.py $(shown "${@:2}")"
-  $py scripts/evidence/arm_table.py "${@:2}"
+arms() {  # arms TITLE ARG...: a section holding `dopr-bench arms ARG...`
+  section "$1" "dopr-bench arms $(shown "${@:2}")"
+  $bench arms "${@:2}"
 }
 bases() {  # bases TITLE R: the four base optimizers of regime folder R, each against its DoPr
   arms "$1" --pairs "$2:adamw,dopr-adamw" "$2-signum:signum,dopr-signum" "$2-muon:muon,dopr-muon" \
@@ -40,14 +40,14 @@ raw_ablations() {  # raw_ablations TITLE RAW: the folders of queue_raw_ablations
   raw_ablations "Humanoid-v5, 60 demos, 8,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
     results/humanoid-raw-60demos
   section "robosuite Lift (images), AdamW against DoPr-AdamW, seeds 0-7 pooled" \
-    "scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0"
-  $py scripts/quality/paired.py --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0
+    "dopr-bench paired --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0"
+  $bench paired --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0
   section "Synthetic-arithmetic LM: best against best (from the folder's summary.md)" "results/lm-synthetic-sweep/summary.md"
   sed -n '/^## Learning-rate sweep/,$p' results/lm-synthetic-sweep/summary.md | sed '1d'
   section "Diagnostics: rank correlation with the return across runs, Humanoid regime" \
-    "scripts/evidence/diagnostics.py $H $H-signum $H-muon $H-adamuon"
-  $py scripts/evidence/diagnostics.py "$H" "$H-signum" "$H-muon" "$H-adamuon"
-  section "Diagnostics: Hopper regime" "scripts/evidence/diagnostics.py $P $P-ap-first $P-ap-hidden ${P/std/zca}"
-  $py scripts/evidence/diagnostics.py "$P" "$P-ap-first" "$P-ap-hidden" "${P/std/zca}"
+    "dopr-bench diagnostics $H $H-signum $H-muon $H-adamuon"
+  $bench diagnostics "$H" "$H-signum" "$H-muon" "$H-adamuon"
+  section "Diagnostics: Hopper regime" "dopr-bench diagnostics $P $P-ap-first $P-ap-hidden ${P/std/zca}"
+  $bench diagnostics "$P" "$P-ap-first" "$P-ap-hidden" "${P/std/zca}"
 } > "$out" 2> >(grep -v -e RuntimeWarning -e _nanquantile >&2)
 echo "wrote $out"

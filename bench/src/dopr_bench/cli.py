@@ -6,6 +6,15 @@
     dopr-bench merge OUT DIR...               add the runs of other folders (same settings) to OUT, then report
     dopr-bench index [RESULTS] [--check]      write (or check) the results index, RESULTS/README.md
     dopr-bench train-expert TASK              train (or resume) a PPO expert for hopper / walker2d / humanoid
+
+Paired tables across committed folders of one bench (differences paired by seed, mean ± 95% t-interval):
+
+    dopr-bench paired ARM A B [A2...]         one arm, folder B − folder A (A2...: more seeds of A's setting)
+    dopr-bench paired --pool ARM_A ARM_B DIR...   arm B − arm A over the runs of DIR... pooled
+    dopr-bench arms LABEL=DIR:ARM ...         arms from several folders, each at its own best lr, against the first
+    dopr-bench arms --pairs DIR:BASE,DOPR ... one row per base/DoPr pair and selection, best against best
+    dopr-bench shared-lr DIR BASE DOPR        DoPr − base at every lr both ran
+    dopr-bench diagnostics DIR...             (bc) rank correlation of rollout-free diagnostics with the return
 """
 
 from __future__ import annotations
@@ -107,7 +116,21 @@ def main(argv: list[str] | None = None) -> None:
     ix.add_argument("root", nargs="?", default="results")
     ix.add_argument("--readme", default=None, help="the file with the index markers (default ROOT/README.md)")
     ix.add_argument("--check", action="store_true", help="only check that the index is up to date")
+    pd = sub.add_parser("paired", help="paired difference of one arm between folders, or of two arms pooled")
+    pd.add_argument("--pool", action="store_true", help="ARGS are ARM_A ARM_B DIR...: two arms over pooled runs")
+    pd.add_argument("args", nargs="+", metavar="ARG", help="ARM A B [A2...], or with --pool ARM_A ARM_B DIR...")
+    am = sub.add_parser("arms", help="arms of one protocol from several folders, each at its own best lr")
+    am.add_argument("--pairs", action="store_true", help="SPECS are DIR:BASE,DOPR, one row per pair and selection")
+    am.add_argument("specs", nargs="+", metavar="SPEC", help="LABEL=DIR:ARM (the first is the reference)")
+    sl = sub.add_parser("shared-lr", help="DoPr − base at every lr both arms of one folder ran")
+    sl.add_argument("dir")
+    sl.add_argument("base")
+    sl.add_argument("dopr")
+    dg = sub.add_parser("diagnostics", help="bc: rank correlation of each diagnostic with the return across runs")
+    dg.add_argument("dirs", nargs="+")
     a = p.parse_args(argv)
+    if a.cmd in ("paired", "arms", "shared-lr", "diagnostics"):
+        return print(_table(a, p))
     if a.cmd == "report":
         from .core.report import report_dir
 
@@ -124,6 +147,25 @@ def main(argv: list[str] | None = None) -> None:
         if a.check and changed:
             raise SystemExit(f"{readme}'s results table is out of date: run `dopr-bench index {a.root}`")
         print(f"{readme}: results table {'up to date' if not changed else 'rewritten'}")
+
+
+def _table(a: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    import numpy as np
+
+    from .core import compare
+
+    np.seterr(all="ignore")  # a cell of one finished run has no interval: shown as such, not warned about
+    if a.cmd == "paired":
+        if len(a.args) < (4 if a.pool else 3):
+            parser.error("paired takes ARM A B [A2...], or --pool ARM_A ARM_B DIR [DIR...]")
+        return compare.pooled_difference(*a.args) if a.pool else compare.folder_difference(*a.args)
+    if a.cmd == "arms":
+        return compare.pairs_table(a.specs) if a.pairs else compare.arm_table(a.specs)
+    if a.cmd == "shared-lr":
+        return compare.shared_lr_table(a.dir, a.base, a.dopr)
+    from .bc.predictors import predictor_table
+
+    return predictor_table(a.dirs)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Feature-learning diagnostics of a trained policy (issue 15, item 7), recorded per run beside the state drift.
 
-Do they predict the rollout better than the validation loss? ``scripts/evidence/diagnostics.py`` gives the rank
-correlation of each with the return across runs. Every arm gets the same measurements, on the validation states:
+Do they predict the rollout better than the validation loss? ``dopr-bench diagnostics`` (``bc/predictors.py``)
+gives the rank correlation of each with the return across runs. Every arm gets the same
+measurements, on the validation states:
 
 - ``input_log10_cond``: per linear layer, ``log10`` of the condition number of its input second moment
   ``E[z z^T]`` (bias column left out): how anisotropic the features each layer learns from are;

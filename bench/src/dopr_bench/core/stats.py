@@ -86,3 +86,35 @@ def paired_by_seed(a: list[Run], b: list[Run]) -> list[tuple[Run, Run]]:
     """Runs of two groups (e.g. each arm at its own best lr) matched on seed."""
     by = {r["seed"]: r for r in b}
     return sorted(((r, by[r["seed"]]) for r in a if r["seed"] in by), key=lambda p: p[0]["seed"])
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 along the last axis, ties averaged (exact: an average of consecutive integers is an integer or
+    a half)."""
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average", axis=-1) - 1.0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
+    """Spearman's rank correlation along the last axis (nan where either side is constant); rows of 2-D inputs
+    are independent samples."""
+    rx, ry = ranks(np.asarray(x)), ranks(np.asarray(y))
+    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
+    sx, sy = np.sqrt((rx * rx).mean(-1)), np.sqrt((ry * ry).mean(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where((sx > 0) & (sy > 0), (rx * ry).mean(-1) / (sx * sy), np.nan)
+    return float(rho) if rho.ndim == 0 else rho
+
+
+def bootstrap_rows(n: int, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """``resamples`` bootstrap index rows over ``n`` items (one seeded stream, drawn row by row)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, n, n) for _ in range(resamples)])
+
+
+def spearman_interval(x: np.ndarray, y: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of Spearman's rho over the pairs (x_i, y_i)."""
+    idx = bootstrap_rows(len(x), n, seed)
+    lo, hi = np.nanpercentile(spearman(x[idx], y[idx]), [2.5, 97.5])
+    return float(lo), float(hi)

@@ -1,0 +1,182 @@
+"""Paired tables across result folders of one bench: the `dopr-bench paired`, `arms` and `shared-lr` commands.
+
+Folders of one protocol share data, initialization and minibatch order per seed, so a seed's runs in two folders
+differ only in what the folders' settings (or arms) differ in; every difference here is paired by seed, with its
+mean ± 95% t-interval over seeds. Each arm "at its own best lr" is selected on its mean validation loss and,
+separately, on its mean test metric (optimistic: chosen on the numbers it reports).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .bench import Bench, get_bench
+from .report import best_lr, lr_section
+from .results import load_results
+
+Run = dict[str, Any]
+
+
+def bench_of(folder: Path | str) -> Bench:
+    return get_bench(load_results(Path(folder))["bench"])
+
+
+def folder_difference(arm: str, a: str, b: str, *more_a: str) -> str:
+    """One arm, B − A per (lr, seed) between folder B and folder A; ``more_a`` are more seeds of A's setting."""
+    bench = bench_of(a)
+    runs_a = [r for f in (a, *more_a) for r in stats.select(load_results(Path(f))["runs"], arm)]
+    runs_b = stats.select(load_results(Path(b))["runs"], arm)
+    return (f"{arm}: B = {b} minus A = {', '.join((a, *more_a))}; test metric {bench.test.label}, "
+            f"validation {bench.val.label}\n\n" + _difference_table(bench, runs_a, runs_b))
+
+
+def pooled_difference(arm_a: str, arm_b: str, *folders: str) -> str:
+    """Arm B − arm A per (lr, seed) over the runs of all ``folders`` pooled (seeds of one setting made in several
+    folders); where the runs hold several lrs, also each arm at its own best lr (the bench report's lr section)."""
+    bench = bench_of(folders[0])
+    runs = [r for f in folders for r in load_results(Path(f))["runs"]]
+    runs_a, runs_b = stats.select(runs, arm_a), stats.select(runs, arm_b)
+    out = [f"B = {arm_b} minus A = {arm_a}, runs pooled from {', '.join(folders)}; test metric {bench.test.label}, "
+           f"validation {bench.val.label}\n\n", _difference_table(bench, runs_a, runs_b)]
+    grid = {r["lr"] for r in runs_a + runs_b}
+    if len(grid) >= 2:
+        cells = [{r["seed"] for r in rs if r["lr"] == lr} for rs in (runs_a, runs_b) for lr in grid]
+        seeds = set.intersection(*cells)
+        full = [r for r in runs_a + runs_b if r["seed"] in seeds]
+        out.append(f"\n\nSeeds with every lr ({', '.join(f'{lr:g}' for lr in sorted(grid))}) of both arms: "
+                   f"{sorted(seeds)}\n\n")
+        out.append(lr_section(full, bench.val, bench.test))
+    return "".join(out)
+
+
+def _difference_table(bench: Bench, runs_a: list[Run], runs_b: list[Run]) -> str:
+    by_a = {(r["lr"], r["seed"]): r for r in runs_a}
+    lines = ["| lr | seeds | A test | B test | Δ test (B − A) | Δ val (B − A) | B better |",
+             "|---|---|---|---|---|---|---|"]
+    for lr in sorted({r["lr"] for r in runs_b}, key=lambda v: (v is None, v)):
+        ps = [(by_a[(lr, r["seed"])], r) for r in runs_b if r["lr"] == lr and (lr, r["seed"]) in by_a]
+        if not ps:
+            continue
+        ta, tb = [bench.test.of(x) for x, _ in ps], [bench.test.of(y) for _, y in ps]
+        dt = [y - x for x, y in zip(ta, tb)]
+        dv = [bench.val.of(y) - bench.val.of(x) for x, y in ps]
+        (mt, ht), (mv, hv) = stats.t_ci(dt), stats.t_ci(dv)
+        better = sum(bench.test.better(y, x) for x, y in zip(ta, tb))
+        seeds = ",".join(str(y["seed"]) for _, y in ps)
+        lines.append(f"| {lr} | {seeds} | {bench.test.fmt(float(np.mean(ta)))} | "
+                     f"{bench.test.fmt(float(np.mean(tb)))} | {mt:+.4g} ± {ht:.2g} | {mv:+.3g} ± {hv:.2g} | "
+                     f"{better}/{len(ps)} |")
+    return "\n".join(lines)
+
+
+def _arm(spec: str) -> tuple[str, list[Run]]:
+    label, rest = spec.split("=", 1)
+    folder, arm = rest.rsplit(":", 1)
+    runs = stats.select(load_results(Path(folder))["runs"], arm)
+    if not runs:
+        raise SystemExit(f"no {arm} runs in {folder}")
+    return label, runs
+
+
+def arm_table(specs: list[str]) -> str:
+    """Arms of one protocol from different folders (``LABEL=FOLDER:ARM``, the first the reference): every lr, then
+    each arm at its own best lr against the reference at its own, on the seeds every arm has."""
+    val, test = _metrics(spec.split("=", 1)[1].rsplit(":", 1)[0] for spec in specs)
+    arms = [_arm(s) for s in specs]
+    seeds = set.intersection(*({r["seed"] for r in runs} for _, runs in arms))
+    arms = [(label, [r for r in runs if r["seed"] in seeds]) for label, runs in arms]
+    lines = [f"Seeds {sorted(seeds)} (the ones every arm has); mean ± 95% t-interval over seeds.", "",
+             f"| arm | lr | {val.label} | {test.label} |", "|---|---|---|---|"]
+    for label, runs in arms:
+        for lr in stats.lrs(runs):
+            rs = stats.select(runs, lr=lr)
+            lines.append(f"| {label} | {lr:g} | {stats.ci([val.of(r) for r in rs], sci=True)} | "
+                         f"{stats.ci([test.of(r) for r in rs])} |")
+    ref_label, ref = arms[0]
+    lines += ["", f"Each arm at its own best lr; Δ = arm − {ref_label} (at its own best lr), paired by seed.", "",
+              f"| arm | selected on | lr | {val.label} | {test.label} | Δ {test.label} | Δ {val.label} | "
+              f"arm better ({test.label}) |", "|---|---|---|---|---|---|---|---|"]
+    for label, runs in arms:
+        for metric in (val, test):
+            lr, lr_ref = best_lr(runs, _arm_name(runs), metric), best_lr(ref, _arm_name(ref), metric)
+            rs, rr = stats.select(runs, lr=lr), stats.select(ref, lr=lr_ref)
+            ps = stats.paired_by_seed(rs, rr)
+            dt = [test.of(a) - test.of(b) for a, b in ps]
+            dv = [val.of(a) - val.of(b) for a, b in ps]
+            wins = sum(test.better(test.of(a), test.of(b)) for a, b in ps)
+            delta = "" if label == ref_label else f"{stats.ci(dt)} | {stats.ci(dv, sci=True)} | {wins}/{len(ps)}"
+            lines.append(f"| {label} | {metric.label} | {lr:g} | {stats.ci([val.of(r) for r in rs], sci=True)} | "
+                         f"{stats.ci([test.of(r) for r in rs])} | {delta or ' | | '} |")
+    return "\n".join(lines) + "\n"
+
+
+def pairs_table(specs: list[str]) -> str:
+    """One row per ``FOLDER:BASE,DOPR`` pair and selection: each arm best against best, with the lr its best fell
+    on (marked where it is an edge of the grid)."""
+    val, test = _metrics(spec.rsplit(":", 1)[0] for spec in specs)
+    lines = [f"Each arm at its own best lr (selected on its mean validation loss, and separately on its mean "
+             f"{test.label}); Δ = DoPr − base, paired by seed; mean ± 95% t-interval.", "",
+             f"| base | selected on | seeds | base lr | base {val.label} | base {test.label} | DoPr lr | "
+             f"DoPr {val.label} | DoPr {test.label} | Δ {test.label} | Δ {val.label} | DoPr better ({test.label}) |",
+             "|---" * 12 + "|"]
+    for spec in specs:
+        folder, arms = spec.rsplit(":", 1)
+        base_arm, dopr_arm = arms.split(",")
+        runs = load_results(Path(folder))["runs"]
+        base, dopr = stats.select(runs, base_arm), stats.select(runs, dopr_arm)
+        grid = stats.lrs(base + dopr)
+
+        def mark(lr: float, edge: tuple[float, float] = (min(grid), max(grid))) -> str:
+            return f"{lr:g}" + (" (grid edge)" if lr in edge else "")
+
+        for metric in (val, test):
+            lr_b, lr_d = best_lr(base, base_arm, metric), best_lr(dopr, dopr_arm, metric)
+            rb, rd = stats.select(base, lr=lr_b), stats.select(dopr, lr=lr_d)
+            ps = stats.paired_by_seed(rd, rb)
+            dt = [test.of(a) - test.of(b) for a, b in ps]
+            dv = [val.of(a) - val.of(b) for a, b in ps]
+            wins = sum(test.better(test.of(a), test.of(b)) for a, b in ps)
+            lines.append(f"| {base_arm} | {metric.label} | {len(ps)} | {mark(lr_b)} | "
+                         f"{stats.ci([val.of(r) for r in rb], sci=True)} | {stats.ci([test.of(r) for r in rb])} | "
+                         f"{mark(lr_d)} | {stats.ci([val.of(r) for r in rd], sci=True)} | "
+                         f"{stats.ci([test.of(r) for r in rd])} | {stats.ci(dt)} | {stats.ci(dv, sci=True)} | "
+                         f"{wins}/{len(ps)} |")
+    return "\n".join(lines) + "\n"
+
+
+def shared_lr_table(folder: Path | str, base: str, dopr: str) -> str:
+    """At every lr both arms of one folder ran, DoPr − base per seed, as one compact table."""
+    bench = bench_of(folder)
+    val, test = bench.val, bench.test
+    runs = load_results(Path(folder))["runs"]
+    b, d = stats.select(runs, base), stats.select(runs, dopr)
+    lines = [f"Shared lr, {dopr} − {base} in {folder}, paired by seed (mean ± 95% t; wins = seeds where "
+             f"{dopr}'s {test.label} is better).", "",
+             f"| lr | seeds | {base} {test.label} | {dopr} {test.label} | Δ {test.label} | Δ {val.label} | "
+             f"{dopr} wins |", "|---|---|---|---|---|---|---|"]
+    for lr in sorted(set(stats.lrs(b)) & set(stats.lrs(d))):
+        ps = stats.paired_by_seed(stats.select(d, lr=lr), stats.select(b, lr=lr))
+        dt = [test.of(x) - test.of(y) for x, y in ps]
+        dv = [val.of(x) - val.of(y) for x, y in ps]
+        wins = sum(test.better(test.of(x), test.of(y)) for x, y in ps)
+        lines.append(f"| {lr:g} | {len(ps)} | {stats.ci([test.of(y) for _, y in ps])} | "
+                     f"{stats.ci([test.of(x) for x, _ in ps])} | {stats.ci(dt)} | {stats.ci(dv, sci=True)} | "
+                     f"{wins}/{len(ps)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _arm_name(runs: list[Run]) -> str:
+    return str(runs[0]["optimizer"])
+
+
+def _metrics(folders: Any) -> tuple[Any, Any]:
+    """The validation and test metric of the folders' one bench (a table never mixes benches)."""
+    benches = {load_results(Path(f))["bench"] for f in folders}
+    if len(benches) != 1:
+        raise SystemExit(f"these folders come from different benches ({sorted(benches)}); compare one bench's")
+    bench = get_bench(benches.pop())
+    return bench.val, bench.test
