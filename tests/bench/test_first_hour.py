@@ -49,9 +49,12 @@ def test_main_job_then_tests_in_a_scratch_copy(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     before = git("status", "--porcelain", cwd=repo)
 
-    first = subprocess.run([str(BENCH), "run", "idp", "--quick"], cwd=repo, env=env, capture_output=True, text=True,
-                           timeout=900)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    def main_job() -> None:
+        done = subprocess.run([str(BENCH), "run", "idp", "--quick"], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    main_job()
     out = repo / "runs" / "idp-quick"
     assert (out / "results.json").exists() and (out / "summary.md").exists()
     assert not (repo / "results" / "idp-quick").exists()
@@ -64,9 +67,7 @@ def test_main_job_then_tests_in_a_scratch_copy(tmp_path: Path) -> None:
         seeds = sorted(s for o, s in by if o == base)
         assert seeds and all(by[f"dopr-{base}", s] > by[base, s] for s in seeds), {k: round(v) for k, v in by.items()}
 
-    again = subprocess.run([str(BENCH), "run", "idp", "--quick"], cwd=repo, env=env, capture_output=True, text=True,
-                           timeout=900)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    main_job()
     assert json.loads((out / "results.json").read_text())["runs"] == runs, "a rerun changed the finished runs"
 
     checks = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

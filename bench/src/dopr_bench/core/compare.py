@@ -14,22 +14,38 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .bench import Bench, get_bench
+from .bench import Bench, Metric, get_bench
 from .report import best_lr, lr_section
 from .results import load_results
 
 Run = dict[str, Any]
 
 
-def bench_of(folder: Path | str) -> Bench:
-    return get_bench(load_results(Path(folder))["bench"])
+def _load(folders: Any) -> dict[str, dict[str, Any]]:
+    """Each folder's results, read once."""
+    return {str(f): load_results(Path(f)) for f in dict.fromkeys(map(str, folders))}
+
+
+def _one_bench(loaded: dict[str, dict[str, Any]]) -> Bench:
+    """The folders' one bench (a table of arms never mixes benches)."""
+    benches = {r["bench"] for r in loaded.values()}
+    if len(benches) != 1:
+        raise SystemExit(f"these folders come from different benches ({sorted(benches)}); compare one bench's")
+    return get_bench(benches.pop())
+
+
+def _deltas(ps: list[tuple[Run, Run]], val: Metric, test: Metric) -> tuple[list[float], list[float], int]:
+    """Per pair (x, y): x − y of the test metric and of the validation loss, and how many x are better."""
+    return ([test.of(x) - test.of(y) for x, y in ps], [val.of(x) - val.of(y) for x, y in ps],
+            sum(test.better(test.of(x), test.of(y)) for x, y in ps))
 
 
 def folder_difference(arm: str, a: str, b: str, *more_a: str) -> str:
     """One arm, B − A per (lr, seed) between folder B and folder A; ``more_a`` are more seeds of A's setting."""
-    bench = bench_of(a)
-    runs_a = [r for f in (a, *more_a) for r in stats.select(load_results(Path(f))["runs"], arm)]
-    runs_b = stats.select(load_results(Path(b))["runs"], arm)
+    loaded = _load((a, b, *more_a))
+    bench = get_bench(loaded[a]["bench"])
+    runs_a = [r for f in (a, *more_a) for r in stats.select(loaded[f]["runs"], arm)]
+    runs_b = stats.select(loaded[b]["runs"], arm)
     return (f"{arm}: B = {b} minus A = {', '.join((a, *more_a))}; test metric {bench.test.label}, "
             f"validation {bench.val.label}\n\n" + _difference_table(bench, runs_a, runs_b))
 
@@ -37,8 +53,9 @@ def folder_difference(arm: str, a: str, b: str, *more_a: str) -> str:
 def pooled_difference(arm_a: str, arm_b: str, *folders: str) -> str:
     """Arm B − arm A per (lr, seed) over the runs of all ``folders`` pooled (seeds of one setting made in several
     folders); where the runs hold several lrs, also each arm at its own best lr (the bench report's lr section)."""
-    bench = bench_of(folders[0])
-    runs = [r for f in folders for r in load_results(Path(f))["runs"]]
+    loaded = _load(folders)
+    bench = get_bench(loaded[folders[0]]["bench"])
+    runs = [r for f in folders for r in loaded[f]["runs"]]
     runs_a, runs_b = stats.select(runs, arm_a), stats.select(runs, arm_b)
     out = [f"B = {arm_b} minus A = {arm_a}, runs pooled from {', '.join(folders)}; test metric {bench.test.label}, "
            f"validation {bench.val.label}\n\n", _difference_table(bench, runs_a, runs_b)]
@@ -62,10 +79,8 @@ def _difference_table(bench: Bench, runs_a: list[Run], runs_b: list[Run]) -> str
         if not ps:
             continue
         ta, tb = [bench.test.of(x) for x, _ in ps], [bench.test.of(y) for _, y in ps]
-        dt = [y - x for x, y in zip(ta, tb)]
-        dv = [bench.val.of(y) - bench.val.of(x) for x, y in ps]
+        dt, dv, better = _deltas([(y, x) for x, y in ps], bench.val, bench.test)
         (mt, ht), (mv, hv) = stats.t_ci(dt), stats.t_ci(dv)
-        better = sum(bench.test.better(y, x) for x, y in zip(ta, tb))
         seeds = ",".join(str(y["seed"]) for _, y in ps)
         lines.append(f"| {lr} | {seeds} | {bench.test.fmt(float(np.mean(ta)))} | "
                      f"{bench.test.fmt(float(np.mean(tb)))} | {mt:+.4g} ± {ht:.2g} | {mv:+.3g} ± {hv:.2g} | "
@@ -73,20 +88,16 @@ def _difference_table(bench: Bench, runs_a: list[Run], runs_b: list[Run]) -> str
     return "\n".join(lines)
 
 
-def _arm(spec: str) -> tuple[str, list[Run]]:
-    label, rest = spec.split("=", 1)
-    folder, arm = rest.rsplit(":", 1)
-    runs = stats.select(load_results(Path(folder))["runs"], arm)
-    if not runs:
-        raise SystemExit(f"no {arm} runs in {folder}")
-    return label, runs
-
-
 def arm_table(specs: list[str]) -> str:
     """Arms of one protocol from different folders (``LABEL=FOLDER:ARM``, the first the reference): every lr, then
     each arm at its own best lr against the reference at its own, on the seeds every arm has."""
-    val, test = _metrics(spec.split("=", 1)[1].rsplit(":", 1)[0] for spec in specs)
-    arms = [_arm(s) for s in specs]
+    parsed = [(label, *rest.rsplit(":", 1)) for label, rest in (spec.split("=", 1) for spec in specs)]
+    loaded = _load(folder for _, folder, _ in parsed)
+    bench = _one_bench(loaded)
+    val, test = bench.val, bench.test
+    arms = [(label, stats.select(loaded[folder]["runs"], arm)) for label, folder, arm in parsed]
+    if empty := [f"no {arm} runs in {folder}" for (_, folder, arm), (_, runs) in zip(parsed, arms) if not runs]:
+        raise SystemExit("; ".join(empty))
     seeds = set.intersection(*({r["seed"] for r in runs} for _, runs in arms))
     arms = [(label, [r for r in runs if r["seed"] in seeds]) for label, runs in arms]
     lines = [f"Seeds {sorted(seeds)} (the ones every arm has); mean ± 95% t-interval over seeds.", "",
@@ -105,9 +116,7 @@ def arm_table(specs: list[str]) -> str:
             lr, lr_ref = best_lr(runs, _arm_name(runs), metric), best_lr(ref, _arm_name(ref), metric)
             rs, rr = stats.select(runs, lr=lr), stats.select(ref, lr=lr_ref)
             ps = stats.paired_by_seed(rs, rr)
-            dt = [test.of(a) - test.of(b) for a, b in ps]
-            dv = [val.of(a) - val.of(b) for a, b in ps]
-            wins = sum(test.better(test.of(a), test.of(b)) for a, b in ps)
+            dt, dv, wins = _deltas(ps, val, test)
             delta = "" if label == ref_label else f"{stats.ci(dt)} | {stats.ci(dv, sci=True)} | {wins}/{len(ps)}"
             lines.append(f"| {label} | {metric.label} | {lr:g} | {stats.ci([val.of(r) for r in rs], sci=True)} | "
                          f"{stats.ci([test.of(r) for r in rs])} | {delta or ' | | '} |")
@@ -117,7 +126,9 @@ def arm_table(specs: list[str]) -> str:
 def pairs_table(specs: list[str]) -> str:
     """One row per ``FOLDER:BASE,DOPR`` pair and selection: each arm best against best, with the lr its best fell
     on (marked where it is an edge of the grid)."""
-    val, test = _metrics(spec.rsplit(":", 1)[0] for spec in specs)
+    loaded = _load(spec.rsplit(":", 1)[0] for spec in specs)
+    bench = _one_bench(loaded)
+    val, test = bench.val, bench.test
     lines = [f"Each arm at its own best lr (selected on its mean validation loss, and separately on its mean "
              f"{test.label}); Δ = DoPr − base, paired by seed; mean ± 95% t-interval.", "",
              f"| base | selected on | seeds | base lr | base {val.label} | base {test.label} | DoPr lr | "
@@ -126,7 +137,7 @@ def pairs_table(specs: list[str]) -> str:
     for spec in specs:
         folder, arms = spec.rsplit(":", 1)
         base_arm, dopr_arm = arms.split(",")
-        runs = load_results(Path(folder))["runs"]
+        runs = loaded[folder]["runs"]
         base, dopr = stats.select(runs, base_arm), stats.select(runs, dopr_arm)
         grid = stats.lrs(base + dopr)
 
@@ -137,9 +148,7 @@ def pairs_table(specs: list[str]) -> str:
             lr_b, lr_d = best_lr(base, base_arm, metric), best_lr(dopr, dopr_arm, metric)
             rb, rd = stats.select(base, lr=lr_b), stats.select(dopr, lr=lr_d)
             ps = stats.paired_by_seed(rd, rb)
-            dt = [test.of(a) - test.of(b) for a, b in ps]
-            dv = [val.of(a) - val.of(b) for a, b in ps]
-            wins = sum(test.better(test.of(a), test.of(b)) for a, b in ps)
+            dt, dv, wins = _deltas(ps, val, test)
             lines.append(f"| {base_arm} | {metric.label} | {len(ps)} | {mark(lr_b)} | "
                          f"{stats.ci([val.of(r) for r in rb], sci=True)} | {stats.ci([test.of(r) for r in rb])} | "
                          f"{mark(lr_d)} | {stats.ci([val.of(r) for r in rd], sci=True)} | "
@@ -150,9 +159,10 @@ def pairs_table(specs: list[str]) -> str:
 
 def shared_lr_table(folder: Path | str, base: str, dopr: str) -> str:
     """At every lr both arms of one folder ran, DoPr − base per seed, as one compact table."""
-    bench = bench_of(folder)
+    results = load_results(Path(folder))
+    bench = get_bench(results["bench"])
     val, test = bench.val, bench.test
-    runs = load_results(Path(folder))["runs"]
+    runs = results["runs"]
     b, d = stats.select(runs, base), stats.select(runs, dopr)
     lines = [f"Shared lr, {dopr} − {base} in {folder}, paired by seed (mean ± 95% t; wins = seeds where "
              f"{dopr}'s {test.label} is better).", "",
@@ -160,9 +170,7 @@ def shared_lr_table(folder: Path | str, base: str, dopr: str) -> str:
              f"{dopr} wins |", "|---|---|---|---|---|---|---|"]
     for lr in sorted(set(stats.lrs(b)) & set(stats.lrs(d))):
         ps = stats.paired_by_seed(stats.select(d, lr=lr), stats.select(b, lr=lr))
-        dt = [test.of(x) - test.of(y) for x, y in ps]
-        dv = [val.of(x) - val.of(y) for x, y in ps]
-        wins = sum(test.better(test.of(x), test.of(y)) for x, y in ps)
+        dt, dv, wins = _deltas(ps, val, test)
         lines.append(f"| {lr:g} | {len(ps)} | {stats.ci([test.of(y) for _, y in ps])} | "
                      f"{stats.ci([test.of(x) for x, _ in ps])} | {stats.ci(dt)} | {stats.ci(dv, sci=True)} | "
                      f"{wins}/{len(ps)} |")
@@ -171,12 +179,3 @@ def shared_lr_table(folder: Path | str, base: str, dopr: str) -> str:
 
 def _arm_name(runs: list[Run]) -> str:
     return str(runs[0]["optimizer"])
-
-
-def _metrics(folders: Any) -> tuple[Any, Any]:
-    """The validation and test metric of the folders' one bench (a table never mixes benches)."""
-    benches = {load_results(Path(f))["bench"] for f in folders}
-    if len(benches) != 1:
-        raise SystemExit(f"these folders come from different benches ({sorted(benches)}); compare one bench's")
-    bench = get_bench(benches.pop())
-    return bench.val, bench.test
