@@ -1,12 +1,11 @@
-"""Every committed result folder still reports (summary.md unchanged), resumes (its recorded command, in today's
-CLI shape, gives its settings) and merges; and the results index (results/README.md) is the one its folders give.
+"""Every committed result folder still reports (summary.md unchanged), resumes (its recorded command gives its
+settings) and merges; and the results index (results/README.md) is the one its folders give.
 
 Committed means tracked by git: a folder a bench run wrote into the working tree (``--out results/...``, not yet
 added) is not evidence yet and is not read."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -18,7 +17,6 @@ pytest.importorskip("scipy")
 
 from dopr_bench.cli import parse_run  # noqa: E402
 from dopr_bench.core.index import index_table, write_index  # noqa: E402
-from dopr_bench.core.legacy import absent_settings, modern_argv  # noqa: E402
 from dopr_bench.core.report import write_report  # noqa: E402
 from dopr_bench.core.results import as_json, load_results, merge_results  # noqa: E402
 from dopr_bench.core.sweep import resolve_ns_dtype  # noqa: E402
@@ -58,8 +56,7 @@ def test_reports_unchanged(folder: Path, tmp_path: Path) -> None:
 
 
 def recorded_commands(folder: Path) -> list[list[str]]:
-    """The ``dopr-bench run`` commands recorded in the folder's (or its parent's) COMMAND.txt, in today's shape."""
-    absent = absent_settings(json.loads((folder / "results.json").read_text()))
+    """The ``dopr-bench run`` commands recorded in the folder's (or its parent's) COMMAND.txt."""
     out = []
     for cmd in (folder / "COMMAND.txt", folder.parent / "COMMAND.txt"):
         for line in cmd.read_text().splitlines() if cmd.exists() else []:
@@ -68,8 +65,8 @@ def recorded_commands(folder: Path) -> list[list[str]]:
                 continue
             words = words[[i for i, w in enumerate(words) if w.endswith("dopr-bench")][0] + 1:]
             words = words[:words.index("&&")] if "&&" in words else words
-            if words and words[0] in ("run", "flow", "robo"):
-                out.append(modern_argv(words, absent)[1:])
+            if words and words[0] == "run":
+                out.append(words[1:])
     return out
 
 

@@ -1,15 +1,16 @@
-"""The bench core: Spec-built flags, the Muon precision policy, statistics, the learning-rate report, legacy reads."""
+"""The bench core: Spec-built flags, the Muon precision policy, statistics, the lr report, the results schema."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from dopr_bench.core import arms, legacy, stats
+from dopr_bench.core import arms, stats
 from dopr_bench.core.bench import BENCHES, Metric, get_bench
 from dopr_bench.core.report import best_lr, lr_section, pair_sentences
 from dopr_bench.core.spec import add_flags, overrides
@@ -124,20 +125,15 @@ def test_pair_sentences_say_the_means_and_whether_the_interval_excludes_zero() -
                         "paired over 3 seeds, DoPr better on 0 of 3; the 95% interval excludes zero.")
 
 
-def test_legacy_files_upgrade_and_old_commands_translate() -> None:
-    old = {"task": "idp", "settings": {"lr": 3e-4, "sigma": "batch"}, "runs": [{"optimizer": "adamw", "seed": 0}]}
-    new = legacy.upgrade(old)
-    assert new["bench"] == "bc" and new["schema"] == 1 and new["runs"][0]["lr"] == 3e-4
-    assert "lr" not in new["settings"] and new["settings"]["muon_ns_dtype"] == "bfloat16"
-    flow = legacy.upgrade({"settings": {"task": "flow-digits", "lr": 1e-3}, "runs": [{"optimizer": "adamw",
-                                                                                      "seed": 0, "wall_seconds": 3}]})
-    assert flow["bench"] == "flow" and flow["runs"][0]["wall_s"] == 3
-    assert legacy.bench_of({"task": "lm:synthetic-arithmetic"}) == "lm"
-    assert legacy.modern_argv(["flow", "--seeds", "5"]) == ["run", "flow", "--seeds", "5"]
-    assert legacy.modern_argv(["robo", "lift"]) == ["run", "robo", "lift"]
-    assert legacy.modern_argv(["run", "idp", "--lr", "3e-3"]) == ["run", "idp", "--lrs", "3e-3"]
-    quick = legacy.modern_argv(["run", "idp", "--quick"])
-    assert "--quick" not in quick and quick[quick.index("--steps") + 1] == "300"
+def test_results_of_another_schema_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    from dopr_bench.core.results import load_results
+
+    (tmp_path / "results.json").write_text(json.dumps({"task": "idp", "settings": {"lr": 3e-4}, "runs": []}))
+    with pytest.raises(SystemExit, match="schema None.*reads schema 2.*re-run its COMMAND.txt"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text("{")
+    with pytest.raises(SystemExit, match="not valid JSON"):
+        load_results(tmp_path)
 
 
 def test_old_cli_shapes_say_the_new_one(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@
 - :mod:`.bench`: what a bench provides (:class:`~.bench.Bench`) and the registry of the four benches;
 - :mod:`.sweep`: arms x seeds x learning rates: validate, record, resume, save atomically, report;
 - :mod:`.results`: the results schema, provenance, resuming and merging;
-- :mod:`.legacy`: the one table that keeps folders made by earlier versions resumable and reportable;
 - :mod:`.stats`: mean ± 95% t-interval and paired DoPr − base differences;
 - :mod:`.report`: summary.md for any bench, the learning-rate section and the plain sentences per pair;
 - :mod:`.plots`, :mod:`.progress`, :mod:`.index` (the README's results table), :mod:`.nets` (EMA, shared layers).

@@ -24,15 +24,15 @@ def dopr_options(s: dict[str, Any]) -> str:
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
-    """The bench's own summary (split by lr unless it lays lrs out itself); with several lrs, files of the current
-    schema add the learning-rate section (folders made before it report exactly as they did)."""
+    """The bench's own summary (split by lr unless it lays lrs out itself), and with several lrs the learning-rate
+    section."""
     bench = get_bench(results["bench"])
     values = stats.lrs(results["runs"])
     if bench.sweeps_lrs or len(values) <= 1:
         md = bench.summary(results)
     else:
         md = "\n".join(bench.summary(results | {"runs": stats.select(results["runs"], lr=lr)}) for lr in values)
-    if len(values) > 1 and results.get("schema", 1) >= 2:
+    if len(values) > 1:
         md += "\n" + lr_section(results["runs"], bench.val, bench.test)
     return md
 

@@ -7,7 +7,8 @@ Schema (``schema`` 2)::
      "runs": [{"optimizer", "seed", "lr", "diverged", "train_s", "wall_s", "threads", "torch", "dopr", ...}],
      ...}                          # bench-specific fields (e.g. the demonstrations' return)
 
-Folders written before schema 2 are read through :func:`dopr_bench.core.legacy.upgrade`.
+Every committed folder is in this schema (the folders made by earlier versions were migrated once, on 2026-12-04;
+their COMMAND.txt says so); a file of another schema is refused with what to do.
 """
 
 from __future__ import annotations
@@ -51,14 +52,17 @@ def save_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """A results.json (or the folder holding one) in the current schema, upgraded in memory if older."""
-    from .legacy import upgrade
-
+    """A results.json (or the folder holding one); SystemExit if it is not valid JSON or not of schema 2."""
     path = path / "results.json" if path.is_dir() else path
     try:
-        return upgrade(json.loads(path.read_text()))
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise SystemExit(f"{path} is not valid JSON ({err}); move it away or delete it to start over") from err
+    if results.get("schema") != SCHEMA:
+        raise SystemExit(f"{path} has results schema {results.get('schema')}, and this dopr-bench reads schema "
+                         f"{SCHEMA}; re-run its COMMAND.txt into a new --out (dopr-bench 0.2.0 migrated every folder "
+                         "it knew of; an older folder is read by the dopr-bench that wrote it)")
+    return results
 
 
 def as_json(obj: Any) -> Any:
