@@ -1,12 +1,40 @@
-"""Printable summaries: which layers get AP, what they recorded, and why every other weight matrix does not."""
+"""Printable summaries: which layers get AP, what they recorded, and why every other weight matrix does not.
+
+The summaries read the optimizer and preconditioner through the two protocols below (what a summary needs), so this
+module imports neither class and the classes can import it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .optimizer import DoPr
-    from .preconditioner import ActivationPreconditioner
+import torch
+
+
+class ActivationPreconditioner(Protocol):
+    """What the summaries read of :class:`dopr.ActivationPreconditioner`."""
+
+    damping: float
+    layers: Mapping[str, Any]
+    groups: Mapping[Any, Any]
+    skipped: Mapping[str, str]
+    discovery: Any
+    _grouping_frozen: bool
+
+    def coverage(self) -> dict[str, Any]: ...
+    def layer_status(self, name: str) -> str: ...
+    def summary(self) -> str: ...
+    def _named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+
+class DoPr(Protocol):
+    """What the summary reads of :class:`dopr.DoPr`."""
+
+    @property
+    def preconditioner(self) -> ActivationPreconditioner: ...
+    @property
+    def routes(self) -> Sequence[Any]: ...
 
 __all__ = ["dopr_summary", "parameter_status", "preconditioner_summary"]
 

@@ -13,8 +13,9 @@ import torch  # noqa: E402
 
 from dopr_bench.core.bench import get_bench  # noqa: E402
 from dopr_bench.core.sweep import run_sweep  # noqa: E402
-from dopr_bench.flow.bench import FlowSpec, sample  # noqa: E402
 from dopr_bench.flow.data import evaluator, frechet_distance, load_digits_split, sample_quality  # noqa: E402
+from dopr_bench.flow.spec import FlowSpec  # noqa: E402
+from dopr_bench.flow.train import sample  # noqa: E402
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():

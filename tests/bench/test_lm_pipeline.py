@@ -15,8 +15,8 @@ pytest.importorskip("matplotlib")
 from dopr_bench.lm import synth  # noqa: E402
 from dopr_bench.lm.answers import extract_answer  # noqa: E402
 from dopr_bench.lm.bench import BENCH as LM  # noqa: E402
-from dopr_bench.lm.bench import LMSpec  # noqa: E402
 from dopr_bench.lm.bench import Prepared as LMPrepared  # noqa: E402
+from dopr_bench.lm.spec import LMSpec  # noqa: E402
 
 
 def run_lm_bench(source: object, arms: list[str], seeds: list[int], lrs: list[float], spec: LMSpec,

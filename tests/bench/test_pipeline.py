@@ -15,6 +15,7 @@ pytest.importorskip("mujoco")
 pytest.importorskip("matplotlib")
 
 from dopr_bench.bc import bench as bc_bench  # noqa: E402
+from dopr_bench.bc.spec import BCSpec  # noqa: E402
 from dopr_bench.cli import main  # noqa: E402
 from dopr_bench.core.arms import hardware_ns_dtype  # noqa: E402
 
@@ -106,7 +107,7 @@ def _tiny_data() -> object:
                   torch.randn(50, 5, generator=g), torch.randn(50, 2, generator=g))
 
 
-TINY_SPEC = bc_bench.BCSpec(width=8, blocks=1, steps=0, batch=32, ema=0.1, std_floor=1e-3, standardize=True,
+TINY_SPEC = BCSpec(width=8, blocks=1, steps=0, batch=32, ema=0.1, std_floor=1e-3, standardize=True,
                             log_every=1)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from dopr_bench import cli
 from dopr_bench.robo import bench as robo_bench
+from dopr_bench.robo import spec as robo_spec
 
 TINY = ["--demos", "2", "--val-demos", "1", "--steps", "6", "--batch", "8", "--episodes", "1", "--evals", "2",
         "--max-episode-steps", "6", "--width", "32", "--no-progress"]
@@ -50,7 +51,7 @@ def test_pipeline_and_resume(tmp_path, cache, monkeypatch):
 
 def test_same_data_same_init_across_arms(cache):
     """Identical seeds give identical runs (same data, init, minibatches, rollouts); arms differ."""
-    spec = robo_bench.resolve("lift", True, {"demos": 2, "val_demos": 1, "steps": 3, "batch": 4, "episodes": 1,
+    spec = robo_spec.resolve("lift", True, {"demos": 2, "val_demos": 1, "steps": 3, "batch": 4, "episodes": 1,
                                                 "evals": 1, "max_episode_steps": 4, "width": 16, "log_every": 1})
     train, val, env_args, _ = robo_bench.load_demos("lift", spec, cache / "robo", progress=False)
     from dopr_bench.robo.envs import RoboEnv

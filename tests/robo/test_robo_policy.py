@@ -6,8 +6,8 @@ from torch import nn
 from dopr import ActivationPreconditioner
 from dopr.reference import ReferenceAP
 from dopr_bench.core.arms import build_optimizer
-from dopr_bench.robo.bench import RoboSpec
 from dopr_bench.robo.policy import FlowPolicy
+from dopr_bench.robo.spec import RoboSpec
 
 CAMS = ("agentview", "robot0_eye_in_hand")
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..core.arms import build_optimizer, telemetry
+from ..core.loop import fit
 from ..core.nets import EMA
 from .policy import AP_EXCLUDE, ResidualMLP
-
-if TYPE_CHECKING:
-    from .bench import BCSpec
+from .spec import BCSpec
 
 
 @dataclass
@@ -51,32 +49,21 @@ def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
     opt = build_optimizer(model, arm, lr, spec, exclude=AP_EXCLUDE[spec.ap_layers])
     gen = torch.Generator().manual_seed(10_000 + seed)  # same minibatch order for every arm with this seed
     n, batch = len(data.obs), min(spec.batch, len(data.obs))
-    log_every = max(1, spec.log_every)
     train_curve: list[list[float]] = []
     val_curve: list[list[float]] = []
-    running, count = 0.0, 0
-    t0 = time.time()
-    diverged = False
-    model.train()
-    for step in range(1, spec.steps + 1):
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(0, n, (batch,), generator=gen)
-        opt.zero_grad()
-        loss = ((model(data.obs[idx]) - data.act[idx]) ** 2).mean()
-        loss.backward()
-        opt.step()
-        ema.update(model)
-        lv = float(loss.detach())
-        if not np.isfinite(lv):
-            diverged = True
-            break
-        running, count = running + lv, count + 1
-        if step % log_every == 0 or step == spec.steps:
-            train_curve.append([step, running / count])
-            val_curve.append([step, mse(ema.model, data.val_obs, data.val_act)])
-            running, count = 0.0, 0
-        if progress is not None:
-            progress.update(1)
-    train_s = time.time() - t0
+        return ((model(data.obs[idx]) - data.act[idx]) ** 2).mean()
+
+    def log(step: int, train_loss: float) -> None:
+        train_curve.append([step, train_loss])
+        val_curve.append([step, mse(ema.model, data.val_obs, data.val_act)])
+
+    model.train()
+    end = fit(opt, model.parameters(), spec.steps, loss_at, log_every=spec.log_every, log=log,
+              after_step=lambda step: ema.update(model), progress=progress)
+    diverged = end.diverged
     ema.model.eval()
     nan = float("nan")
     rec: dict[str, Any] = {
@@ -85,8 +72,7 @@ def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
         "train_loss": mse(ema.model, data.obs, data.act) if not diverged else nan,
         "val_loss": mse(ema.model, data.val_obs, data.val_act) if not diverged else nan,
         "train_loss_raw_weights": mse(model.eval(), data.obs, data.act) if not diverged else nan,
-        "diverged": diverged,
-        "train_s": train_s,
+        **end.record(),
     }
     if hasattr(opt, "preconditioner"):  # a DoPr arm: the layers that got AP (the --ap-layers ablation)
         got = {id(p) for p in opt.preconditioner.preconditioned_parameters()}

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .answers import extract_answer
+from .spec import LMSpec
 from .train import Example
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from .bench import LMSpec
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:\n"
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.arms import build_optimizer, telemetry
+from ..core.loop import fit
 from .answers import extract_answer, is_correct
-
-if TYPE_CHECKING:
-    from .bench import LMSpec
+from .spec import LMSpec
 
 
 @dataclass(frozen=True)
@@ -152,58 +150,39 @@ def generate_eval(model: nn.Module, tokenizer: Any, examples: list[Example], bat
 def finetune(model: nn.Module, train: list[Encoded], val: list[Encoded], pad: int, arm: str, lr: float, cfg: LMSpec,
              seed: int, progress: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` (already LoRA-wrapped if wanted) on ``train``; returns it and a record of the run."""
-    from dopr import NonFiniteError
-
     torch.manual_seed(seed)
     opt = build_optimizer(model, arm, lr, cfg)
     groups = list(opt.param_groups)
     for g in groups:
         g["initial_lr"] = g["lr"]
-    params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(20_000 + seed)  # same minibatches for every arm with this seed
     perm: list[int] = []
     train_curve: list[list[float]] = []
     val_curve: list[list[float]] = []
-    running, count, diverged, error = 0.0, 0, False, None
     log_every = max(1, cfg.log_every)
-    model.train()
-    t0 = time.time()
-    for step in range(cfg.steps):
+    # padding rows carry no loss; left in, they would weigh the pad token's activations into Sigma
+    masked = cfg.sigma_rows == "attention-mask" and hasattr(opt, "preconditioner")
+
+    def loss_at(step: int) -> torch.Tensor:
+        nonlocal perm
         for g in groups:
-            g["lr"] = g["initial_lr"] * lr_factor(step, cfg.steps, cfg.warmup)
+            g["lr"] = g["initial_lr"] * lr_factor(step - 1, cfg.steps, cfg.warmup)
         if len(perm) < cfg.batch:
             perm += torch.randperm(len(train), generator=gen).tolist()
         idx, perm = perm[:cfg.batch], perm[cfg.batch:]
         b = collate([train[i] for i in idx], pad)
-        opt.zero_grad()
-        # padding rows carry no loss; left in, they would weigh the pad token's activations into Sigma
-        masked = cfg.sigma_rows == "attention-mask" and hasattr(opt, "preconditioner")
         with opt.preconditioner.row_mask(b["attention_mask"]) if masked else contextlib.nullcontext():
-            loss = model(**b).loss
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            diverged, error = True, "non-finite loss"
-            break
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        try:
-            opt.step()
-        except NonFiniteError as err:
-            diverged, error = True, f"DoPr: {err}"[:300]
-            break
-        running, count = running + lv, count + 1
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            train_curve.append([step + 1, running / count])
-            running, count = 0.0, 0
-            if val and (step + 1 == cfg.steps or (step + 1) % (log_every * 5) == 0):
-                val_curve.append([step + 1, nll(model, val, pad, cfg.eval_batch)])
-        if progress is not None:
-            progress.update(1)
-    train_s = time.time() - t0
-    finite = all(bool(torch.isfinite(p).all()) for p in params)
-    rec: dict[str, Any] = {"train_curve": train_curve, "val_curve": val_curve, "diverged": diverged or not finite,
-                           "error": error, "train_s": train_s, "steps_done": step + 1 if cfg.steps else 0,
+            return model(**b).loss
+
+    def log(step: int, train_loss: float) -> None:
+        train_curve.append([step, train_loss])
+        if val and (step == cfg.steps or step % (log_every * 5) == 0):
+            val_curve.append([step, nll(model, val, pad, cfg.eval_batch)])
+
+    model.train()
+    end = fit(opt, model.parameters(), cfg.steps, loss_at, log_every=log_every, log=log, grad_clip=cfg.grad_clip,
+              progress=progress)
+    rec: dict[str, Any] = {"train_curve": train_curve, "val_curve": val_curve, **end.record(),
                            "train_loss": train_curve[-1][1] if train_curve else float("nan")}
     if not rec["diverged"] and (stats := telemetry(opt)) is not None:
         rec["dopr_stats"] = stats

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..core import EVAL_SEED
 from ..core.arms import build_optimizer, telemetry
+from ..core.loop import fit
 from ..core.nets import EMA
 from .envs import PROPRIO_KEYS, RoboEnv
 from .experts import Demo
 from .policy import FlowPolicy, param_count
-
-if TYPE_CHECKING:
-    from .bench import RoboSpec
+from .spec import RoboSpec
 
 
 @dataclass
@@ -149,12 +148,11 @@ def train_run(arm: str, seed: int, lr: float, spec: RoboSpec, train: RoboData, v
     train_sub = RoboData({c: v[sub] for c, v in train.images.items()}, train.low[sub], train.chunks[sub], train.pad)
     sub_x0, sub_t = fixed_draws(n_sub, dim, 1, seed=4343)
     gen = torch.Generator().manual_seed(10_000 + seed)  # the same minibatches, shifts and flow draws for every arm
-    checkpoints, train_curve, val_curve = [], [], []
-    running, count, diverged = 0.0, 0, False
-    evals = eval_steps(spec)
-    train_s = eval_s = 0.0
-    t0 = time.time()
-    for step in range(1, spec.steps + 1):
+    checkpoints: list[dict[str, Any]] = []
+    train_curve: list[list[float]] = []
+    val_curve: list[list[float]] = []
+
+    def loss_at(step: int) -> torch.Tensor:
         model.train()
         idx = torch.randint(0, len(train), (spec.batch,), generator=gen)
         dx = torch.randint(0, 2 * train.pad + 1, (spec.batch,), generator=gen)
@@ -162,37 +160,29 @@ def train_run(arm: str, seed: int, lr: float, spec: RoboSpec, train: RoboData, v
         x0 = torch.randn(spec.batch, dim, generator=gen)
         t = torch.rand(spec.batch, generator=gen)
         images, low, chunks = train.batch(idx, dx, dy)
-        opt.zero_grad()
-        loss = model.loss(images, low, chunks, x0, t)
-        loss.backward()
-        opt.step()
+        return model.loss(images, low, chunks, x0, t)
+
+    def after_step(step: int) -> None:
         ema.rate = max(spec.ema, (1 + step) ** -0.75)  # warm-up (as in Diffusion Policy), then the constant rate
         ema.update(model)
-        lv = float(loss.detach())
-        if not np.isfinite(lv):
-            diverged = True
-            break
-        running, count = running + lv, count + 1
-        if progress is not None:
-            progress.update(1)
-        if step % spec.log_every == 0 or step in evals:
-            train_curve.append([step, running / max(1, count)])
-            val_curve.append([step, flow_loss(ema.model, val, val_x0, val_t, spec.val_draws)])
-            running, count = 0.0, 0
-        if step in evals:
-            train_s += time.time() - t0
-            t1 = time.time()
-            ck = {"step": step, "val_loss": val_curve[-1][1],
-                  "train_loss": flow_loss(ema.model, train_sub, sub_x0, sub_t, 1),
-                  **rollouts(ema.model, env, spec, spec.episodes)}
-            checkpoints.append(ck)
-            eval_s += time.time() - t1
-            t0 = time.time()
-    if diverged:
-        train_s += time.time() - t0
-    rec: dict[str, Any] = {"diverged": diverged, "params": param_count(model),
-                           "train_curve": train_curve, "val_curve": val_curve, "checkpoints": checkpoints,
-                           "train_s": train_s, "eval_s": eval_s}
+
+    def log(step: int, train_loss: float) -> None:
+        train_curve.append([step, train_loss])
+        val_curve.append([step, flow_loss(ema.model, val, val_x0, val_t, spec.val_draws)])
+
+    def evaluate(step: int) -> None:
+        checkpoints.append({"step": step, "val_loss": val_curve[-1][1],
+                            "train_loss": flow_loss(ema.model, train_sub, sub_x0, sub_t, 1),
+                            **rollouts(ema.model, env, spec, spec.episodes)})
+
+    evals = eval_steps(spec)
+    t0 = time.perf_counter()
+    end = fit(opt, model.parameters(), spec.steps, loss_at, log_every=spec.log_every, log=log, after_step=after_step,
+              evaluate_at=evals, evaluate=evaluate, progress=progress)
+    diverged = end.diverged
+    rec: dict[str, Any] = {"params": param_count(model), "train_curve": train_curve, "val_curve": val_curve,
+                           "checkpoints": checkpoints, **end.record(),
+                           "eval_s": time.perf_counter() - t0 - end.train_s}
     rec.update(summarize_checkpoints(checkpoints, diverged))
     if not diverged and (stats := telemetry(opt)) is not None:
         rec["dopr_stats"] = stats
