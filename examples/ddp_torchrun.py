@@ -49,6 +49,8 @@ def main() -> None:
         opt.step()
         if rank == 0 and step % 10 == 0:
             print(f"step {step:3d}  loss {loss.item():.4f}")
+    if rank == 0:
+        print(f"final loss {loss.item():.4f}")
     dist.destroy_process_group()
 
 
