@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .attention import InProjAdapter, capture_attention
 from .base import Adapter, LinearAdapter, TransposedLinearAdapter, is_hf_conv1d
@@ -75,6 +76,25 @@ def layer_adapters(module: nn.Module) -> list[tuple[str, Adapter]] | str | None:
     return None
 
 
+def derived_weight_reason(module: nn.Module) -> str | None:
+    """Why a known layer's weight is not a parameter it owns (a parametrization, or the old weight_norm hook).
+
+    AP's rule ``G (Sigma + lambda I)^-1`` is for the weight the layer reads. Here the trained parameter is another
+    tensor (``original``, or ``weight_g``/``weight_v``) that the weight is computed from, and its gradient is not of
+    that form, so it goes to the base optimizer unchanged. The weight is never read here: reading a spectral-norm
+    weight in training mode runs a power iteration and changes the module's buffers.
+    """
+    if parametrize.is_parametrized(module):
+        kinds = sorted({type(f).__name__ for plist in module.parametrizations.values() for f in plist})
+        names = ", ".join(sorted(module.parametrizations.keys()))
+        return (f"parametrized {names} ({', '.join(kinds)}): the trained tensor is the parametrization's original, "
+                "not the weight the layer reads, so AP's rule does not apply to its gradient")
+    if "weight" not in module._parameters and any(k.startswith("weight_") for k in module._parameters):
+        return ("weight computed in a forward pre-hook from other parameters (torch.nn.utils.weight_norm's weight_g "
+                "and weight_v): AP's rule is for the weight the layer reads, not for those parameters")
+    return None
+
+
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
 
@@ -97,6 +117,9 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
             continue
         if isinstance(parts, str):
             found.skipped[name] = f"unsupported: {parts}"
+            continue
+        if (derived := derived_weight_reason(module)) is not None:
+            found.skipped[name] = derived
             continue
         for suffix, adapter in parts:
             layer = f"{name}{suffix}"
@@ -184,6 +207,8 @@ def _uncovered(model: nn.Module, modules: dict[str, nn.Module], found: Discovery
         owner, _, attr = pname.rpartition(".")
         module = modules[owner]
         why = found.skipped.get(owner)
+        if why is None and ".parametrizations." in f".{owner}.":  # a parametrization's original: its layer's reason
+            why = found.skipped.get(f".{owner}".split(".parametrizations.")[0][1:])
         if why is None:  # a layer of a multi-layer module (attn:q, lstm:ih_l0) that was skipped
             why = next((w for layer, w in found.skipped.items() if layer.startswith(f"{owner}:")), None)
         if why is None:
