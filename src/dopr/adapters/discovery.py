@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .attention import InProjAdapter, capture_attention
 from .base import Adapter, LinearAdapter, TransposedLinearAdapter, is_hf_conv1d
@@ -89,7 +90,7 @@ def derived_weight_reason(module: nn.Module) -> str | None:
         names = ", ".join(sorted(module.parametrizations.keys()))
         return (f"parametrized {names} ({', '.join(kinds)}): the trained tensor is the parametrization's original, "
                 "not the weight the layer reads, so AP's rule does not apply to its gradient")
-    if "weight" not in module._parameters and any(k.startswith("weight_") for k in module._parameters):
+    if any(isinstance(hook, WeightNorm) for hook in module._forward_pre_hooks.values()):
         return ("weight computed in a forward pre-hook from other parameters (torch.nn.utils.weight_norm's weight_g "
                 "and weight_v): AP's rule is for the weight the layer reads, not for those parameters")
     return None
