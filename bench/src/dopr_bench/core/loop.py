@@ -31,6 +31,7 @@ class Outcome:
     diverged: bool
     error: str | None
     train_s: float  # wall time of the steps and logging, without the evaluations
+    eval_s: float = 0.0  # wall time of the evaluations (``evaluate``)
 
     def record(self) -> dict[str, Any]:
         return {"diverged": self.diverged, "error": self.error, "steps_done": self.steps_done,
@@ -52,22 +53,23 @@ def fit(opt: torch.optim.Optimizer, params: Iterable[torch.Tensor], steps: int,
     running, count, eval_s = 0.0, 0, 0.0
     start = time.perf_counter()
 
-    def stop(step: int, why: str) -> Outcome:
-        return Outcome(step - 1, True, why[:300], time.perf_counter() - start - eval_s)
+    def outcome(steps_done: int, error: str | None) -> Outcome:
+        train_s = time.perf_counter() - start - eval_s
+        return Outcome(steps_done, error is not None, None if error is None else error[:300], train_s, eval_s)
 
     for step in range(1, steps + 1):
         opt.zero_grad()
         loss = loss_at(step)
         value = float(loss.detach())
         if not math.isfinite(value):
-            return stop(step, f"non-finite loss ({value}) at step {step}")
+            return outcome(step - 1, f"non-finite loss ({value}) at step {step}")
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         try:
             opt.step()
         except NonFiniteError as err:
-            return stop(step, f"DoPr at step {step}: {err}")
+            return outcome(step - 1, f"DoPr at step {step}: {err}")
         if after_step is not None:
             after_step(step)
         running, count = running + value, count + 1
@@ -80,6 +82,5 @@ def fit(opt: torch.optim.Optimizer, params: Iterable[torch.Tensor], steps: int,
             eval_s += time.perf_counter() - t0
         if progress is not None:
             progress.update(1)
-    if not all(bool(torch.isfinite(p).all()) for p in params):
-        return Outcome(steps, True, f"non-finite weights after step {steps}", time.perf_counter() - start - eval_s)
-    return Outcome(steps, False, None, time.perf_counter() - start - eval_s)
+    finite = all(bool(torch.isfinite(p).all()) for p in params)
+    return outcome(steps, None if finite else f"non-finite weights after step {steps}")
