@@ -33,5 +33,5 @@ def test_fullgraph_error_says_what_to_do():
     torch._dynamo.reset()
     model = mlp()
     opt = DoPr(model, lr=1e-2)
-    with pytest.raises(Exception, match="DoPr's forward hook.*fullgraph=False"):
+    with pytest.raises(Exception, match="DoPr records this layer.s input.*fullgraph=False"):
         _steps(model, opt, torch.compile(model, backend="eager", fullgraph=True))

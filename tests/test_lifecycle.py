@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dopr import DoPr
+from dopr.tap import TappedParameter
 from helpers import mlp
 
 
@@ -95,18 +96,38 @@ def test_zero_grad_between_forward_and_backward_keeps_the_rows():  # Lightning's
         assert torch.equal(p, q)
 
 
-def test_hooks_go_with_the_optimizer():
+def _tapped(module):
+    return type(module.weight) is TappedParameter
+
+
+def test_taps_go_with_the_optimizer():
     model = mlp()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
     opt = DoPr(model, lr=1e-3)
     ref = weakref.ref(opt)
-    assert all(len(m._forward_hooks) == 1 for m in model if isinstance(m, nn.Linear))
+    assert all(_tapped(m) for m in linears)  # Linear layers are captured where their weight is read
+    del opt
+    gc.collect()
+    assert ref() is None
+    assert all(type(m.weight) is nn.Parameter and not m._forward_hooks for m in linears)
+    with DoPr(model, lr=1e-3) as opt:
+        assert _tapped(model[0])
+    assert not _tapped(model[0])
+    opt = DoPr(model, lr=1e-3)
+    opt.remove()
+    opt.remove()  # idempotent
+    assert type(model[0].weight) is nn.Parameter
+
+
+def test_hooks_go_with_the_optimizer():
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3))  # convolutions are read at the call
+    opt = DoPr(model, lr=1e-3)
+    ref = weakref.ref(opt)
+    assert all(len(m._forward_hooks) == 1 for m in model if isinstance(m, nn.Conv1d))
     del opt
     gc.collect()
     assert ref() is None
     assert all(len(m._forward_hooks) == 0 for m in model)
-    with DoPr(model, lr=1e-3) as opt:
-        assert len(model[0]._forward_hooks) == 1
-    assert len(model[0]._forward_hooks) == 0
     opt = DoPr(model, lr=1e-3)
     opt.remove()
     opt.remove()  # idempotent
@@ -114,16 +135,19 @@ def test_hooks_go_with_the_optimizer():
 
 
 def test_a_second_preconditioner_on_the_same_layers_is_refused_with_the_fix():
-    model = mlp()
-    first = DoPr(model, lr=1e-3)
-    with pytest.raises(ValueError, match=r"remove\(\)"):
-        DoPr(model, lr=1e-3)
-    assert len(model[0]._forward_hooks) == 1  # the refused one left nothing behind
-    DoPr(model, lr=1e-3, exclude=["*"])  # on disjoint layers (here: none) it is fine
-    first.remove()
-    second = DoPr(model, lr=1e-3)
-    assert len(model[0]._forward_hooks) == 1
-    second.remove()
+    for model in (mlp(), nn.Sequential(nn.Conv1d(2, 4, 3))):  # tapped weights, and hooked modules
+        first = DoPr(model, lr=1e-3)
+        with pytest.raises(ValueError, match=r"remove\(\)"):
+            DoPr(model, lr=1e-3)
+        assert _tapped(model[0]) if isinstance(model[0], nn.Linear) else len(model[0]._forward_hooks) == 1
+        DoPr(model, lr=1e-3, exclude=["*"])  # on disjoint layers (here: none) it is fine
+        first.remove()
+        second = DoPr(model, lr=1e-3)
+        x = torch.randn(3, 5) if isinstance(model[0], nn.Linear) else torch.randn(3, 2, 6)
+        model(x).sum().backward()
+        second.step()
+        assert second.stats()[next(iter(second.stats()))]["refreshes"] == 1  # the first left nothing behind
+        second.remove()
 
 
 def test_attention_modules_are_switched_back_when_the_optimizer_goes():
@@ -137,13 +161,13 @@ def test_attention_modules_are_switched_back_when_the_optimizer_goes():
 
 
 def test_summary_does_not_claim_ap_for_a_layer_that_recorded_nothing():
-    class Sneaky(nn.Module):  # uses proj's weight without calling proj
+    class Sneaky(nn.Module):  # reads proj's weight only through a copy computed from it
         def __init__(self):
             super().__init__()
             self.proj = nn.Linear(4, 4)
 
         def forward(self, x):
-            return nn.functional.linear(x, self.proj.weight, self.proj.bias)
+            return nn.functional.linear(x, self.proj.weight.clone(), self.proj.bias)
 
     model = Sneaky()
     opt = DoPr(model, lr=1e-3)

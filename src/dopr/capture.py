@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ModuleHooks", "in_backward", "output_tensors", "records_gradients", "when_backward_reaches"]
+__all__ = ["COMPILE_REASON", "ModuleHooks", "compiler_disabled", "in_backward", "output_tensors", "records_gradients",
+           "when_backward_reaches"]
 
 # (module name, module, args, kwargs, output, during backward)
 ForwardCallback = Callable[[str, nn.Module, tuple, dict, Any, bool], None]
@@ -82,9 +83,10 @@ class ModuleHooks:
         return bool(self._handles)
 
 
-_COMPILE_REASON = (
-    "DoPr's forward hook records this layer's input with Python bookkeeping that torch.compile cannot trace. Compile "
-    "with fullgraph=False (one graph break per layer DoPr preconditions), or build DoPr with exclude=[...] for the "
+COMPILE_REASON = (
+    "DoPr records this layer's input (at its module call, or where its weight is read) with Python bookkeeping that "
+    "torch.compile cannot trace. Compile with fullgraph=False (one graph break per layer DoPr preconditions), or "
+    "build DoPr with exclude=[...] for the "
     "layers inside a region you must compile as one graph")
 
 
@@ -97,7 +99,12 @@ def _make_hook(name: str, owner_module: nn.Module, owner_ref: weakref.ref, metho
         if owner is not None:
             getattr(owner, method)(name, module, args, kwargs, output, in_backward())
 
+    return compiler_disabled(dopr_input_hook)
+
+
+def compiler_disabled(fn: Callable) -> Callable:
+    """``fn`` run eagerly under torch.compile (a graph break whose reason says what to do)."""
     try:
-        return torch.compiler.disable(dopr_input_hook, reason=_COMPILE_REASON)
+        return torch.compiler.disable(fn, reason=COMPILE_REASON)
     except TypeError:  # torch < 2.7: no reason argument
-        return torch.compiler.disable(dopr_input_hook)
+        return torch.compiler.disable(fn)

@@ -34,6 +34,7 @@ from .options import check_options
 from .refresh import Workspaces, refresh_groups
 from .reporting import preconditioner_summary
 from .statistics import StatisticsCapture
+from .tap import owner_of, tap_layers, untap
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -47,12 +48,15 @@ class NonFiniteError(FloatingPointError):
 _HOOKED: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
 
 
-def _detach(handles: ModuleHooks | None, modules: list[nn.Module], attention: list[nn.Module]) -> None:
-    """Undo what a preconditioner did to its model: hooks, the one-per-layer claims, attention switches."""
+def _detach(handles: ModuleHooks | None, modules: list[nn.Module], attention: list[nn.Module],
+            tapped: list[nn.Parameter] = ()) -> None:
+    """Undo what a preconditioner did to its model: hooks, taps, the one-per-layer claims, attention switches."""
     if handles is not None:
         handles.remove()
     for module in modules:
         _HOOKED.pop(module, None)
+    for param in tapped:
+        untap(param)
     for module in attention:
         release_attention(module)
 
@@ -164,18 +168,22 @@ class ActivationPreconditioner(StatisticsCapture):
         self.discovery: Discovery = self._discover(model, strict)
         self._model_parameters = list(model.named_parameters())
         self.skipped: dict[str, str] = self.discovery.skipped  # layer name -> why it is left to the base optimizer
-        hooked = {e.module_name: e.module for e in self.layers.values()}
+        tapped = {name for name, spec in self.discovery.layers.items() if spec.tapped}
+        hooked = {e.module_name: e.module for e in self.layers.values() if e.name not in tapped}
         self.tied = list(self.discovery.tied)  # (embeddings, head) sharing one weight
         # the embedding that writes its M first into a weight with no head (the others add theirs)
         self._tied_writers = {e: (head is None and i == 0) for embs, head in self.tied for i, e in enumerate(embs)}
         self._tied_embeddings = {self.layers[e].module_name: self.layers[e] for e in self._tied_writers}
         self._module_layers: dict[str, list[Layer]] = {n: [] for n in hooked}
         for entry in self.layers.values():
-            self._module_layers[entry.module_name].append(entry)
+            if entry.module_name in hooked and entry.name not in tapped:
+                self._module_layers[entry.module_name].append(entry)
         self._claim(hooked)
+        self._claim_weights(tapped)
         self._hooks = ModuleHooks(hooked, self, "_on_forward")
+        self._tapped = tap_layers(self, [self.layers[n] for n in tapped])
         self._finalizer = weakref.finalize(self, _detach, self._hooks, list(hooked.values()),
-                                           list(self.discovery.attention))
+                                           list(self.discovery.attention), self._tapped)
 
     # ----------------------------------------------------------------- discovery
     def _discover(self, model: nn.Module, strict: bool) -> Discovery:
@@ -206,6 +214,17 @@ class ActivationPreconditioner(StatisticsCapture):
                     "exclude this layer from one of them (exclude=[...])")
         for module in modules.values():
             _HOOKED[module] = weakref.ref(self)
+
+    def _claim_weights(self, tapped: set[str]) -> None:
+        for name in tapped:
+            weight = self.layers[name].adapter.weight(self.layers[name].module)
+            if owner := owner_of(weight):
+                if owner is not self:
+                    _detach(None, [], self.discovery.attention)
+                    raise ValueError(
+                        f"the weight of layer '{name}' is already tapped by another DoPr / ActivationPreconditioner, "
+                        "which would record its inputs too. Call old_optimizer.remove() first (or build it in a "
+                        "`with` block), or exclude this layer from one of them (exclude=[...])")
 
     def _fresh_group(self, layer: Layer) -> Group:
         """An empty input group for ``layer`` alone, shaped by its adapter and ``max_block``."""
@@ -272,8 +291,8 @@ class ActivationPreconditioner(StatisticsCapture):
                     warnings.warn(
                         f"layer '{entry.name}' has a gradient but DoPr has recorded no input for it, so its gradient "
                         "is left as is (counted as missing_statistics in stats()). Causes: its forward ran in eval "
-                        "mode or under no_grad, its weight is used without calling the module, backward did not "
-                        "reach its output, or reset_statistics() ran between forward and backward.",
+                        "mode or under no_grad, backward did not reach its output, reset_statistics() ran between "
+                        f"forward and backward, {self._unseen_read_cause(entry)}",
                         RuntimeWarning, stacklevel=4,
                     )
                 if entry.name not in writers and entry.name not in tied_heads:
@@ -292,6 +311,14 @@ class ActivationPreconditioner(StatisticsCapture):
                 grad.copy_(m.T) if writers[entry.name] else grad.add_(m.T.to(g.dtype))
             else:
                 entry.adapter.write_gradient(entry.module, m.to(g.dtype))
+
+    def _unseen_read_cause(self, layer: Layer) -> str:
+        if self.discovery.layers[layer.name].tapped:
+            return ("or its weight was read only through a tensor computed from it (a cast, a transpose, a scaled or "
+                    "standardized copy) or by an op DoPr does not tap (a matmul, a batched or grouped matmul); DoPr "
+                    "sees F.linear(x, W), F.embedding(ids, W) and F.linear(x, W[e]) on the weight itself.")
+        return ("or its weight is used without calling the module, or torch.compile runs a graph it built before "
+                "DoPr was constructed (call torch.compiler.reset() after constructing DoPr).")
 
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from . import distributed
-from .capture import output_tensors, when_backward_reaches
+from .capture import in_backward, output_tensors, records_gradients, when_backward_reaches
 from .functional import block_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
 
@@ -86,14 +86,23 @@ class StatisticsCapture:
                 during_backward and tied.fires_outside_backward > 0):
             ids = args[0].detach().reshape(-1)  # every step: the tied weight's gradient is separated every step
             output.register_hook(lambda grad: self._keep_output_gradient(tied, ids, grad))
-        if not self.capturing:
-            return
+        if self.capturing:
+            reads = [(layer, layer.adapter.read(module, args, kwargs, output))
+                     for layer in self._module_layers[module_name]]
+            self._record(reads, output, during_backward)
+
+    def _on_read(self, layer: Layer, x: Tensor, output: Any) -> None:
+        """A tapped weight was read against ``x`` (:mod:`dopr.tap`): the same rules as a module's forward."""
+        if self.capturing and records_gradients(layer.module):
+            self._record([(layer, x)], output, in_backward())
+
+    def _record(self, reads: list[tuple[Layer, Tensor | None]], output: Any, during_backward: bool) -> None:
+        """Compute the statistics of these reads now; they join Sigma when backward reaches ``output``."""
         outputs = output_tensors(output)
         if not outputs:
             return  # nothing of this forward can reach the weights' gradients
         pending = []
-        for layer in self._module_layers[module_name]:
-            x = layer.adapter.read(module, args, kwargs, output)
+        for layer, x in reads:
             if x is not None and (p := self._capture(layer, x, during_backward)) is not None:
                 pending.append(p)
         if pending:

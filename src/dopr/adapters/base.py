@@ -53,6 +53,11 @@ class Adapter:
 
     diagonal = False
     maskable = True  # rows follow the leading dims of the input, so row_mask applies
+    #: the op that reads the weight where it is read (dopr.tap): "linear" (``F.linear(x, W)``), "embedding"
+    #: (``F.embedding(ids, W)``), "expert" (``F.linear(x, W[e])``), or None: only a module hook can read the layer
+    reads: str | None = None
+    #: whether a module hook can read the layer (its input is the module call's, see :meth:`read`)
+    module_call = True
 
     def weight(self, module: nn.Module) -> nn.Parameter:
         return module.weight
@@ -141,6 +146,8 @@ class Adapter:
 
 
 class LinearAdapter(Adapter):
+    reads = "linear"
+
     def in_features(self, module: nn.Module) -> int:
         return module.in_features
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
+from ..tap import tappable
 from .attention import InProjAdapter, capture_attention
 from .base import Adapter, LinearAdapter, TransposedLinearAdapter, is_hf_conv1d
 from .conv import ConvAdapter, ConvTransposeAdapter, conv_unsupported_reason, is_conv, is_conv_transpose
 from .embedding import EmbeddingAdapter, embedding_unsupported_reason
+from .experts import raw_weight_layers
 from .recurrent import RECURRENT, RecurrentAdapter, recurrent_unsupported_reason
 
 __all__ = ["EXCLUDED", "Discovery", "LayerSpec", "discover", "is_weight_matrix", "layer_adapters"]
@@ -35,6 +37,7 @@ class LayerSpec:
     module_name: str
     module: nn.Module
     adapter: Adapter
+    tapped: bool = False  # captured where its weight is read (dopr.tap), not by a hook on its module
 
 
 @dataclass
@@ -74,6 +77,18 @@ def layer_adapters(module: nn.Module) -> list[tuple[str, Adapter]] | str | None:
     if isinstance(module, RECURRENT):
         reason = recurrent_unsupported_reason(module)
         return reason or [s for d in range(2 if module.bidirectional else 1) for s in _RECURRENT[d]]
+    if isinstance(module, nn.Bilinear):
+        return "nn.Bilinear reads two inputs through one 3-D weight, which AP has no rule for"
+    return None
+
+
+def own_forward(module: nn.Module) -> type | None:
+    """The torch layer class whose math ``module`` is, when ``module`` is a subclass with a forward of its own
+    (timm's weight-standardized ``StdConv2d``, a position embedding that builds its positions); None otherwise."""
+    for base in (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.ConvTranspose3d):
+        if isinstance(module, base):
+            return base if type(module).forward is not base.forward else None
     return None
 
 
@@ -115,6 +130,8 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
     for name, module in modules.items():
         parts = layer_adapters(module)
         if parts is None:
+            parts = raw_weight_layers(module)
+        if not parts:
             continue
         if isinstance(parts, str):
             found.skipped[name] = f"unsupported: {parts}"
@@ -155,14 +172,41 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
         if members & shared:
             shared.update(members)
             found.tied.remove(tied)
+    tied_layers = {n for embeddings, head in found.tied for n in (*embeddings, head) if n}
     for spec in candidates:
         if spec.name in shared:
             found.skipped[spec.name] = ("parameter shared with another layer in a way DoPr does not support (it "
                                         "supports one Embedding tied to one Linear output head)")
+            continue
+        tapped = spec.name not in tied_layers and _tappable(spec, modules)
+        why = None if tapped or spec.name in tied_layers else _hook_reason(spec)
+        if why is not None:
+            found.skipped[spec.name] = why
         else:
-            found.layers[spec.name] = spec
+            found.layers[spec.name] = replace(spec, tapped=tapped)
     found.uncovered = _uncovered(model, modules, found)
     return found
+
+
+def _tappable(spec: LayerSpec, modules: dict[str, nn.Module]) -> bool:
+    """Whether the layer is captured where its weight is read: an op DoPr can see reads it, DoPr owns the weight's
+    class, and no fused function hides the read (out_proj inside nn.MultiheadAttention keeps its module hook)."""
+    return (spec.adapter.reads is not None and tappable(spec.adapter.weight(spec.module))
+            and not _inside_fused_attention(spec.module_name, modules))
+
+
+def _hook_reason(spec: LayerSpec) -> str | None:
+    """Why a layer that cannot be tapped cannot be read by a hook on its module either (None: it can)."""
+    weight = spec.adapter.weight(spec.module)
+    if not spec.adapter.module_call:
+        return (f"read inside its module's forward (by F.linear), not by a module call; DoPr sees such reads only on "
+                f"a plain nn.Parameter, and this weight is a {type(weight).__name__}")
+    if (base := own_forward(spec.module)) is not None:
+        how = ("DoPr reads convolutions at the module call" if spec.adapter.reads is None
+               else f"DoPr cannot tap its weight (a {type(weight).__name__})")
+        return (f"a {base.__name__} subclass with a forward of its own ({type(spec.module).__name__}), which may not "
+                f"be {base.__name__}'s math on the call's input (weight standardization, padding), and {how}")
+    return None
 
 
 def _tied_set(names: list[str], specs: dict[str, LayerSpec]) -> tuple[list[str], str | None] | None:

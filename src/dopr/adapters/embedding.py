@@ -15,6 +15,7 @@ __all__ = ["EmbeddingAdapter", "embedding_unsupported_reason"]
 
 class EmbeddingAdapter(Adapter):
     diagonal = True
+    reads = "embedding"
 
     def bias(self, module: nn.Module) -> None:
         return None

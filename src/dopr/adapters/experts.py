@@ -1,0 +1,89 @@
+"""Weights that no module call reads: banks of mixture-of-experts weights, and their routers.
+
+Both are captured only where the weight is read (:mod:`dopr.tap`), since no module's forward takes their input:
+
+Both belong to a module that declares its number of experts ``E`` (``num_experts``, as transformers' experts and
+router modules do):
+
+* A 3-D parameter ``E x out x in`` (transformers' fused experts: ``gate_up_proj``, ``down_proj``) is a bank of
+  ``E`` independent linear layers, expert ``e`` read as ``F.linear(x, W[e])`` on the tokens routed to it. Each
+  expert is a layer of its own (``experts:gate_up_proj[3]``) with the Sigma of its own tokens, so the update of
+  one expert does not depend on how the tokens of another are spread; the experts' equal-size Sigmas are
+  factorized in one batched call (:func:`dopr.refresh.refresh_groups` buckets them).
+* A 2-D ``E x in`` ``weight``, read as ``F.linear(x, W)`` (the router): the Linear layer it is.
+
+A weight of either kind that is read another way (``x @ W``, a batched or grouped matmul, a cast) records no
+statistics, and DoPr names it at the step (``missing_statistics``) instead of preconditioning it.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import Adapter, local
+
+__all__ = ["ExpertAdapter", "MatrixAdapter", "raw_weight_layers"]
+
+
+class MatrixAdapter(Adapter):
+    """A raw ``out x in`` parameter ``attr`` read as ``F.linear(x, W)`` (no bias)."""
+
+    reads = "linear"
+    module_call = False
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def weight(self, module: nn.Module) -> nn.Parameter:
+        return getattr(module, self.attr)
+
+    def bias(self, module: nn.Module) -> None:
+        return None
+
+    def in_features(self, module: nn.Module) -> int:
+        return self.weight(module).shape[-1]
+
+    def rows(self, module: nn.Module, x: Tensor) -> Tensor:
+        return x.reshape(-1, self.in_features(module))
+
+
+class ExpertAdapter(MatrixAdapter):
+    """Expert ``index`` of the bank ``attr`` (``E x out x in``), read as ``F.linear(x, W[index])``."""
+
+    reads = "expert"
+
+    def __init__(self, attr: str, index: int) -> None:
+        super().__init__(attr)
+        self.index = index
+
+    def out_features(self, module: nn.Module) -> int:
+        return self.weight(module).shape[1]
+
+    def rows_of(self, module: nn.Module, param: nn.Parameter) -> tuple[int, int]:
+        return self.index, self.index + 1
+
+    def gradient(self, module: nn.Module) -> Tensor:
+        return local(self.weight(module).grad)[self.index]
+
+    def write_gradient(self, module: nn.Module, m: Tensor) -> None:
+        local(self.weight(module).grad)[self.index].copy_(m)
+
+
+#: the attributes by which a module declares how many experts it holds (transformers' experts and routers)
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def raw_weight_layers(module: nn.Module) -> list[tuple[str, Adapter]]:
+    """The layers of a module DoPr has no adapter for that declares ``E`` experts (``num_experts``): each expert of
+    its ``E x out x in`` parameters, and its ``E x in`` router ``weight``. Raw parameters of any other module (a
+    position table, a layer scale) are not layers: they are named as uncovered, as before."""
+    count = next((c for a in EXPERT_COUNTS if isinstance(c := getattr(module, a, None), int)), None)
+    if count is None:
+        return []
+    parts: list[tuple[str, Adapter]] = []
+    for attr, p in module.named_parameters(recurse=False):
+        if p.ndim == 3 and p.shape[0] == count and min(p.shape[1:]) > 1:
+            parts += [(f":{attr}[{e}]", ExpertAdapter(attr, e)) for e in range(count)]
+        elif p.ndim == 2 and attr == "weight" and p.shape[0] == count and p.shape[1] > 1:
+            parts.append(("", MatrixAdapter(attr)))
+    return parts
