@@ -91,10 +91,11 @@ class StatisticsCapture:
                      for layer in self._module_layers[module_name]]
             self._record(reads, output, during_backward)
 
-    def _on_read(self, layer: Layer, x: Tensor, output: Any) -> None:
-        """A tapped weight was read against ``x`` (:mod:`dopr.tap`): the same rules as a module's forward."""
-        if self.capturing and records_gradients(layer.module):
-            self._record([(layer, x)], output, in_backward())
+    def _on_reads(self, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
+        """Tapped weights were read (:mod:`dopr.tap`), each layer against its tensor, by the op that gave
+        ``output``: the same rules as a module's forward."""
+        if self.capturing and records_gradients(reads[0][0].module):
+            self._record(reads, output, in_backward())
 
     def _record(self, reads: list[tuple[Layer, Tensor | None]], output: Any, during_backward: bool) -> None:
         """Compute the statistics of these reads now; they join Sigma when backward reaches ``output``."""

@@ -13,9 +13,12 @@ as the plain parameter would (results are plain tensors: a ``state_dict`` or a `
 beyond the copied parameter's class, which taps nothing) and, for the reads below, tells the preconditioner the
 tensor that was read:
 
-* ``F.linear(x, W, b)``: the rows of ``x``;
-* ``F.embedding(ids, W)``: the ids actually looked up (whatever the module's forward was called with);
-* ``W[e]`` of a 3-D bank: a view that reports ``F.linear(x, W[e])`` as a read of expert ``e``.
+* ``F.linear(x, W, b)``, and ``x @ W.T`` (``W.T``, ``W.t()``, ``W.transpose(0, 1)`` are views that report a
+  matmul with them): the rows of ``x``;
+* ``F.embedding(ids, W)`` and ``W[ids]`` (a position table sliced by the positions it needs): the ids actually
+  looked up, whatever the module's forward was called with;
+* a 3-D bank of experts: ``F.linear(x, W[e])`` is expert ``e``'s read of ``x``, and ``grouped_mm(x, W.transpose(-2,
+  -1), offs)`` (transformers' default experts implementation) is each expert's read of its segment of ``x``.
 
 A parameter DoPr does not own the class of (an FSDP2 ``DTensor``, a user's subclass) is not tapped: its layer keeps
 the module hook. :func:`tap` and :func:`untap` switch the class and back.
@@ -35,6 +38,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import compiler_disabled
 
+__all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "untap"]
+
 
 class Layer(Protocol):
     """A preconditioned layer as the tap sees it (``dopr.groups.Layer``; not imported: groups imports the adapters,
@@ -42,8 +47,6 @@ class Layer(Protocol):
 
     module: nn.Module
     adapter: Any
-
-__all__ = ["ExpertSlice", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "untap"]
 
 
 @dataclass
@@ -59,88 +62,171 @@ class _Reads:
 _READS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> _Reads (copies of the parameter have none)
 
 
-def _report(owner_ref: weakref.ref, layer: Layer, x: Any, output: Any) -> None:
+def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
     owner = owner_ref()
-    if owner is not None and isinstance(x, Tensor):
-        owner._on_read(layer, x, output)
+    if owner is not None and reads:
+        owner._on_reads(reads, output)
+
+
+def _run(func: Callable, args: tuple, kwargs: dict) -> Any:
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name)
 
 
 class TappedParameter(nn.Parameter):
-    """A parameter whose reads by ``F.linear``/``F.embedding``/``W[e]`` are reported to its preconditioner."""
+    """A parameter whose reads (see the module docstring) are reported to its preconditioner."""
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        with torch._C.DisableTorchFunctionSubclass():
-            out = func(*args, **kwargs)
-        reader = _READERS.get(func)
+        out = _run(func, args, kwargs)
+        reader = _PARAMETER_READS.get(func)
         return out if reader is None else reader(args, kwargs, out)
 
 
-class ExpertSlice(Tensor):
-    """``W[e]`` of a tapped bank: a plain view that reports ``F.linear(x, W[e])`` as expert ``e``'s read."""
+class TapView(Tensor):
+    """A plain view of a tapped weight (``W[e]``, ``W.T``) that reports the op that then reads it."""
 
-    _dopr_read: tuple[weakref.ref, Layer]
+    _dopr_read: tuple[weakref.ref, str, Any]  # (owner, "expert" | "transposed" | "bank", layer or expert layers)
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        with torch._C.DisableTorchFunctionSubclass():
-            out = func(*args, **kwargs)
-        return _read_expert(args, kwargs, out) if func is F.linear else out
+        out = _run(func, args, kwargs)
+        reader = _VIEW_READS.get(func)
+        return out if reader is None else reader(args, kwargs, out)
 
 
-@compiler_disabled
-def _read_expert(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight = args[1] if len(args) > 1 else kwargs.get("weight")
-    read = getattr(weight, "_dopr_read", None)
-    if read is not None:
-        _report(read[0], read[1], args[0] if args else kwargs.get("input"), out)
-    return out
+def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
+    view = out.as_subclass(TapView)
+    view._dopr_read = (owner, kind, what)
+    return view
+
+
+def _reads_of(weight: Any) -> _Reads | None:
+    return _READS.get(weight) if isinstance(weight, TappedParameter) else None
 
 
 @compiler_disabled
 def _read_linear(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight = args[1] if len(args) > 1 else kwargs.get("weight")
-    reads = _READS.get(weight) if isinstance(weight, TappedParameter) else None
-    if reads is not None and reads.linear is not None:
-        _report(reads.owner, reads.linear, args[0] if args else kwargs.get("input"), out)
+    reads = _reads_of(_arg(args, kwargs, 1, "weight"))
+    x = _arg(args, kwargs, 0, "input")
+    if reads is not None and reads.linear is not None and isinstance(x, Tensor):
+        _report(reads.owner, [(reads.linear, x)], out)
     return out
 
 
 @compiler_disabled
 def _read_embedding(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight = args[1] if len(args) > 1 else kwargs.get("weight")
-    reads = _READS.get(weight) if isinstance(weight, TappedParameter) else None
-    if reads is not None and reads.embedding is not None:
-        _report(reads.owner, reads.embedding, args[0] if args else kwargs.get("input"), out)
+    reads = _reads_of(_arg(args, kwargs, 1, "weight"))
+    ids = _arg(args, kwargs, 0, "input")
+    if reads is not None and reads.embedding is not None and isinstance(ids, Tensor):
+        _report(reads.owner, [(reads.embedding, ids)], out)
     return out
 
 
 @compiler_disabled
 def _read_item(args: tuple, kwargs: dict, out: Any) -> Any:
-    bank, index = args[0], args[1] if len(args) > 1 else None
-    reads = _READS.get(bank) if isinstance(bank, TappedParameter) else None
-    if reads is None or not reads.experts or not isinstance(out, Tensor) or out.ndim != bank.ndim - 1:
+    weight, index = args[0], args[1] if len(args) > 1 else None
+    reads = _reads_of(weight)
+    if reads is None or not isinstance(out, Tensor):
         return out
-    if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
-        index = int(index)  # W[expert_idx] with a 0-d index tensor (transformers' expert loop)
-    if not isinstance(index, int):
-        return out
-    layer = reads.experts[index]
-    if layer is None:  # an expert left to the base optimizer
-        return out
-    view = out.as_subclass(ExpertSlice)
-    view._dopr_read = (reads.owner, layer)
-    return view
+    if reads.experts and out.ndim == weight.ndim - 1:
+        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
+            index = int(index)  # W[expert_idx] with a 0-d index tensor (transformers' expert loop)
+        layer = reads.experts[index] if isinstance(index, int) else None
+        return out if layer is None else _view(out, reads.owner, "expert", layer)
+    if reads.embedding is not None and (ids := _looked_up(index, weight.shape[0], weight.device)) is not None:
+        _report(reads.owner, [(reads.embedding, ids)], out)  # a table read by the rows it needs (positions)
+    return out
 
 
-_READERS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
+def _looked_up(index: Any, rows: int, device: torch.device) -> Tensor | None:
+    """The rows of a table that ``table[index]`` reads, as ids (None: an index DoPr does not follow)."""
+    if isinstance(index, Tensor) and not index.is_floating_point() and index.dtype != torch.bool:
+        return index
+    if isinstance(index, slice):
+        return torch.arange(rows, device=device)[index]
+    if isinstance(index, int):
+        return torch.tensor([index % rows], device=device)
+    return None
+
+
+@compiler_disabled
+def _read_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
+    weight = args[0]
+    reads = _reads_of(weight)
+    if reads is None or not isinstance(out, Tensor) or out.ndim != weight.ndim:
+        return out
+    dims = tuple(d % weight.ndim for d in args[1:3]) if len(args) >= 3 else (0, 1)
+    if reads.experts and weight.ndim == 3 and sorted(dims) == [1, 2]:
+        return _view(out, reads.owner, "bank", reads.experts)
+    if reads.linear is not None and weight.ndim == 2:
+        return _view(out, reads.owner, "transposed", reads.linear)
+    return out
+
+
+@compiler_disabled
+def _read_expert_linear(args: tuple, kwargs: dict, out: Any) -> Any:
+    read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
+    x = _arg(args, kwargs, 0, "input")
+    if read is not None and read[1] == "expert" and isinstance(x, Tensor):
+        _report(read[0], [(read[2], x)], out)
+    return out
+
+
+@compiler_disabled
+def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
+    x, read = args[0] if args else kwargs.get("input"), getattr(_arg(args, kwargs, 1, "other"), "_dopr_read", None)
+    if read is None:
+        read = getattr(_arg(args, kwargs, 1, "mat2"), "_dopr_read", None)
+    if read is not None and read[1] == "transposed" and isinstance(x, Tensor) and not isinstance(x, TapView):
+        _report(read[0], [(read[2], x)], out)  # x @ W.T: the rows of x
+    return out
+
+
+@compiler_disabled
+def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
+    x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
+    if x is None:
+        x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+    read, offs = getattr(bank, "_dopr_read", None), kwargs.get("offs", args[2] if len(args) > 2 else None)
+    if read is None or read[1] != "bank" or not isinstance(x, Tensor) or x.ndim != 2 or offs is None:
+        return out
+    reads, start = [], 0
+    for layer, end in zip(read[2], offs.tolist()):  # expert e reads rows offs[e-1]:offs[e] (one host read)
+        if layer is not None and end > start:
+            reads.append((layer, x[start:end]))
+        start = end
+    _report(read[0], reads, out)
+    return out
+
+
+_PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_linear,
     F.embedding: _read_embedding,
     Tensor.__getitem__: _read_item,
+    Tensor.t: _read_transpose,
+    Tensor.T.__get__: _read_transpose,
+    Tensor.transpose: _read_transpose,
+    torch.transpose: _read_transpose,
 }
-
+_VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
+    F.linear: _read_expert_linear,
+    torch.matmul: _read_matmul,
+    Tensor.matmul: _read_matmul,
+    Tensor.__matmul__: _read_matmul,
+    torch.mm: _read_matmul,
+    Tensor.mm: _read_matmul,
+}
+for _name in ("_grouped_mm", "grouped_mm"):
+    for _space in (torch, F):
+        if hasattr(_space, _name):
+            _VIEW_READS[getattr(_space, _name)] = _read_grouped
 
 def tappable(param: Tensor) -> bool:
     """Whether DoPr owns the class of ``param`` and may switch it (a plain ``nn.Parameter``, or already tapped)."""
