@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["COMPILE_REASON", "ModuleHooks", "compiler_disabled", "in_backward", "output_tensors", "records_gradients",
-           "when_backward_reaches"]
+__all__ = ["COMPILE_REASON", "UNSEEN_CALL", "UNSEEN_READ", "ModuleHooks", "check_hooks_reached", "compiler_disabled",
+           "in_backward", "output_tensors", "records_gradients", "when_backward_reaches"]
 
 # (module name, module, args, kwargs, output, during backward)
 ForwardCallback = Callable[[str, nn.Module, tuple, dict, Any, bool], None]
@@ -108,3 +108,37 @@ def compiler_disabled(fn: Callable) -> Callable:
         return torch.compiler.disable(fn, reason=COMPILE_REASON)
     except TypeError:  # torch < 2.7: no reason argument
         return torch.compiler.disable(fn)
+
+
+# why a layer with a gradient recorded no input: the end of the warning, for a tapped and for a hooked layer
+UNSEEN_READ = ("or its weight was read only through a tensor computed from it (a cast, a scaled or standardized copy) "
+               "or by an op DoPr does not tap; DoPr sees F.linear(x, W), x @ W.T, F.embedding(ids, W), W[ids] and, for "
+               "expert banks, F.linear(x, W[e]) and grouped_mm on the weight itself.")
+UNSEEN_CALL = ("or its weight is used without calling the module, or torch.compile runs a graph it built before DoPr "
+               "was constructed (call torch.compiler.reset() after constructing DoPr).")
+
+
+def check_hooks_reached(hooked: list[tuple[str, bool]]) -> None:
+    """Raise at the first step when no hooked layer with a gradient (name, recorded anything) recorded an input
+    while torch.compile has compiled graphs: a graph Dynamo built before DoPr's hooks existed runs without them, and
+    DoPr would silently train those layers as its base optimizer. Called before anything is modified."""
+    missed = [name for name, recorded in hooked if not recorded]
+    if not missed or len(missed) < len(hooked) or not _dynamo_compiled():
+        return
+    raise RuntimeError(
+        f"DoPr recorded no input for any of the {len(missed)} layer(s) it reads at their module call "
+        f"({', '.join(missed[:4])}{', ...' if len(missed) > 4 else ''}), although they have gradients, and "
+        "torch.compile has compiled graphs in this process: the model is running a graph Dynamo built before DoPr "
+        "installed its hooks (compiled, then called, then DoPr constructed; or another instance of the same class "
+        "compiled earlier), so these layers would train exactly as with the base optimizer. Nothing was modified. "
+        "Fix: construct DoPr before the compiled model's first call, or call torch.compiler.reset() after "
+        "constructing DoPr (the next call compiles again, with DoPr's hooks).")
+
+
+def _dynamo_compiled() -> bool:
+    """Whether torch.compile has compiled a graph in this process (since its last reset)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - a torch without dynamo
+        return False
+    return counters["stats"]["unique_graphs"] > 0

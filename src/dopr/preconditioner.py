@@ -21,7 +21,7 @@ from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
 from .adapters.discovery import is_weight_matrix
-from .capture import ModuleHooks
+from .capture import UNSEEN_CALL, UNSEEN_READ, ModuleHooks, check_hooks_reached
 from .functional import (
     apply_blocks,
     apply_factor,
@@ -258,6 +258,8 @@ class ActivationPreconditioner(StatisticsCapture):
                 if group.rows:
                     self._drop_if_gradient_cleared(group)
             self._check_groups_consistent()
+            if refresh and self.step_count == 0:
+                self._check_hooks_reached(work)
             if refresh:
                 self._reduce_across_ranks()
             grads = {e.name: e.adapter.gradient(e.module) for e, _ in work}
@@ -312,13 +314,12 @@ class ActivationPreconditioner(StatisticsCapture):
             else:
                 entry.adapter.write_gradient(entry.module, m.to(g.dtype))
 
+    def _check_hooks_reached(self, work: list[tuple[Layer, Group]]) -> None:
+        hooked = [(e.name, bool(g.rows or g.kept)) for e, g in work if not self.discovery.layers[e.name].tapped]
+        check_hooks_reached(hooked)
+
     def _unseen_read_cause(self, layer: Layer) -> str:
-        if self.discovery.layers[layer.name].tapped:
-            return ("or its weight was read only through a tensor computed from it (a cast, a transpose, a scaled or "
-                    "standardized copy) or by an op DoPr does not tap (a matmul, a batched or grouped matmul); DoPr "
-                    "sees F.linear(x, W), F.embedding(ids, W) and F.linear(x, W[e]) on the weight itself.")
-        return ("or its weight is used without calling the module, or torch.compile runs a graph it built before "
-                "DoPr was constructed (call torch.compiler.reset() after constructing DoPr).")
+        return UNSEEN_READ if self.discovery.layers[layer.name].tapped else UNSEEN_CALL
 
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):
