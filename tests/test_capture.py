@@ -242,3 +242,26 @@ def test_padding_changes_the_step_when_not_masked():
     o1.step()
     o2.step()
     assert not torch.allclose(m1[1].weight, m2[1].weight)
+
+
+def test_an_output_modified_in_place_still_commits_its_rows():
+    """Swin-v2's position-bias MLP: Linear on a 4-D buffer, then ReLU(inplace=True) on the Linear's output (a view of
+    the product), which detached a hook registered on the output tensor: the layer recorded nothing."""
+
+    class Bias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(inplace=True), nn.Linear(8, 3, bias=False))
+            self.register_buffer("table", torch.randn(1, 7, 7, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.mlp(self.table).sum()
+
+    model = Bias()
+    opt = DoPr(model, lr=1e-3)
+    model(torch.randn(3)).sum().backward()
+    z = torch.cat([model.table.reshape(-1, 2), torch.ones(49, 1)], dim=1).double()
+    group = opt.preconditioner.groups["mlp.0"]
+    torch.testing.assert_close(group.total.double(), z.T @ z, rtol=1e-6, atol=1e-6)
+    opt.step()
+    assert all(g["missing_statistics"] == 0 for g in opt.stats().values())

@@ -29,17 +29,33 @@ def _mixtral(impl: str) -> nn.Module:
     return transformers.MixtralForCausalLM(config)
 
 
+def _gpt_oss(impl: str) -> nn.Module:
+    """gpt-oss stores its banks transposed (E x in x out), read as x @ W[e] + b[e], with a bias per expert."""
+    torch.manual_seed(0)
+    config = transformers.GptOssConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K,
+        experts_implementation=impl, layer_types=["full_attention"])
+    return transformers.GptOssForCausalLM(config)
+
+
 def _sigma_sum(group) -> torch.Tensor:
+    """The group's sum of z z^T: its running sum, or the few rows it kept (the Woodbury form; no bias column)."""
     if group.total is not None:
         return group.total.double()
-    return sum(z.double().T @ z.double() for z in group.kept)
+    z = torch.cat(group.kept).double()
+    if group.bias:
+        z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype)], dim=1)
+    return z.T @ z
 
 
 @pytest.mark.parametrize("impl", ["eager", "grouped_mm"])
-def test_each_expert_gets_the_float64_sigma_of_its_routed_tokens_and_its_own_update(impl):
-    model = _mixtral(impl)
+@pytest.mark.parametrize("build", [_mixtral, _gpt_oss], ids=["mixtral", "gpt_oss"])
+def test_each_expert_gets_the_float64_sigma_of_its_routed_tokens_and_its_own_update(build, impl):
+    model = build(impl)
     assert model.config._experts_implementation == impl
     experts = model.model.layers[0].mlp.experts
+    transposed, bias = getattr(experts, "is_transposed", False), getattr(experts, "has_bias", False)
     ap = ActivationPreconditioner(model, damping=DAMPING, strict=True)
     assert ap.coverage()["share"] == 1.0
     seen = {}
@@ -49,26 +65,39 @@ def test_each_expert_gets_the_float64_sigma_of_its_routed_tokens_and_its_own_upd
         warnings.simplefilter("error")
         model(ids, labels=ids).loss.backward()
     hidden, routed = seen["args"][0].double(), seen["args"][1]
-    gate_up = experts.gate_up_proj.detach().double()
-    grads = {b: getattr(experts, b).grad.double().clone() for b in ("gate_up_proj", "down_proj")}
+    banks = ("gate_up_proj", "down_proj")
+    weights = {b: getattr(experts, b).detach().double() for b in banks}
+    grads = {b: getattr(experts, b).grad.double().clone() for b in banks}
+    biases = {b: getattr(experts, f"{b}_bias").grad.double().clone() for b in banks} if bias else {}
     reads = {}
     for e in range(EXPERTS):
         z = hidden[(routed == e).any(-1)]
-        gate, up = (z @ gate_up[e].T).chunk(2, dim=-1)
-        reads[e] = {"gate_up_proj": z, "down_proj": experts.act_fn(gate) * up}
+        w = weights["gate_up_proj"][e]
+        gate_up = z @ w if transposed else z @ w.T
+        if bias:
+            gate_up = gate_up + experts.gate_up_proj_bias.detach().double()[e]
+        reads[e] = {"gate_up_proj": z, "down_proj": experts._apply_gate(gate_up)}
         for bank, rows in reads[e].items():
+            if bias:  # the bias is the weight of a constant input 1
+                rows = reads[e][bank] = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
             group = ap.groups[ap.layers[f"model.layers.0.mlp.experts:{bank}[{e}]"].group]
             assert group.rows == rows.shape[0] > 0
             torch.testing.assert_close(_sigma_sum(group), rows.T @ rows, rtol=1e-5, atol=1e-5)
-    router = ap.groups[ap.layers["model.layers.0.mlp.gate"].group]
+    router = ap.groups[ap.layers["model.layers.0.mlp.router" if bias else "model.layers.0.mlp.gate"].group]
     assert router.rows == ids.numel()  # the router is the Linear it is, reading every token
     assert ap.precondition_()
     for e in range(EXPERTS):
         for bank, rows in reads[e].items():
+            g = grads[bank][e].T if transposed else grads[bank][e]
+            if bias:
+                g = torch.cat([g, biases[bank][e].reshape(-1, 1)], dim=1)
             sigma = rows.T @ rows / rows.shape[0]
             lam = DAMPING * sigma.trace() / sigma.shape[0]
-            want = grads[bank][e] @ torch.linalg.inv(sigma + lam * torch.eye(sigma.shape[0], dtype=torch.float64))
+            want = g @ torch.linalg.inv(sigma + lam * torch.eye(sigma.shape[0], dtype=torch.float64))
             got = getattr(experts, bank).grad[e].double()
+            got = got.T if transposed else got
+            if bias:
+                got = torch.cat([got, getattr(experts, f"{bank}_bias").grad[e].double().reshape(-1, 1)], dim=1)
             # norm-wise: experts with fewer routed rows than inputs have a badly conditioned Sigma + lambda I
             assert (got - want).norm() <= 1e-4 * want.norm(), (bank, e, ((got - want).norm() / want.norm()).item())
     ap.remove()

@@ -51,8 +51,14 @@ def output_tensors(output: Any) -> list[Tensor]:
 
 
 def when_backward_reaches(outputs: list[Tensor], fn: Callable[[], None]) -> None:
-    """Call ``fn`` once, the first time a backward pass computes the gradient of any of ``outputs``."""
-    if len(outputs) == 1:
+    """Call ``fn`` once, the first time a backward pass computes the gradient of any of ``outputs``.
+
+    One output: a pre-hook on the node that made it, which an in-place op on the output (``nn.ReLU(inplace=True)``
+    right after a Linear, as in Swin-v2's position-bias MLP) does not detach, unlike a hook on the tensor."""
+    made = outputs[0]._base if len(outputs) == 1 and outputs[0]._is_view() else outputs[0]
+    if len(outputs) == 1 and made is not None and made.grad_fn is not None:  # a view's node goes if it is modified
+        made.grad_fn.register_prehook(lambda grads: fn())
+    elif len(outputs) == 1:
         outputs[0].register_hook(lambda grad: fn())
     else:
         torch.autograd.graph.register_multi_grad_hook(outputs, lambda grads: fn(), mode="any")

@@ -170,12 +170,17 @@ def _read_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
+def _is_input(x: Any) -> bool:
+    """A tensor a weight can be read against (not the weight itself or a view of it: ``W @ W.T`` is no read)."""
+    return isinstance(x, Tensor) and not isinstance(x, (TapView, TappedParameter))
+
+
 @compiler_disabled
 def _read_expert_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
     x = _arg(args, kwargs, 0, "input")
-    if read is not None and read[1] == "expert" and isinstance(x, Tensor):
-        _report(read[0], [(read[2], x)], out)
+    if read is not None and read[1] == "expert" and not read[2].adapter.transposed and _is_input(x):
+        _report(read[0], [(read[2], x)], out)  # F.linear(x, W[e]) of an E x out x in bank
     return out
 
 
@@ -184,8 +189,18 @@ def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     x, read = args[0] if args else kwargs.get("input"), getattr(_arg(args, kwargs, 1, "other"), "_dopr_read", None)
     if read is None:
         read = getattr(_arg(args, kwargs, 1, "mat2"), "_dopr_read", None)
-    if read is not None and read[1] == "transposed" and isinstance(x, Tensor) and not isinstance(x, TapView):
-        _report(read[0], [(read[2], x)], out)  # x @ W.T: the rows of x
+    if read is None or not _is_input(x):
+        return out
+    if read[1] == "transposed" or (read[1] == "expert" and read[2].adapter.transposed):
+        _report(read[0], [(read[2], x)], out)  # x @ W.T, or x @ W[e] of an E x in x out bank: the rows of x
+    return out
+
+
+@compiler_disabled
+def _read_left_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
+    reads, x = _reads_of(args[0] if args else kwargs.get("input")), _arg(args, kwargs, 1, "other")
+    if reads is not None and reads.linear is not None and _is_input(x) and x.ndim >= 2:
+        _report(reads.owner, [(reads.linear, x.transpose(-1, -2))], out)  # W @ X (Mamba's dt_proj): X's columns
     return out
 
 
@@ -194,15 +209,24 @@ def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
     x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
     if x is None:
         x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-    read, offs = getattr(bank, "_dopr_read", None), kwargs.get("offs", args[2] if len(args) > 2 else None)
-    if read is None or read[1] != "bank" or not isinstance(x, Tensor) or x.ndim != 2 or offs is None:
+    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+    if isinstance(bank, TappedParameter):  # an E x in x out bank, read as it is stored
+        reads = _READS.get(bank)
+        experts = reads.experts if reads is not None and reads.experts else []
+        owner, transposed = (reads.owner if reads is not None else None), True
+    else:  # W.transpose(-2, -1) of an E x out x in bank
+        read = getattr(bank, "_dopr_read", None)
+        experts = read[2] if read is not None and read[1] == "bank" else []
+        owner, transposed = (read[0] if read is not None else None), False
+    layers = [e for e in experts if e is not None]
+    if not layers or layers[0].adapter.transposed != transposed or not _is_input(x) or x.ndim != 2 or offs is None:
         return out
-    reads, start = [], 0
-    for layer, end in zip(read[2], offs.tolist()):  # expert e reads rows offs[e-1]:offs[e] (one host read)
+    found, start = [], 0
+    for layer, end in zip(experts, offs.tolist()):  # expert e reads rows offs[e-1]:offs[e] (one host read)
         if layer is not None and end > start:
-            reads.append((layer, x[start:end]))
+            found.append((layer, x[start:end]))
         start = end
-    _report(read[0], reads, out)
+    _report(owner, found, out)
     return out
 
 
@@ -214,6 +238,9 @@ _PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     Tensor.T.__get__: _read_transpose,
     Tensor.transpose: _read_transpose,
     torch.transpose: _read_transpose,
+    torch.matmul: _read_left_matmul,
+    Tensor.matmul: _read_left_matmul,
+    Tensor.__matmul__: _read_left_matmul,
 }
 _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_expert_linear,
@@ -226,7 +253,7 @@ _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
 for _name in ("_grouped_mm", "grouped_mm"):
     for _space in (torch, F):
         if hasattr(_space, _name):
-            _VIEW_READS[getattr(_space, _name)] = _read_grouped
+            _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
 
 def tappable(param: Tensor) -> bool:
     """Whether DoPr owns the class of ``param`` and may switch it (a plain ``nn.Parameter``, or already tapped)."""

@@ -10,6 +10,8 @@ router modules do):
   expert is a layer of its own (``experts:gate_up_proj[3]``) with the Sigma of its own tokens, so the update of
   one expert does not depend on how the tokens of another are spread; the experts' equal-size Sigmas are
   factorized in one batched call (:func:`dopr.refresh.refresh_groups` buckets them).
+  Banks that transformers marks ``is_transposed`` (gpt-oss) are ``E x in x out``, read as ``x @ W[e]``, and their
+  ``<bank>_bias`` (``E x out``, where the module ``has_bias``) is each expert's bias.
 * A 2-D ``E x in`` ``weight``, read as ``F.linear(x, W)`` (the router): the Linear layer it is.
 
 A weight of either kind that is read another way (``x @ W``, a batched or grouped matmul, a cast) records no
@@ -18,6 +20,7 @@ statistics, and DoPr names it at the step (``missing_statistics``) instead of pr
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .base import Adapter, local
@@ -48,25 +51,40 @@ class MatrixAdapter(Adapter):
 
 
 class ExpertAdapter(MatrixAdapter):
-    """Expert ``index`` of the bank ``attr`` (``E x out x in``), read as ``F.linear(x, W[index])``."""
+    """Expert ``index`` of the bank ``attr``: ``E x out x in`` read as ``F.linear(x, W[index])``, or, ``transposed``,
+    ``E x in x out`` read as ``x @ W[index]`` (gpt-oss); with its row of the bank's bias ``bias_attr`` (``E x out``)."""
 
     reads = "expert"
 
-    def __init__(self, attr: str, index: int) -> None:
+    def __init__(self, attr: str, index: int, transposed: bool = False, bias_attr: str | None = None) -> None:
         super().__init__(attr)
-        self.index = index
+        self.index, self.transposed, self.bias_attr = index, transposed, bias_attr
+
+    def bias(self, module: nn.Module) -> nn.Parameter | None:
+        return None if self.bias_attr is None else getattr(module, self.bias_attr)
+
+    def in_features(self, module: nn.Module) -> int:
+        return self.weight(module).shape[1 if self.transposed else 2]
 
     def out_features(self, module: nn.Module) -> int:
-        return self.weight(module).shape[1]
+        return self.weight(module).shape[2 if self.transposed else 1]
 
     def rows_of(self, module: nn.Module, param: nn.Parameter) -> tuple[int, int]:
         return self.index, self.index + 1
 
     def gradient(self, module: nn.Module) -> Tensor:
-        return local(self.weight(module).grad)[self.index]
+        g = local(self.weight(module).grad)[self.index]
+        g = g.T if self.transposed else g
+        bias = self.bias(module)
+        return g if bias is None else torch.cat([g, local(bias.grad)[self.index].reshape(-1, 1)], dim=1)
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
-        local(self.weight(module).grad)[self.index].copy_(m)
+        k = self.in_features(module)
+        w = local(self.weight(module).grad)[self.index]
+        w.copy_(m[:, :k].T if self.transposed else m[:, :k])
+        bias = self.bias(module)
+        if bias is not None:
+            local(bias.grad)[self.index].copy_(m[:, k])
 
 
 #: the attributes by which a module declares how many experts it holds (transformers' experts and routers)
@@ -81,9 +99,11 @@ def raw_weight_layers(module: nn.Module) -> list[tuple[str, Adapter]]:
     if count is None:
         return []
     parts: list[tuple[str, Adapter]] = []
+    transposed = bool(getattr(module, "is_transposed", False))  # set by transformers' experts implementations
     for attr, p in module.named_parameters(recurse=False):
         if p.ndim == 3 and p.shape[0] == count and min(p.shape[1:]) > 1:
-            parts += [(f":{attr}[{e}]", ExpertAdapter(attr, e)) for e in range(count)]
+            bias = f"{attr}_bias" if getattr(module, "has_bias", False) and hasattr(module, f"{attr}_bias") else None
+            parts += [(f":{attr}[{e}]", ExpertAdapter(attr, e, transposed, bias)) for e in range(count)]
         elif p.ndim == 2 and attr == "weight" and p.shape[0] == count and p.shape[1] > 1:
             parts.append(("", MatrixAdapter(attr)))
     return parts
