@@ -265,3 +265,33 @@ def test_an_output_modified_in_place_still_commits_its_rows():
     torch.testing.assert_close(group.total.double(), z.T @ z, rtol=1e-6, atol=1e-6)
     opt.step()
     assert all(g["missing_statistics"] == 0 for g in opt.stats().values())
+
+
+def test_layers_share_a_sigma_only_when_they_read_the_same_tensors():
+    """SEW-D's attention: q, k and v read the hidden states, and q and k also read the relative embeddings. Grouped
+    at their first shared read, v's Sigma took the embeddings' rows too and the step raised; grouped by the set of
+    tensors each read in the first step, q and k share one Sigma and v has its own."""
+
+    class Disentangled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, h: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+            return (self.q(h) * self.k(h) * self.v(h)).sum() + (self.q(rel) * self.k(rel)).sum()
+
+    torch.manual_seed(0)
+    model = Disentangled()
+    opt = DoPr(model, lr=1e-3)
+    for _ in range(2):
+        h, rel = torch.randn(6, 4), torch.randn(3, 4)
+        opt.zero_grad()
+        model(h, rel).backward()
+        ones = lambda t: torch.cat([t, torch.ones(t.shape[0], 1)], dim=1).double()  # noqa: E731
+        want_qk, want_v = ones(h).T @ ones(h) + ones(rel).T @ ones(rel), ones(h).T @ ones(h)
+        opt.step()
+    assert sorted(g["layers"] for g in opt.stats().values()) == [["q", "k"], ["v"]]
+    ap = opt.preconditioner
+    model(h, rel).backward()
+    torch.testing.assert_close(ap.groups["q"].total.double(), want_qk, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ap.groups["v"].total.double(), want_v, rtol=1e-6, atol=1e-6)

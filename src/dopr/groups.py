@@ -25,6 +25,7 @@ class Layer:
     fires_outside_backward: int = 0
     output_grads: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # tied embeddings: (ids, d out)
     grad_marker: Any = None  # for output_grads, as Group.grad_marker for rows
+    reads: list[int] = field(default_factory=list)  # the tensors it read this step, numbered (grouping, first step)
 
     def __post_init__(self) -> None:
         self.module_name = self.module_name or self.name

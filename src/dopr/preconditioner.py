@@ -160,6 +160,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
         self._row_mask: Tensor | None = None
+        self._tokens, self._token_count = {}, 0
         self._workspaces = Workspaces()  # the memory refreshes factorize in (the factors are views of it)
         self._grouping_frozen = not share_inputs
         self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
@@ -252,6 +253,8 @@ class ActivationPreconditioner(StatisticsCapture):
         """
         refresh = self.capturing
         try:
+            if refresh and not self._grouping_frozen:
+                self._form_groups()
             work = [(e, self.groups[e.group]) for e in self.layers.values()
                     if e.adapter.weight(e.module).grad is not None]
             for group in self.groups.values():

@@ -72,6 +72,8 @@ class StatisticsCapture:
     groups: dict[str, Group]
     _module_layers: dict[str, list[Layer]]
     _tied_embeddings: dict[str, Layer]  # module name -> the embedding layer tied to an output head
+    _tokens: dict[int, tuple[weakref.ref, int]]  # id(input) -> (the input, its number), this step
+    _token_count: int  # numbers given so far (never reused: an id is, once its tensor is gone)
 
     # ----------------------------------------------------------------- capture
     @property
@@ -124,25 +126,38 @@ class StatisticsCapture:
         return self._contribution(layer, group, x.detach())
 
     def _group_for(self, layer: Layer, x: Tensor) -> Group:
-        group = self.groups[layer.group]
-        if self._grouping_frozen or len(group.members) > 1 or layer.module_name in self._tied_embeddings:
-            return group
-        for other in self.groups.values():
-            ref = other.seen.get(id(x))
-            if other is not group and ref is not None and ref() is x and self._compatible(other, group):
-                other.members.append(layer.name)
-                other.members.sort(key=list(self.layers).index)
-                del self.groups[layer.group]
-                for member in other.members:
-                    self.layers[member].group = other.members[0]
-                self.groups = {g.members[0]: g for g in self.groups.values()}
-                return other
-        return group
+        if not self._grouping_frozen and layer.module_name not in self._tied_embeddings:
+            layer.reads.append(self._token(x))  # which tensors it reads: layers that read the same ones share a Sigma
+        return self.groups[layer.group]
 
-    @staticmethod
-    def _compatible(a: Group, b: Group) -> bool:
-        same_shape = (a.dim, a.diagonal, a.bias, a.blocks) == (b.dim, b.diagonal, b.bias, b.blocks)
-        return same_shape and a.accumulations > 0 and b.accumulations == 0
+    def _token(self, x: Tensor) -> int:
+        """A number for the tensor object ``x``, the same for every read of it this step (ids of dead tensors are
+        reused, so a tensor is recognised by a weak reference, not by its id alone)."""
+        ref, token = self._tokens.get(id(x), (None, None))
+        if ref is None or ref() is not x:
+            self._token_count += 1
+            token = self._token_count
+            self._tokens[id(x)] = (weakref.ref(x), token)
+        return token
+
+    def _form_groups(self) -> None:
+        """At the first refresh, layers that read exactly the same tensors (q, k and v of one hidden state; gate and
+        up) become one group with one Sigma: their statistics this step are equal, so the first member's are kept."""
+        by_reads: dict[tuple, list[Layer]] = {}
+        for layer in self.layers.values():
+            group = self.groups[layer.group]
+            if layer.reads and len(group.members) == 1 and group.accumulations:
+                key = (tuple(layer.reads), group.dim, group.diagonal, group.bias, group.blocks)
+                by_reads.setdefault(key, []).append(layer)
+        for members in by_reads.values():
+            if len(members) < 2:
+                continue
+            keep = self.groups[members[0].group]
+            for layer in members[1:]:
+                del self.groups[layer.group]
+                layer.group = keep.members[0]
+                keep.members.append(layer.name)
+        self.groups = {g.members[0]: g for g in self.groups.values()}
 
     @torch.no_grad()
     def _contribution(self, layer: Layer, group: Group, x: Tensor) -> _Pending:
@@ -268,8 +283,10 @@ class StatisticsCapture:
             self._clear_committed(group)
             group.accumulations, group.grad_marker = 0, None
             group.seen.clear()
+        self._tokens.clear()
         for layer in self.layers.values():
             layer.fires = layer.fires_outside_backward = 0
+            layer.reads.clear()
             layer.output_grads.clear()
             layer.grad_marker = None
 
