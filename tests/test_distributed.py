@@ -154,3 +154,52 @@ def test_two_ranks_equal_one_rank_with_tied_embeddings():
     for rank in range(WORLD):
         for got, want in zip(results[rank], model.parameters()):
             assert torch.allclose(got, want.detach(), rtol=0, atol=1e-6), (rank, (got - want).abs().max())
+
+
+def _attention_model() -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    return nn.Sequential(nn.Linear(5, 8), layer, nn.Linear(8, 3)).double()
+
+
+def _attention_train(model: nn.Module, opt: DoPr, rank: int = 0, world: int = 1) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        x = torch.randn(8, 4, 5, generator=g, dtype=torch.float64)[rank * 8 // world : (rank + 1) * 8 // world]
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+def _attention_worker(rank: int, port: int, out: dict) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        model = _attention_model()
+        mesh = init_device_mesh("cpu", (WORLD,))
+        fully_shard(model[1], mesh=mesh)  # one block: rank 1's rows of in_proj_weight hold no row of q
+        fully_shard(model, mesh=mesh)
+        _attention_train(model, DoPr(model, lr=1e-2, damping=1e-2), rank, WORLD)
+        out[rank] = [p.full_tensor().detach().clone() for p in model.parameters()]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_with_multihead_attention_equals_one_rank():
+    """The q/k/v rows of in_proj_weight split across ranks: a rank can hold none of a layer's rows (an empty local
+    block, which crashed), and the layer's update is still the one-process update."""
+    if not dist.is_available():
+        pytest.skip("torch built without distributed")
+    model = _attention_model()
+    opt = DoPr(model, lr=1e-2, damping=1e-2)
+    _attention_train(model, opt)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_attention_worker, args=(_free_port(), out), nprocs=WORLD, start_method="spawn")
+        results = dict(out)
+    for rank in range(WORLD):
+        for got, want in zip(results[rank], model.parameters()):
+            assert torch.allclose(got, want.detach(), rtol=0, atol=1e-6), (rank, (got - want).abs().max())

@@ -124,7 +124,7 @@ class Adapter:
     def gradient(self, module: nn.Module) -> Tensor:
         """``G`` as ``d_out x dim`` (bias gradient as the last column); this rank's rows under FSDP2."""
         w = self._rows_view(module, self.weight(module))
-        g = w.reshape(w.shape[0], -1)
+        g = w.flatten(1)  # not reshape(rows, -1): a rank can hold none of the rows (FSDP2), a layer no outputs
         bias = self.bias(module)
         if bias is not None:
             g = torch.cat([g, self._rows_view(module, bias).reshape(-1, 1)], dim=1)
