@@ -149,3 +149,20 @@ def test_moe_trains_with_dopr_and_muon():
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert all(g["missing_statistics"] == 0 for g in opt.stats().values())
+
+
+def test_muon_orthogonalizes_each_expert_of_a_bank_on_its_own():
+    from dopr.bases.muon import zeropower_via_newton_schulz
+
+    g = torch.randn(EXPERTS, 6, 9, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 10.0, 0.1, 3.0])[
+        :, None, None]
+    args = ((3.4445, -4.7750, 2.0315), 5, 1e-7, torch.float32)
+    batched = zeropower_via_newton_schulz(g, *args)
+    for e in range(EXPERTS):  # the scale of one expert does not reach another
+        torch.testing.assert_close(batched[e], zeropower_via_newton_schulz(g[e], *args), rtol=1e-5, atol=1e-5)
+    model = _gpt_oss("grouped_mm")
+    opt = DoPr(model, base="muon", lr=1e-2)
+    routes = {r.name: r for r in opt.routes}
+    for bank in ("gate_up_proj", "down_proj"):
+        route = routes[f"model.layers.0.mlp.experts.{bank}"]
+        assert route.base == "muon" and "bank" in route.reason and "d_in x d_out" in route.reason

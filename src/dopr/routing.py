@@ -1,6 +1,7 @@
 """Which base optimizer gets which parameter.
 
-Matrix optimizers (Muon, AdaMuon) take the 2D weights of hidden ``nn.Linear`` layers; everything
+Matrix optimizers (Muon, AdaMuon) take the 2D weights of hidden ``nn.Linear`` layers (Muon also the 3-D banks of
+mixture-of-experts weights, each matrix orthogonalized on its own); everything
 else (biases, norms, embeddings, conv kernels, output heads, raw parameters) goes to an auxiliary
 AdamW, as Muon's authors recommend. Element-wise optimizers take all parameters.
 """
@@ -16,6 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .adapters.base import is_hf_conv1d
+from .adapters.experts import expert_banks
 from .bases import AdaMuon, Muon, Signum
 
 __all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
@@ -29,6 +31,7 @@ BASES: dict[str, type[Optimizer]] = {
     "adamuon": AdaMuon,
 }
 _MATRIX_BASES = {"muon", "adamuon"}
+_BANK_BASES = {"muon"}  # matrix bases that also take 3-D banks of expert weights (AdaMuon takes 2-D only)
 
 #: Module-name patterns whose Linear weights a matrix optimizer leaves to AdamW (output heads).
 DEFAULT_AUX_PATTERNS: tuple[str, ...] = ("*lm_head", "*head", "*output", "*classifier", "*embed*")
@@ -89,10 +92,15 @@ def build_bases(
         return [(label, opt)], [Route(n, tuple(p.shape), label, "all parameters") for n, p in named]
 
     hidden = _linear_weights(model, aux_patterns)
-    matrix = [(n, p) for n, p in named if p.ndim == 2 and id(p) in hidden]
-    aux = [(n, p) for n, p in named if not (p.ndim == 2 and id(p) in hidden)]
-    routes = [Route(n, tuple(p.shape), label, "2D weight of a hidden Linear layer" + (
-        " (stored d_in x d_out: Hugging Face Conv1D)" if hidden[id(p)] else "")) for n, p in matrix]
+    banks = expert_banks(model) if label in _BANK_BASES else {}
+    hidden.update(banks)
+    matrix = [(n, p) for n, p in named if p.ndim in (2, 3) and id(p) in hidden]
+    aux = [(n, p) for n, p in named if not (p.ndim in (2, 3) and id(p) in hidden)]
+    routes = [Route(n, tuple(p.shape), label, (
+        "3D bank of expert weights, each orthogonalized on its own" if id(p) in banks else
+        "2D weight of a hidden Linear layer") + (
+        " (stored d_in x d_out" + ("" if id(p) in banks else ": Hugging Face Conv1D") + ")" if hidden[id(p)] else ""))
+        for n, p in matrix]
     routes += [Route(n, tuple(p.shape), "adamw", _aux_reason(p)) for n, p in aux]
     order = {n: i for i, (n, _) in enumerate(named)}
     routes.sort(key=lambda r: order[r.name])

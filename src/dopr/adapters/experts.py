@@ -91,11 +91,27 @@ class ExpertAdapter(MatrixAdapter):
 EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
+def expert_count(module: nn.Module) -> int | None:
+    """How many experts ``module`` declares (None: it declares none)."""
+    return next((c for a in EXPERT_COUNTS if isinstance(c := getattr(module, a, None), int)), None)
+
+
+def expert_banks(model: nn.Module) -> dict[int, bool]:
+    """ids of the expert banks of ``model`` (the 3-D parameters :func:`raw_weight_layers` reads as experts) ->
+    whether the bank is stored transposed (``E x in x out``)."""
+    banks: dict[int, bool] = {}
+    for module in model.modules():
+        for _, adapter in raw_weight_layers(module):
+            if isinstance(adapter, ExpertAdapter):
+                banks[id(adapter.weight(module))] = adapter.transposed
+    return banks
+
+
 def raw_weight_layers(module: nn.Module) -> list[tuple[str, Adapter]]:
     """The layers of a module DoPr has no adapter for that declares ``E`` experts (``num_experts``): each expert of
     its ``E x out x in`` parameters, and its ``E x in`` router ``weight``. Raw parameters of any other module (a
     position table, a layer scale) are not layers: they are named as uncovered, as before."""
-    count = next((c for a in EXPERT_COUNTS if isinstance(c := getattr(module, a, None), int)), None)
+    count = expert_count(module)
     if count is None:
         return []
     parts: list[tuple[str, Adapter]] = []

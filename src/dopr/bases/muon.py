@@ -61,8 +61,11 @@ def fast_ns_dtype(device: torch.device | str = "cpu") -> torch.dtype:
 
 def zeropower_via_newton_schulz(grad: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
                                 dtype: torch.dtype) -> Tensor:
-    """The orthogonalised ``grad`` (``m x n``), in ``dtype``; the same operations as torch's Muon."""
+    """The orthogonalised ``grad`` (``m x n``), in ``dtype``; the same operations as torch's Muon. A bank of
+    matrices (``E x m x n``, mixture-of-experts weights) is orthogonalised matrix by matrix, in one batched call."""
     a, b, c = coefficients
+    if grad.ndim == 3:
+        return _batched_newton_schulz(grad, coefficients, steps, eps, dtype)
     x = grad.to(dtype)
     transpose = grad.size(0) > grad.size(1)
     if transpose:
@@ -73,6 +76,21 @@ def zeropower_via_newton_schulz(grad: Tensor, coefficients: tuple[float, float, 
         update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
         x = torch.addmm(x, update, x, beta=a)
     return x.T if transpose else x
+
+
+def _batched_newton_schulz(grad: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                           dtype: torch.dtype) -> Tensor:
+    a, b, c = coefficients
+    x = grad.to(dtype)
+    transpose = grad.size(-2) > grad.size(-1)
+    if transpose:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # each matrix's spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, update, x, beta=a)
+    return x.mT if transpose else x
 
 
 def _adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
@@ -92,7 +110,15 @@ class Muon(torch.optim.Muon):
         if not (ns_dtype == "auto" or (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point)):
             raise ValueError(f"ns_dtype must be a floating torch.dtype (torch.bfloat16 or torch.float32) or 'auto' "
                              f"(the faster of the two on this hardware), got {ns_dtype!r}")
-        super().__init__(params, lr=lr, **kwargs)
+        try:
+            super().__init__(params, lr=lr, **kwargs)
+        except ValueError as err:  # torch's Muon refuses 3-D banks after building its groups; this step takes them
+            if not str(err).startswith("Muon only supports 2D") or not hasattr(self, "param_groups"):
+                raise
+            shapes = [tuple(p.shape) for g in self.param_groups for p in g["params"] if p.ndim not in (2, 3)]
+            if shapes:
+                raise ValueError(f"Muon takes 2D parameters and 3D banks of them (E x m x n), got a parameter of "
+                                 f"shape {shapes[0]}") from None
         if ns_dtype == "auto":
             first = next((p for g in self.param_groups for p in g["params"]), None)
             ns_dtype = fast_ns_dtype(first.device if first is not None else "cpu")
@@ -113,9 +139,9 @@ class Muon(torch.optim.Muon):
                 if p.grad is None:
                     continue
                 grad = p.grad
-                if grad.ndim != 2:
-                    raise ValueError(f"Muon takes 2D parameters only, got a gradient of shape {tuple(grad.shape)}; "
-                                     "route the others to AdamW (DoPr(base='muon') does)")
+                if grad.ndim not in (2, 3):
+                    raise ValueError(f"Muon takes 2D parameters (and 3D banks of them), got a gradient of shape "
+                                     f"{tuple(grad.shape)}; route the others to AdamW (DoPr(base='muon') does)")
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
@@ -125,7 +151,8 @@ class Muon(torch.optim.Muon):
                 update = zeropower_via_newton_schulz(update, group["ns_coefficients"], group["ns_steps"],
                                                      group["eps"], group["ns_dtype"])
                 p.mul_(1 - lr * group["weight_decay"])
-                # a group flagged "transposed" holds weights stored d_in x d_out (Hugging Face Conv1D)
-                shape = p.shape[::-1] if group.get("transposed") else p.shape
+                # a group flagged "transposed" holds weights stored d_in x d_out (Hugging Face Conv1D, gpt-oss's
+                # expert banks); a bank's lr scaling is that of one of its matrices
+                shape = p.shape[-2:][::-1] if group.get("transposed") else p.shape[-2:]
                 p.add_(update, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], shape))
         return loss
