@@ -140,14 +140,16 @@ class DoPr(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.preconditioner.precondition_():
-            for _, opt in self.bases:
-                opt.step()
+        with self.preconditioner.untapped():
+            if self.preconditioner.precondition_():
+                for _, opt in self.bases:
+                    opt.step()
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients and the input statistics collected for them (see the preconditioner)."""
-        super().zero_grad(set_to_none)
+        with self.preconditioner.untapped():
+            super().zero_grad(set_to_none)
         self.preconditioner.clear_gradient_statistics()
 
     def remove(self) -> None:

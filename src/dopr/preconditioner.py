@@ -9,6 +9,7 @@ factorization. State is keyed by module name.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from typing import Any
@@ -34,7 +35,7 @@ from .options import check_options
 from .refresh import Workspaces, refresh_groups
 from .reporting import preconditioner_summary
 from .statistics import StatisticsCapture
-from .tap import owner_of, tap_layers, untap
+from .tap import owner_of, tap_layers, untap, untapped
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -244,6 +245,10 @@ class ActivationPreconditioner(StatisticsCapture):
         return first.adapter.weight(first.module)
 
     # ----------------------------------------------------------------- the AP step
+    def untapped(self) -> contextlib.AbstractContextManager:
+        """A block in which this preconditioner's tapped weights are plain parameters (an optimizer step)."""
+        return untapped(self._tapped)
+
     @torch.no_grad()
     def precondition_(self) -> bool:
         """Rewrite ``.grad`` of every preconditioned layer in place; advance the step counter.
@@ -251,6 +256,10 @@ class ActivationPreconditioner(StatisticsCapture):
         Returns False (and modifies nothing) if a non-finite value was found with
         ``nonfinite="skip"``. Raises :class:`NonFiniteError` with ``nonfinite="raise"``.
         """
+        with self.untapped():
+            return self._precondition()
+
+    def _precondition(self) -> bool:
         refresh = self.capturing
         try:
             if refresh and not self._grouping_frozen:

@@ -27,18 +27,18 @@ the module hook. :func:`tap` and :func:`untap` switch the class and back.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import compiler_disabled
 
-__all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "untap"]
+__all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "untap", "untapped"]
 
 
 class Layer(Protocol):
@@ -59,7 +59,9 @@ class _Reads:
     experts: list[Layer | None] = field(default_factory=list)  # a 3-D bank: the layer of each W[e] (None: excluded)
 
 
-_READS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> _Reads (copies of the parameter have none)
+# id(parameter) -> (the parameter, what its reads mean); copies of a tapped parameter (an EMA deepcopy) have none.
+# A plain dict: this lookup runs at every read, and a WeakIdKeyDictionary's costs microseconds
+_READS: dict[int, tuple[weakref.ref, _Reads]] = {}
 
 
 def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
@@ -85,7 +87,7 @@ class TappedParameter(nn.Parameter):
         kwargs = kwargs or {}
         out = _run(func, args, kwargs)
         reader = _PARAMETER_READS.get(func)
-        return out if reader is None else reader(args, kwargs, out)
+        return out if reader is None else _call(reader, args, kwargs, out)
 
 
 class TapView(Tensor):
@@ -98,7 +100,15 @@ class TapView(Tensor):
         kwargs = kwargs or {}
         out = _run(func, args, kwargs)
         reader = _VIEW_READS.get(func)
-        return out if reader is None else reader(args, kwargs, out)
+        return out if reader is None else _call(reader, args, kwargs, out)
+
+
+def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
+    """Run a reader: directly when eager (a compiler-disabled call costs microseconds), disabled under
+    torch.compile (its bookkeeping is Python that Dynamo cannot trace: a graph break, see COMPILE_REASON)."""
+    if torch.compiler.is_compiling():
+        return _DISABLED[reader](args, kwargs, out)
+    return reader(args, kwargs, out)
 
 
 def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
@@ -108,10 +118,10 @@ def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
 
 
 def _reads_of(weight: Any) -> _Reads | None:
-    return _READS.get(weight) if isinstance(weight, TappedParameter) else None
+    entry = _READS.get(id(weight)) if isinstance(weight, TappedParameter) else None
+    return entry[1] if entry is not None and entry[0]() is weight else None
 
 
-@compiler_disabled
 def _read_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     reads = _reads_of(_arg(args, kwargs, 1, "weight"))
     x = _arg(args, kwargs, 0, "input")
@@ -120,7 +130,6 @@ def _read_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-@compiler_disabled
 def _read_embedding(args: tuple, kwargs: dict, out: Any) -> Any:
     reads = _reads_of(_arg(args, kwargs, 1, "weight"))
     ids = _arg(args, kwargs, 0, "input")
@@ -129,7 +138,6 @@ def _read_embedding(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-@compiler_disabled
 def _read_item(args: tuple, kwargs: dict, out: Any) -> Any:
     weight, index = args[0], args[1] if len(args) > 1 else None
     reads = _reads_of(weight)
@@ -156,7 +164,6 @@ def _looked_up(index: Any, rows: int, device: torch.device) -> Tensor | None:
     return None
 
 
-@compiler_disabled
 def _read_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
     weight = args[0]
     reads = _reads_of(weight)
@@ -175,7 +182,6 @@ def _is_input(x: Any) -> bool:
     return isinstance(x, Tensor) and not isinstance(x, (TapView, TappedParameter))
 
 
-@compiler_disabled
 def _read_expert_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
     x = _arg(args, kwargs, 0, "input")
@@ -184,7 +190,6 @@ def _read_expert_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-@compiler_disabled
 def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     x, read = args[0] if args else kwargs.get("input"), getattr(_arg(args, kwargs, 1, "other"), "_dopr_read", None)
     if read is None:
@@ -196,7 +201,6 @@ def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-@compiler_disabled
 def _read_left_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     reads, x = _reads_of(args[0] if args else kwargs.get("input")), _arg(args, kwargs, 1, "other")
     if reads is not None and reads.linear is not None and _is_input(x) and x.ndim >= 2:
@@ -204,14 +208,13 @@ def _read_left_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-@compiler_disabled
 def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
     x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
     if x is None:
         x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
     offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
     if isinstance(bank, TappedParameter):  # an E x in x out bank, read as it is stored
-        reads = _READS.get(bank)
+        reads = _reads_of(bank)
         experts = reads.experts if reads is not None and reads.experts else []
         owner, transposed = (reads.owner if reads is not None else None), True
     else:  # W.transpose(-2, -1) of an E x out x in bank
@@ -254,6 +257,7 @@ for _name in ("_grouped_mm", "grouped_mm"):
     for _space in (torch, F):
         if hasattr(_space, _name):
             _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
+_DISABLED = {r: compiler_disabled(r) for r in {*_PARAMETER_READS.values(), *_VIEW_READS.values()}}
 
 def tappable(param: Tensor) -> bool:
     """Whether DoPr owns the class of ``param`` and may switch it (a plain ``nn.Parameter``, or already tapped)."""
@@ -266,7 +270,7 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
     if not tappable(param):
         raise TypeError(f"cannot tap a parameter of class {type(param).__name__}")
     param.__class__ = TappedParameter
-    _READS[param] = _Reads(weakref.ref(owner), linear, embedding, list(experts or []))
+    _READS[id(param)] = (weakref.ref(param), _Reads(weakref.ref(owner), linear, embedding, list(experts or [])))
 
 
 def tap_layers(owner: object, layers: list[Layer]) -> list[nn.Parameter]:
@@ -288,15 +292,32 @@ def tap_layers(owner: object, layers: list[Layer]) -> list[nn.Parameter]:
     return [weight for weight, _ in reads.values()]
 
 
+@contextmanager
+def untapped(params: list[nn.Parameter]) -> Iterator[None]:
+    """Inside this block ``params`` are plain parameters: an optimizer step's many ops on them (reading ``.grad``,
+    the base optimizer's arithmetic) run without a Python ``__torch_function__`` call each. Nested blocks are fine:
+    only what was tapped on entry is tapped again on exit."""
+    switched = [p for p in params if type(p) is TappedParameter]
+    for p in switched:
+        p.__class__ = nn.Parameter
+    try:
+        yield
+    finally:
+        for p in switched:
+            p.__class__ = TappedParameter
+
+
 def owner_of(param: Tensor) -> object | None:
     """The live preconditioner ``param`` reports its reads to, if any."""
-    reads = _READS.get(param)
+    reads = _reads_of(param)
     return None if reads is None else reads.owner()
 
 
 def untap(param: nn.Parameter) -> None:
     """Switch ``param`` back to ``nn.Parameter``; idempotent."""
-    _READS.pop(param, None)
+    entry = _READS.get(id(param))
+    if entry is not None and entry[0]() is param:
+        del _READS[id(param)]
     if type(param) is TappedParameter:
         param.__class__ = nn.Parameter
 
