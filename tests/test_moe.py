@@ -166,3 +166,22 @@ def test_muon_orthogonalizes_each_expert_of_a_bank_on_its_own():
     for bank in ("gate_up_proj", "down_proj"):
         route = routes[f"model.layers.0.mlp.experts.{bank}"]
         assert route.base == "muon" and "bank" in route.reason and "d_in x d_out" in route.reason
+
+
+def test_an_expert_no_token_is_routed_to_is_left_as_is_without_a_warning():
+    model = _mixtral("eager")
+    experts = model.model.layers[0].mlp.experts
+    opt = DoPr(model, lr=1e-2)
+    def never_three(module, args):  # the tokens routed to expert 3 go to expert 0
+        hidden, index, weights = args
+        return hidden, torch.where(index == 3, torch.zeros_like(index), index), weights
+
+    experts.register_forward_pre_hook(never_three)
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model(ids, labels=ids).loss.backward()
+        assert experts.gate_up_proj.grad[3].abs().max() == 0
+        opt.step()
+    assert opt.preconditioner.layer_status("model.layers.0.mlp.experts:gate_up_proj[3]").startswith("unused")
+    assert all(g["missing_statistics"] == 0 for g in opt.stats().values())

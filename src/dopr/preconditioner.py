@@ -299,6 +299,8 @@ class ActivationPreconditioner(StatisticsCapture):
             g = grads[entry.name]
             if entry.name in writers and not writers[entry.name] and not entry.output_grads:
                 continue  # a tied embedding not called this step: its share of the gradient is zero
+            if group.factor is None and entry.adapter.reads == "expert":
+                continue  # no token has been routed to this expert yet: its gradient is zero, and so is its M
             if group.factor is None:
                 group.missing_statistics += 1
                 if group.missing_statistics == 1:
@@ -447,6 +449,8 @@ class ActivationPreconditioner(StatisticsCapture):
                     "mode or under no_grad, or backward never reached its output)")
         if self.step_count and name in self._tied_writers:
             return "unused: never called; its weight gets AP through the layers that share it"
+        if self.step_count and self.layers[name].adapter.reads == "expert":
+            return "unused: no token has been routed to this expert yet (its gradient is zero)"
         return "pending (no step yet)" if self.step_count == 0 else "no: no input recorded yet"
 
     def coverage(self) -> dict[str, float | int]:
