@@ -1,5 +1,7 @@
-"""torch.compile: DoPr's hooks break the graph once per layer (fullgraph=False works and matches eager); with
-fullgraph=True the error carries DoPr's own explanation of what to do."""
+"""torch.compile: layers read where their weight is read (Linear, Embedding) compile into one graph, their Sigma
+accumulated by autograd inside it (dopr.sigma_tap), equal to eager; layers read by module hooks (convolutions,
+attention, RNNs) break the graph once each, and with fullgraph=True the error carries DoPr's own explanation of what
+to do. Whatever the build order, a compiled graph never silently runs without DoPr."""
 
 import copy
 import warnings
@@ -33,10 +35,124 @@ def test_compiled_model_trains_like_the_eager_one():
 
 def test_fullgraph_error_says_what_to_do():
     torch._dynamo.reset()
-    model = mlp()
-    opt = DoPr(model, lr=1e-2)
+    model = nn.Sequential(nn.Conv1d(5, 8, 1), nn.Tanh(), nn.Flatten(), nn.Linear(8, 2))  # a conv: a module hook
+    opt = DoPr(model, lr=1e-2)  # held: its hooks go with it
     with pytest.raises(Exception, match="DoPr records this layer.s input.*fullgraph=False"):
-        _steps(model, opt, torch.compile(model, backend="eager", fullgraph=True))
+        f = torch.compile(model, backend="eager", fullgraph=True)
+        f(torch.randn(4, 5, 1)).pow(2).mean().backward()
+    opt.remove()
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.ln1, self.ln2 = heads, nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.proj = (nn.Linear(d, d) for _ in range(4))
+        self.fc, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (m(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for m in (self.q, self.k, self.v))
+        att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(att)
+        return x + self.fc2(nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+class _GPT(nn.Module):
+    """Token and position embeddings, SDPA attention, a Linear head: every layer is read where its weight is."""
+
+    def __init__(self, vocab: int = 50, d: int = 32, layers: int = 2, seq: int = 16) -> None:
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.blocks = nn.ModuleList(_Block(d) for _ in range(layers))
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class _ResidualMLP(nn.Module):
+    """The BC bench's policy shape: an input layer, residual blocks, an output layer."""
+
+    def __init__(self, d_in: int = 12, width: int = 32, blocks: int = 2) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(d_in, width), nn.Linear(width, 3)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
+                                                  nn.Linear(width, width)) for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
+def _gpt_loss(model: nn.Module) -> torch.Tensor:
+    ids = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(1))
+    return nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(1, 1).flatten())
+
+
+def _mlp_loss(model: nn.Module) -> torch.Tensor:
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1)) * torch.logspace(1, -1, 12)
+    return model(x).pow(2).mean()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("case", ["gpt", "residual_mlp"])
+def test_fullgraph_compiles_one_graph_and_trains_as_eager(case, backend):
+    """Issue 21: one forward graph (and a compiled backward), statistics from inside it, parameters equal to eager
+    DoPr's after 3 steps with two micro-batches each (accumulation) to float32 rounding."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    build, loss = (_GPT, _gpt_loss) if case == "gpt" else (_ResidualMLP, _mlp_loss)
+    torch.manual_seed(0)
+    eager = build()
+    compiled = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend(backend)
+    runs = {}
+    for name, model, forward in (("eager", eager, eager),
+                                 ("compiled", compiled, torch.compile(compiled, fullgraph=True, backend=counter))):
+        opt = DoPr(model, lr=1e-2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            for _ in range(3):
+                opt.zero_grad()
+                for _ in range(2):
+                    loss(forward).backward()
+                opt.step()
+        runs[name] = opt
+    assert counter.frame_count == 1
+    stats = runs["compiled"].stats()
+    assert all(g["refreshes"] == 3 and g["missing_statistics"] == 0 for g in stats.values())
+    layers = {n for g in stats.values() for n in g["layers"]}
+    assert layers == {n for g in runs["eager"].stats().values() for n in g["layers"]}
+    for (n, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_compiled_statistics_follow_the_gradient():
+    """A compiled forward whose gradient is cleared by zero_grad leaves nothing in Sigma: the phantoms' gradients
+    are cleared with the parameters'. And a forward never backpropagated counts nothing."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _ResidualMLP()
+    f = torch.compile(model, fullgraph=True, backend="aot_eager")
+    opt = DoPr(model, lr=1e-2)
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(2))
+    f(x * 100).pow(2).mean().backward()  # an abandoned step
+    opt.zero_grad()
+    f(x * 100)  # a logging forward
+    f(x).pow(2).mean().backward()
+    ap = opt.preconditioner
+    ap._take_compiled()
+    z = torch.cat([x, torch.ones(64, 1)], dim=1).double()
+    torch.testing.assert_close(ap.groups["inp"].total.double(), z.T @ z, rtol=1e-5, atol=1e-4)
+    assert ap.groups["inp"].rows == 64
 
 
 def _orders_model():

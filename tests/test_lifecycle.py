@@ -177,3 +177,23 @@ def test_summary_does_not_claim_ap_for_a_layer_that_recorded_nothing():
         opt.step()
     line = next(ln for ln in opt.summary().splitlines() if ln.strip().startswith("proj.weight"))
     assert " no " in line and "yes" not in line
+
+
+def test_copies_and_pickles_of_a_tapped_model_are_plain():
+    """An EMA deepcopy and torch.save(model) hold plain parameters: the taps belong to the optimizer, not the model."""
+    import io
+
+    model = mlp()
+    opt = DoPr(model, lr=1e-3)
+    ema = copy.deepcopy(model)
+    assert all(type(p) is nn.Parameter for p in ema.parameters())
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert all(type(p) is nn.Parameter for p in loaded.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), loaded.parameters()))
+    ema(torch.randn(3, 5)).sum().backward()  # the copy's forwards are not the model's
+    model(torch.randn(3, 5)).sum().backward()
+    opt.step()
+    assert all(g["refreshes"] == 1 for g in opt.stats().values())

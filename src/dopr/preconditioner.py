@@ -161,7 +161,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
         self._row_mask: Tensor | None = None
-        self._tokens, self._token_count = {}, 0
+        self._tokens, self._token_count, self._masked_step = {}, 0, False
         self._workspaces = Workspaces()  # the memory refreshes factorize in (the factors are views of it)
         self._grouping_frozen = not share_inputs
         self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
@@ -183,7 +183,10 @@ class ActivationPreconditioner(StatisticsCapture):
         self._claim(hooked)
         self._claim_weights(tapped)
         self._hooks = ModuleHooks(hooked, self, "_on_forward")
-        self._tapped = tap_layers(self, [self.layers[n] for n in tapped])
+        # reads inside a compiled graph accumulate exact, full Sigmas (no row subsampling, no blocks)
+        compiled = statistics_dtype if max_rows is None and max_block is None else None
+        self._tapped, phantoms = tap_layers(self, [self.layers[n] for n in tapped], compiled)
+        self._phantoms = {e.name: phantoms[id(e)] for e in self.layers.values() if id(e) in phantoms}
         self._finalizer = weakref.finalize(self, _detach, self._hooks, list(hooked.values()),
                                            list(self.discovery.attention), self._tapped)
 
@@ -262,6 +265,7 @@ class ActivationPreconditioner(StatisticsCapture):
     def _precondition(self) -> bool:
         refresh = self.capturing
         try:
+            self._take_compiled()
             if refresh and not self._grouping_frozen:
                 self._form_groups()
             work = [(e, self.groups[e.group]) for e in self.layers.values()

@@ -23,6 +23,7 @@ from . import distributed
 from .capture import in_backward, output_tensors, records_gradients, when_backward_reaches
 from .functional import block_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
+from .sigma_tap import take
 
 __all__ = ["AUTO_MIN_ROWS", "ROWS_PER_INPUT", "StatisticsCapture", "auto_row_cap"]
 
@@ -74,6 +75,8 @@ class StatisticsCapture:
     _tied_embeddings: dict[str, Layer]  # module name -> the embedding layer tied to an output head
     _tokens: dict[int, tuple[weakref.ref, int]]  # id(input) -> (the input, its number), this step
     _token_count: int  # numbers given so far (never reused: an id is, once its tensor is gone)
+    _phantoms: dict[str, Tensor]  # layer name -> the leaf its reads inside compiled graphs accumulate into
+    _masked_step: bool  # row_mask was used since the last step
 
     # ----------------------------------------------------------------- capture
     @property
@@ -234,9 +237,38 @@ class StatisticsCapture:
         group.total, group.rows = None, 0
         group.kept.clear()
 
+    def _take_compiled(self) -> None:
+        """Move what compiled graphs accumulated in the phantoms (:mod:`dopr.sigma_tap`) into the groups, as the
+        eager reads' pending sums are (one phantom per group: the members of a group read the same tensors)."""
+        live, groups = [], set()
+        for name, phantom in self._phantoms.items():
+            if phantom.grad is not None:
+                layer = self.layers[name]
+                if layer.group in groups:
+                    phantom.grad = None
+                else:
+                    groups.add(layer.group)
+                    live.append((layer, phantom))
+        if not live:
+            return
+        if self._masked_step:
+            raise ValueError("row_mask does not reach the layers read inside a compiled graph (their rows are counted "
+                             "by autograd there): build DoPr with the masked forward left eager, or drop row_mask")
+        stats = take([p for _, p in live], [self.groups[layer.group].bias for layer, _ in live])
+        rows = torch.stack([n for _, n in stats]).tolist()  # the one host read for all compiled layers
+        self._commit([_Pending(self.groups[layer.group], "sum", total, int(n), self._epoch)
+                      for (layer, _), (total, _), n in zip(live, stats, rows)])
+        for layer, _ in live:
+            self.groups[layer.group].accumulations += 1
+
+    def _clear_phantoms(self) -> None:
+        for phantom in self._phantoms.values():
+            phantom.grad = None
+
     def clear_gradient_statistics(self) -> None:
         """Forget the rows committed so far (``DoPr.zero_grad()`` calls this: they belong to the gradient it
         clears); forwards whose backward has not run yet still count when it does."""
+        self._clear_phantoms()
         for group in self.groups.values():
             self._clear_committed(group)
             group.grad_marker = None
@@ -257,6 +289,7 @@ class StatisticsCapture:
         so padding tokens do not enter Sigma. Layers whose input has other leading dims raise.
         """
         previous, self._row_mask = self._row_mask, mask.detach().bool()
+        self._masked_step = True
         try:
             yield
         finally:
@@ -276,6 +309,7 @@ class StatisticsCapture:
         """Forget what forwards recorded since the last step, including forwards whose backward has not run yet
         (to discard an abandoned step)."""
         self._epoch += 1
+        self._clear_phantoms()
         self._end_step()
 
     def _end_step(self) -> None:
@@ -284,6 +318,7 @@ class StatisticsCapture:
             group.accumulations, group.grad_marker = 0, None
             group.seen.clear()
         self._tokens.clear()
+        self._masked_step = False
         for layer in self.layers.values():
             layer.fires = layer.fires_outside_backward = 0
             layer.reads.clear()

@@ -27,6 +27,7 @@ the module hook. :func:`tap` and :func:`untap` switch the class and back.
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .capture import compiler_disabled
+from .sigma_tap import SigmaTap, phantom
 
 __all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "untap", "untapped"]
 
@@ -80,7 +82,16 @@ def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
 
 
 class TappedParameter(nn.Parameter):
-    """A parameter whose reads (see the module docstring) are reported to its preconditioner."""
+    """A parameter whose reads (see the module docstring) are reported to its preconditioner. Copies and pickles
+    of it (an EMA ``deepcopy``, ``torch.save(model)``) are plain parameters: the taps are not part of the model."""
+
+    def __deepcopy__(self, memo: dict) -> nn.Parameter:
+        result = nn.Parameter(self.data.clone(memory_format=torch.preserve_format), self.requires_grad)
+        memo[id(self)] = result
+        return result
+
+    def __reduce_ex__(self, proto: Any) -> tuple:
+        return torch._utils._rebuild_parameter, (self.data, self.requires_grad, OrderedDict())
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -104,11 +115,33 @@ class TapView(Tensor):
 
 
 def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
-    """Run a reader: directly when eager (a compiler-disabled call costs microseconds), disabled under
-    torch.compile (its bookkeeping is Python that Dynamo cannot trace: a graph break, see COMPILE_REASON)."""
+    """Run a reader: directly when eager (a compiler-disabled call costs microseconds). Under torch.compile, a
+    read that has a phantom goes through :class:`~dopr.sigma_tap.SigmaTap`, inside the graph; any other read runs
+    its eager bookkeeping, which Dynamo cannot trace (a graph break, see COMPILE_REASON)."""
     if torch.compiler.is_compiling():
+        traced = _TRACED.get(reader)
+        if traced is not None and (done := traced(args, kwargs, out)) is not None:
+            return done
         return _DISABLED[reader](args, kwargs, out)
     return reader(args, kwargs, out)
+
+
+def _traced_read(weight: Any, rows: Any, out: Any, ndim: int) -> Any:
+    """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
+    phantom = getattr(weight, "_dopr_phantom", None)
+    if phantom is None or phantom.ndim != ndim or not isinstance(rows, Tensor):
+        return None
+    if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
+        return out
+    return SigmaTap.apply(out, rows, phantom)
+
+
+def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
+    return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 2)
+
+
+def _traced_embedding(args: tuple, kwargs: dict, out: Any) -> Any:
+    return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 1)
 
 
 def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
@@ -258,6 +291,7 @@ for _name in ("_grouped_mm", "grouped_mm"):
         if hasattr(_space, _name):
             _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
 _DISABLED = {r: compiler_disabled(r) for r in {*_PARAMETER_READS.values(), *_VIEW_READS.values()}}
+_TRACED = {_read_linear: _traced_linear, _read_embedding: _traced_embedding}
 
 def tappable(param: Tensor) -> bool:
     """Whether DoPr owns the class of ``param`` and may switch it (a plain ``nn.Parameter``, or already tapped)."""
@@ -265,16 +299,26 @@ def tappable(param: Tensor) -> bool:
 
 
 def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embedding: Layer | None = None,
-        experts: list[Layer | None] | None = None) -> None:
-    """Make ``param`` report its reads to ``owner`` (held weakly) as the reads of these layers."""
+        experts: list[Layer | None] | None = None, statistics_dtype: torch.dtype | None = None) -> Tensor | None:
+    """Make ``param`` report its reads to ``owner`` (held weakly) as the reads of these layers. With
+    ``statistics_dtype``, a weight read by one Linear or one Embedding also gets the phantom its reads inside a
+    compiled graph accumulate into (returned; see :mod:`dopr.sigma_tap`)."""
     if not tappable(param):
         raise TypeError(f"cannot tap a parameter of class {type(param).__name__}")
     param.__class__ = TappedParameter
     _READS[id(param)] = (weakref.ref(param), _Reads(weakref.ref(owner), linear, embedding, list(experts or [])))
+    if statistics_dtype is None or experts or (linear is None) == (embedding is None):
+        return None
+    layer = linear if linear is not None else embedding
+    size = layer.adapter.in_features(layer.module)
+    param._dopr_phantom = phantom(size, statistics_dtype, param.device, diagonal=embedding is not None)
+    return param._dopr_phantom
 
 
-def tap_layers(owner: object, layers: list[Layer]) -> list[nn.Parameter]:
-    """Tap the weight of each layer (experts of one bank together) for ``owner``; return the tapped weights."""
+def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[torch.dtype], torch.dtype] | None
+               ) -> tuple[list[nn.Parameter], dict[int, Tensor]]:
+    """Tap the weight of each layer (experts of one bank together) for ``owner``; return the tapped weights and the
+    phantoms by id of their layer (with ``statistics_dtype``, the dtype of a weight's statistics: see :func:`tap`)."""
     reads: dict[int, tuple[nn.Parameter, dict[str, Any]]] = {}
     for layer in layers:
         weight = layer.adapter.weight(layer.module)
@@ -284,12 +328,15 @@ def tap_layers(owner: object, layers: list[Layer]) -> list[nn.Parameter]:
             how["experts"].append(layer)
         else:
             how[kind] = layer
+    phantoms: dict[int, Tensor] = {}
     for weight, how in reads.values():
         if how["experts"]:  # expert e's layer at index e (None where an expert is left out)
             by_index = {layer.adapter.index: layer for layer in how["experts"]}
             how["experts"] = [by_index.get(e) for e in range(weight.shape[0])]
-        tap(weight, owner, **how)
-    return [weight for weight, _ in reads.values()]
+        dtype = None if statistics_dtype is None else statistics_dtype(weight.dtype)
+        if (ph := tap(weight, owner, **how, statistics_dtype=dtype)) is not None:
+            phantoms[id(how.get("linear") or how.get("embedding"))] = ph
+    return [weight for weight, _ in reads.values()], phantoms
 
 
 @contextmanager
@@ -318,6 +365,7 @@ def untap(param: nn.Parameter) -> None:
     entry = _READS.get(id(param))
     if entry is not None and entry[0]() is param:
         del _READS[id(param)]
+    param.__dict__.pop("_dopr_phantom", None)
     if type(param) is TappedParameter:
         param.__class__ = nn.Parameter
 

@@ -1,0 +1,73 @@
+"""Sigma inside autograd, for compiled graphs (docs/design-capture.md, decision 1).
+
+Under ``torch.compile`` a tapped read (:mod:`dopr.tap`) cannot run the eager bookkeeping (pending sums, a hook that
+commits them when backward reaches the output): Dynamo would break the graph there. Instead the read's output goes
+through :class:`SigmaTap`, an identity whose backward returns the statistics of the rows it saved as the gradient
+of a *phantom*, a leaf that DoPr owns per layer. Autograd then sums them in ``phantom.grad`` exactly when, and as
+often as, backward runs through the layer: forwards whose output is never backpropagated do not count,
+accumulation sums, and an activation-checkpointing recompute counts once. The step moves ``phantom.grad`` into the
+layer's group (:func:`take`), and ``zero_grad`` clears it with the statistics it belongs to.
+
+A phantom's gradient carries the row count with the sums, so the graph needs no host read:
+
+* a Linear layer (``d_in`` inputs): ``[z 1]^T [z 1]``, ``(d_in + 1) x (d_in + 1)``; the last diagonal entry is the
+  number of rows, the last row and column the bias column of Sigma;
+* an Embedding (``V`` rows): the counts of the ids read, then their number, ``V + 1``.
+
+The phantom itself is a one-element tensor expanded to that shape (no memory of Sigma's size until a backward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["SigmaTap", "phantom", "take"]
+
+
+class SigmaTap(torch.autograd.Function):
+    """``SigmaTap.apply(out, rows, phantom)``: ``out`` unchanged; backward adds the statistics of ``rows`` (an
+    ``n x d_in`` matrix, or ``n`` ids for an embedding) to ``phantom.grad``."""
+
+    @staticmethod
+    def forward(out: Tensor, rows: Tensor, phantom: Tensor) -> Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+        ctx.shape, ctx.dtype = inputs[2].shape, inputs[2].dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor]:
+        (rows,) = ctx.saved_tensors
+        if len(ctx.shape) == 1:  # an embedding: the counts of the ids, then how many there were
+            ids = rows.reshape(-1)
+            counts = torch.zeros(ctx.shape, dtype=ctx.dtype, device=rows.device)
+            counts.index_add_(0, ids, torch.ones(ids.shape[0], dtype=ctx.dtype, device=rows.device))
+            counts[-1] = ids.shape[0]
+            return grad, None, counts
+        z = rows.reshape(-1, ctx.shape[0] - 1).to(ctx.dtype)
+        z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=ctx.dtype, device=z.device)], dim=1)
+        return grad, None, z.T @ z
+
+
+def phantom(size: int, dtype: torch.dtype, device: torch.device, diagonal: bool) -> Tensor:
+    """A leaf whose gradient will hold one layer's statistics (``size``: ``d_in`` inputs, or ``V`` rows)."""
+    shape = (size + 1,) if diagonal else (size + 1, size + 1)
+    return torch.zeros((), dtype=dtype, device=device).expand(shape).requires_grad_()
+
+
+def take(phantoms: list[Tensor], bias: list[bool]) -> list[tuple[Tensor, Tensor]]:
+    """Each phantom's statistics, as ``(sum, rows)``, and its gradient cleared: the sum is Sigma's shape (the bias
+    column kept only where the layer has a bias), ``rows`` a 0-d tensor (read on the host by the caller, once)."""
+    out = []
+    for p, with_bias in zip(phantoms, bias, strict=True):
+        g, p.grad = p.grad, None
+        if g.ndim == 1:
+            out.append((g[:-1], g[-1]))
+        else:
+            out.append((g if with_bias else g[:-1, :-1], g[-1, -1]))
+    return out
