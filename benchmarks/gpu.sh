@@ -18,5 +18,11 @@ python benchmarks/overhead.py --model cnn --device cuda --dtype float32 --steps 
   --variants "exact:;block256:max_block=256;fast:refresh_every=10" --json "$OUT/cnn.json" 2>&1 | grep -v USDT | tee "$OUT/cnn.txt"
 python benchmarks/overhead.py --model robo --device cuda --dtype float32 --bases adamw --steps 20 --warmup 5 \
   --variants "exact:;auto:max_rows=auto" --json "$OUT/robo.json" 2>&1 | grep -v USDT | tee "$OUT/robo.txt"
+for mode in default reduce-overhead; do  # issue 21: compiled DoPr over compiled AdamW against eager (fullgraph)
+  for model in "mlp" "gpt --tokens 8192"; do
+    python benchmarks/compile_speed.py --model $model --device cuda --mode $mode --rounds 20 2>&1 | grep -v USDT \
+      | tee -a "$OUT/compile-speed.txt"
+  done
+done
 python benchmarks/solve_crossover.py --device cuda --widths 257,513,1025,2049 2>&1 | tee "$OUT/solve-crossover.txt"
 date -u +"measured %Y-%m-%dT%H:%MZ with: bash benchmarks/gpu.sh" | tee -a "$OUT/device.txt"

@@ -303,7 +303,7 @@ class ActivationPreconditioner(StatisticsCapture):
             g = grads[entry.name]
             if entry.name in writers and not writers[entry.name] and not entry.output_grads:
                 continue  # a tied embedding not called this step: its share of the gradient is zero
-            if group.factor is None and entry.adapter.reads == "expert":
+            if group.factor is None and entry.adapter.reads == "expert" and self._bank_read(entry):
                 continue  # no token has been routed to this expert yet: its gradient is zero, and so is its M
             if group.factor is None:
                 group.missing_statistics += 1
@@ -335,6 +335,14 @@ class ActivationPreconditioner(StatisticsCapture):
     def _check_hooks_reached(self, work: list[tuple[Layer, Group]]) -> None:
         hooked = [(e.name, bool(g.rows or g.kept)) for e, g in work if not self.discovery.layers[e.name].tapped]
         check_hooks_reached(hooked)
+
+    def _bank_read(self, expert: Layer) -> bool:
+        """Whether some expert of ``expert``'s bank recorded rows this step: the bank's reads are seen, so an expert
+        without rows had no token routed to it (rather than a bank read by an op DoPr does not tap, Llama 4's bmm)."""
+        weight = expert.adapter.weight(expert.module)
+        bank = [e for e in self.layers.values() if e.module is expert.module and e.adapter.reads == "expert"
+                and e.adapter.weight(e.module) is weight]
+        return any(self.groups[e.group].rows or self.groups[e.group].kept for e in bank)
 
     def _unseen_read_cause(self, layer: Layer) -> str:
         return UNSEEN_READ if self.discovery.layers[layer.name].tapped else UNSEEN_CALL
@@ -458,15 +466,27 @@ class ActivationPreconditioner(StatisticsCapture):
         return "pending (no step yet)" if self.step_count == 0 else "no: no input recorded yet"
 
     def coverage(self) -> dict[str, float | int]:
-        """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP."""
-        covered = {id(p) for p in self.preconditioned_parameters()}
+        """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP: those of
+        its layers, less the layers that had a gradient but never an input recorded (``no_statistics`` of them; a
+        weight read in a way DoPr cannot see). A parameter several layers share (q/k/v rows, an expert bank) counts
+        by the rows of each."""
+        rows: dict[int, int] = {}
+        failed = 0
+        for layer in self.layers.values():
+            group = self.groups[layer.group]
+            if group.missing_statistics and group.factor is None:
+                failed += 1
+                continue
+            for p in layer.adapter.params(layer.module):
+                span = layer.adapter.rows_of(layer.module, p)
+                rows[id(p)] = rows.get(id(p), 0) + (p.shape[0] if span is None else span[1] - span[0])
         total = done = 0
         for _, p in self._named_parameters():
             if p.requires_grad and is_weight_matrix(p):
                 total += p.numel()
-                done += p.numel() if id(p) in covered else 0
+                done += p.numel() * min(rows.get(id(p), 0), p.shape[0]) // p.shape[0]
         return {"weight_elements": total, "preconditioned_elements": done, "share": done / total if total else 1.0,
-                "uncovered": len(self.discovery.uncovered)}
+                "uncovered": len(self.discovery.uncovered), "no_statistics": failed}
 
     def _named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return self._model_parameters

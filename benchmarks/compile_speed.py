@@ -1,0 +1,92 @@
+"""Does torch.compile give DoPr what it gives AdamW? (issue 21) Step time, eager and compiled, side by side.
+
+Four arms on one model, interleaved round by round, medians of wall and process-CPU time, one thread:
+AdamW and DoPr-AdamW eager, and both with the model compiled (``fullgraph=True``, inductor; DoPr's Linear and
+Embedding statistics are accumulated inside the graph, see ``dopr.sigma_tap``). The optimizer steps stay eager.
+Printed: each arm's time over eager AdamW, and the two ratios the issue compares, compiled DoPr over compiled AdamW
+against eager DoPr over eager AdamW.
+
+    .venv/bin/python benchmarks/compile_speed.py [--model mlp|gpt] [--rounds 30]
+    python benchmarks/compile_speed.py --device cuda --mode reduce-overhead   # on a GPU (benchmarks/gpu.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dopr import DoPr
+
+
+def gpt(tokens: int, device: torch.device) -> tuple[Callable[[], nn.Module], Callable[[nn.Module], torch.Tensor]]:
+    import overhead  # the GPT of benchmarks/overhead.py (4 layers, d=256, SDPA)
+
+    cfg = dict(overhead.PRESETS["cpu-small"])
+    batch = max(1, tokens // cfg["seq"])
+    ids = torch.randint(0, cfg["vocab"], (batch, cfg["seq"]), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def loss(model: nn.Module) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.roll(1, 1).flatten())
+
+    return lambda: overhead.GPT(**cfg).to(device), loss
+
+
+def mlp(device: torch.device) -> tuple[Callable[[], nn.Module], Callable[[nn.Module], torch.Tensor]]:
+    import mlp_step  # the BC bench's residual MLP policy, batch 256
+
+    x, y = torch.randn(256, 348, device=device), torch.randn(256, 17, device=device)
+    return lambda: mlp_step.mlp().to(device), lambda model: ((model(x) - y) ** 2).mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["mlp", "gpt"], default="mlp")
+    parser.add_argument("--tokens", type=int, default=512, help="tokens per step (gpt)")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", default=None, help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    build, loss = mlp(device) if args.model == "mlp" else gpt(args.tokens, device)
+    arms = {}
+    for label in ("adamw eager", "dopr-adamw eager", "adamw compiled", "dopr-adamw compiled"):
+        torch.manual_seed(0)
+        model = build()
+        opt = DoPr(model, lr=1e-3) if label.startswith("dopr") else torch.optim.AdamW(model.parameters(), lr=1e-3)
+        forward = torch.compile(model, fullgraph=True, mode=args.mode) if label.endswith("compiled") else model
+        arms[label] = (forward, opt)
+    wall: dict[str, list[float]] = {k: [] for k in arms}
+    cpu: dict[str, list[float]] = {k: [] for k in arms}
+    for i in range(args.warmup + args.rounds):
+        for label, (forward, opt) in arms.items():
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            opt.zero_grad()
+            loss(forward).backward()
+            opt.step()
+            sync()
+            if i >= args.warmup:
+                wall[label].append(time.perf_counter() - t0)
+                cpu[label].append(time.process_time() - c0)
+    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in arms}
+    base_w, base_c = med["adamw eager"]
+    print(f"model {args.model}" + (f", {args.tokens} tokens per step" if args.model == "gpt" else ", batch 256")
+          + f", {device.type}, compile mode {args.mode or 'default'}")
+    for label, (w, c) in med.items():
+        print(f"{label:<22} wall {w * 1e3:8.2f} ms ({w / base_w:.2f}x)  cpu {c * 1e3:8.2f} ms ({c / base_c:.2f}x)")
+    for kind, i in (("wall", 0), ("cpu", 1)):
+        eager = med["dopr-adamw eager"][i] / med["adamw eager"][i]
+        compiled = med["dopr-adamw compiled"][i] / med["adamw compiled"][i]
+        print(f"{kind}: DoPr/AdamW eager {eager:.2f}x, compiled {compiled:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
