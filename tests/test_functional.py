@@ -113,6 +113,15 @@ def test_block_symmetric_product_equals_the_full_product(d: int) -> None:
     assert symmetric_blocks(d) == (1 if d < 256 else min(8, d // 128))
 
 
+@pytest.mark.parametrize("d", [5, 256, 300, 1031])
+def test_out_of_place_symmetric_gram_equals_the_full_product(d: int) -> None:
+    from dopr.functional import symmetric_gram
+
+    z = torch.randn(40, d, dtype=torch.float64)
+    gram = symmetric_gram(z)
+    assert torch.allclose(gram, z.T @ z, rtol=1e-12, atol=1e-10) and torch.equal(gram, gram.T)
+
+
 def test_second_moment_sum_with_bias_uses_the_block_product_for_wide_inputs() -> None:
     z = torch.randn(30, 600, dtype=torch.float64)
     za = torch.cat([z, torch.ones(30, 1, dtype=torch.float64)], dim=1)

@@ -173,6 +173,24 @@ def symmetric_product_(acc: Tensor, z: Tensor) -> Tensor:
     return acc
 
 
+def symmetric_gram(z: Tensor) -> Tensor:
+    """``z^T z``, out of place, computing only the block-lower triangle as :func:`symmetric_product_` does.
+
+    For compiled graphs (``dopr.sigma_tap``): the in-place block updates of :func:`symmetric_product_` are
+    functionalized there into generated loops, while these out-of-place products stay library GEMMs.
+    """
+    d = z.shape[1]
+    k = symmetric_blocks(d)
+    if k == 1:
+        return z.T @ z
+    edges = [round(i * d / k) for i in range(k + 1)]
+    spans = list(zip(edges[:-1], edges[1:]))
+    lower = [z[:, lo:hi].T @ z[:, :hi] for lo, hi in spans]  # block row i, columns 0 .. hi_i
+    rows = [torch.cat([lower[i]] + [lower[j][:, lo:hi].T for j in range(i + 1, k)], dim=1)
+            for i, (lo, hi) in enumerate(spans)]
+    return torch.cat(rows, dim=0)
+
+
 @dataclass
 class Factors:
     """Factorised preconditioners for a batch of ``B`` input groups of one size.

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .functional import symmetric_gram
+
 __all__ = ["SigmaTap", "phantom", "take"]
 
 
@@ -50,8 +52,10 @@ class SigmaTap(torch.autograd.Function):
             counts[-1] = ids.shape[0]
             return grad, None, counts
         z = rows.reshape(-1, ctx.shape[0] - 1).to(ctx.dtype)
-        z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=ctx.dtype, device=z.device)], dim=1)
-        return grad, None, z.T @ z
+        col = z.sum(dim=0)
+        n = torch.full((1,), z.shape[0], dtype=ctx.dtype, device=z.device)
+        gram = symmetric_gram(z)  # out of place, so the compiler keeps library GEMMs
+        return grad, None, torch.cat([torch.cat([gram, col[:, None]], dim=1), torch.cat([col, n])[None]], dim=0)
 
 
 def phantom(size: int, dtype: torch.dtype, device: torch.device, diagonal: bool) -> Tensor:
