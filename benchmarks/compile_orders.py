@@ -1,7 +1,8 @@
 """Does DoPr get its statistics under torch.compile, whatever order the script builds things in? (issue 21)
 
-Each build order runs in a fresh process (Dynamo's caches are per process) on two small models: an MLP (Linear
-layers, captured where their weight is read, :mod:`dopr.tap`) and a conv net (Conv2d layers, read by module hooks).
+Each build order runs in a fresh process (Dynamo's caches are per process) on three small models: an MLP (Linear
+layers, captured where their weight is read, :mod:`dopr.tap`), a conv net (Conv2d layers, read by module hooks,
+then a Linear head) and a net of convolutions only.
 Three steps each; printed per order: the groups that missed their statistics on some step (DoPr trains those
 layers exactly as its base), DoPr's error text where it stopped the run, and the graphs Dynamo compiled.
 
@@ -32,6 +33,9 @@ def build(kind: str) -> tuple[nn.Module, torch.Tensor]:
     if kind == "mlp":
         return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2)), \
             torch.randn(16, 8)
+    if kind == "conv-only":  # no layer read where its weight is read: only hooks, nothing for Dynamo to guard on
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1)), \
+            torch.randn(4, 3, 8, 8)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)), torch.randn(4, 3, 8, 8)
 
@@ -80,7 +84,7 @@ def main() -> None:
     print("| build order | model | groups that missed statistics | DoPr's error | graphs compiled |")
     print("|---|---|---|---|---|")
     for order, text in ORDERS.items():
-        for kind in ("mlp", "convnet"):
+        for kind in ("mlp", "convnet", "conv-only"):
             out = subprocess.run([sys.executable, __file__, order, kind], capture_output=True, text=True, check=False)
             try:
                 row = json.loads(out.stdout.strip().splitlines()[-1])
