@@ -185,3 +185,30 @@ def test_an_expert_no_token_is_routed_to_is_left_as_is_without_a_warning():
         opt.step()
     assert opt.preconditioner.layer_status("model.layers.0.mlp.experts:gate_up_proj[3]").startswith("unused")
     assert all(g["missing_statistics"] == 0 for g in opt.stats().values())
+
+
+def test_a_bank_read_by_bmm_gives_each_expert_its_rows():
+    """Llama 4's experts: the bank is stored E x in x out (no is_transposed flag) and read by one bmm over the
+    experts' pre-routed rows; expert e's Sigma is the float64 count of x[e] (its gate_up) and of its activations."""
+    torch.manual_seed(0)
+    config = transformers.Llama4TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, intermediate_size_mlp=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=EXPERTS, num_experts_per_tok=1,
+        moe_layers=[0])
+    model = transformers.Llama4ForCausalLM(config)
+    experts = model.model.layers[0].feed_forward.experts
+    ap = ActivationPreconditioner(model, damping=DAMPING, strict=True)
+    seen = {}
+    experts.register_forward_hook(lambda mod, args, out: seen.update(x=args[0].detach()))
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(ids, labels=ids).loss.backward()
+    x = seen["x"].double().view(EXPERTS, -1, 32)
+    for e in range(EXPERTS):
+        gate, up = (x[e] @ experts.gate_up_proj.detach().double()[e]).chunk(2, dim=-1)
+        for bank, rows in (("gate_up_proj", x[e]), ("down_proj", up * experts.act_fn(gate))):
+            group = ap.groups[ap.layers[f"model.layers.0.feed_forward.experts:{bank}[{e}]"].group]
+            torch.testing.assert_close(_sigma_sum(group), rows.T @ rows, rtol=1e-5, atol=1e-5)
+    assert ap.precondition_()
+    ap.remove()

@@ -241,6 +241,17 @@ def _read_left_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
+def _read_bmm(args: tuple, kwargs: dict, out: Any) -> Any:
+    x, bank = args[0] if args else kwargs.get("input"), _arg(args, kwargs, 1, "mat2")
+    reads = _reads_of(bank)
+    if reads is None or not reads.experts or not _is_input(x) or x.ndim != 3 or x.shape[0] != len(reads.experts):
+        return out
+    if any(e is not None and not e.adapter.transposed for e in reads.experts):
+        return out
+    _report(reads.owner, [(layer, x[e]) for e, layer in enumerate(reads.experts) if layer is not None], out)
+    return out  # bmm(x, W) of an E x in x out bank (Llama 4): expert e reads x[e]
+
+
 def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
     x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
     if x is None:
@@ -277,6 +288,8 @@ _PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     torch.matmul: _read_left_matmul,
     Tensor.matmul: _read_left_matmul,
     Tensor.__matmul__: _read_left_matmul,
+    torch.bmm: _read_bmm,
+    Tensor.bmm: _read_bmm,
 }
 _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_expert_linear,

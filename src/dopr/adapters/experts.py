@@ -10,7 +10,8 @@ router modules do):
   expert is a layer of its own (``experts:gate_up_proj[3]``) with the Sigma of its own tokens, so the update of
   one expert does not depend on how the tokens of another are spread; the experts' equal-size Sigmas are
   factorized in one batched call (:func:`dopr.refresh.refresh_groups` buckets them).
-  Banks that transformers marks ``is_transposed`` (gpt-oss) are ``E x in x out``, read as ``x @ W[e]``, and their
+  Banks that transformers marks ``is_transposed`` (gpt-oss), or whose gate/up bank has the hidden size first
+  (Llama 4), are ``E x in x out``, read as ``x @ W[e]`` or ``bmm(x, W)`` (``x``: ``E x n x in``), and their
   ``<bank>_bias`` (``E x out``, where the module ``has_bias``) is each expert's bias.
 * A 2-D ``E x in`` ``weight``, read as ``F.linear(x, W)`` (the router): the Linear layer it is.
 
@@ -107,6 +108,18 @@ def expert_banks(model: nn.Module) -> dict[int, bool]:
     return banks
 
 
+def _transposed(module: nn.Module) -> bool:
+    """Whether the module's banks are ``E x in x out``: transformers' ``is_transposed`` flag where its experts
+    implementations set it; otherwise whether the bank that reads the hidden states (``gate_up_proj``, ``up_proj``)
+    has the hidden size first (Llama 4's experts, read by ``bmm``)."""
+    flag = getattr(module, "is_transposed", None)
+    if isinstance(flag, bool):
+        return flag
+    hidden = next((h for a in ("hidden_size", "hidden_dim") if isinstance(h := getattr(module, a, None), int)), None)
+    bank = next((p for a in ("gate_up_proj", "up_proj") if isinstance(p := getattr(module, a, None), Tensor)), None)
+    return hidden is not None and bank is not None and bank.ndim == 3 and bank.shape[1] == hidden != bank.shape[2]
+
+
 def raw_weight_layers(module: nn.Module) -> list[tuple[str, Adapter]]:
     """The layers of a module DoPr has no adapter for that declares ``E`` experts (``num_experts``): each expert of
     its ``E x out x in`` parameters, and its ``E x in`` router ``weight``. Raw parameters of any other module (a
@@ -115,7 +128,7 @@ def raw_weight_layers(module: nn.Module) -> list[tuple[str, Adapter]]:
     if count is None:
         return []
     parts: list[tuple[str, Adapter]] = []
-    transposed = bool(getattr(module, "is_transposed", False))  # set by transformers' experts implementations
+    transposed = _transposed(module)
     for attr, p in module.named_parameters(recurse=False):
         if p.ndim == 3 and p.shape[0] == count and min(p.shape[1:]) > 1:
             bias = f"{attr}_bias" if getattr(module, "has_bias", False) and hasattr(module, f"{attr}_bias") else None
