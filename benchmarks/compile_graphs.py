@@ -45,16 +45,9 @@ class GPT(nn.Module):
 
 
 def residual_mlp() -> nn.Module:
+    from mlp_step import Residual  # the BC bench's residual block (benchmarks/mlp_step.py)
+
     return nn.Sequential(nn.Linear(24, 64), *[Residual(64) for _ in range(2)], nn.ReLU(), nn.Linear(64, 6))
-
-
-class Residual(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(torch.relu(self.fc1(h)))
 
 
 def conv_net() -> nn.Module:

@@ -70,6 +70,14 @@ def _blocks(mode: str) -> int | None:
     return 3 if "-blocks" in mode else None  # block-diagonal Sigma: 5, 7 and 6 inputs (+ bias) in 2-3 blocks
 
 
+def _spawn(worker, *args) -> dict:
+    """Run ``worker(rank, port, *args, out)`` on WORLD gloo processes; each rank's result, by rank."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(worker, args=(_free_port(), *args, out), nprocs=WORLD, start_method="spawn")
+        return dict(out)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,10 +107,7 @@ def test_two_ranks_equal_one_rank_on_the_combined_batch(mode):
         assert all(g.blocks > 1 for g in opt.preconditioner.groups.values())
     expected = [p.detach() for p in model.parameters()]
 
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_worker, args=(_free_port(), mode, out), nprocs=WORLD, start_method="spawn")
-        results = dict(out)
+    results = _spawn(_worker, mode)
     for rank in range(WORLD):
         for got, want in zip(results[rank], expected):
             assert torch.allclose(got, want, rtol=0, atol=1e-6), (mode, rank, (got - want).abs().max())
@@ -147,10 +152,7 @@ def test_two_ranks_equal_one_rank_with_tied_embeddings():
     opt = DoPr(model, lr=1e-2, damping=1e-2)
     assert opt.preconditioner.tied == [(["tok"], "head")]
     _tied_train(model, opt)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_tied_worker, args=(_free_port(), out), nprocs=WORLD, start_method="spawn")
-        results = dict(out)
+    results = _spawn(_tied_worker)
     for rank in range(WORLD):
         for got, want in zip(results[rank], model.parameters()):
             assert torch.allclose(got, want.detach(), rtol=0, atol=1e-6), (rank, (got - want).abs().max())
@@ -196,10 +198,7 @@ def test_fsdp2_with_multihead_attention_equals_one_rank():
     model = _attention_model()
     opt = DoPr(model, lr=1e-2, damping=1e-2)
     _attention_train(model, opt)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_attention_worker, args=(_free_port(), out), nprocs=WORLD, start_method="spawn")
-        results = dict(out)
+    results = _spawn(_attention_worker)
     for rank in range(WORLD):
         for got, want in zip(results[rank], model.parameters()):
             assert torch.allclose(got, want.detach(), rtol=0, atol=1e-6), (rank, (got - want).abs().max())

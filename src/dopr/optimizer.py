@@ -29,7 +29,8 @@ class DoPr(Optimizer):
     """Double Preconditioning.
 
     Args:
-        model: the model to train; DoPr installs forward pre-hooks on its supported layers.
+        model: the model to train; DoPr taps the weights of its supported layers and hooks the modules
+                whose reads a fused kernel hides (``dopr.tap``, ``dopr.capture``).
         base: base optimizer name (``"adamw"``, ``"adam"``, ``"sgd"``, ``"signum"``, ``"muon"``,
             ``"adamuon"``) or any ``torch.optim.Optimizer`` subclass (called as ``cls(params, lr=lr,
             **base_kwargs)``).

@@ -1,6 +1,7 @@
 """ActivationPreconditioner: the AP half of DoPr, usable in front of any optimizer.
 
-It owns forward pre-hooks on the supported layers of a model, accumulates each layer's input second
+It taps the weights of a model's supported layers (hooks on the modules whose reads a fused kernel hides:
+convolutions, attention, RNNs), accumulates each layer's input second
 moment Sigma over the forward passes of one step (micro-batches of gradient accumulation included),
 factorizes ``Sigma + lambda I`` and rewrites each layer's ``.grad`` in place as ``M = G (Sigma +
 lambda I)^{-1}``. Layers that read the same input tensor (q/k/v, gate/up) share one Sigma and one
@@ -66,7 +67,7 @@ class ActivationPreconditioner(StatisticsCapture):
     """Rewrites supported layers' gradients as ``G (Sigma + damping * tr(Sigma)/d * I)^{-1}``.
 
     Args:
-        model: the module whose layers are preconditioned (hooks are installed on it).
+        model: the module whose layers are preconditioned (their weights are tapped, :mod:`dopr.tap`).
         damping: gamma, relative to the mean eigenvalue ``tr(Sigma)/d``. For the ``gamma' tr(Sigma)``
             convention, pass ``gamma' * d``.
         sigma: ``"batch"`` (the paper: this step's second moment) or ``"ema"`` (exponential moving

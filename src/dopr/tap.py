@@ -140,7 +140,7 @@ def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 2)
 
 
-def _traced_embedding(args: tuple, kwargs: dict, out: Any) -> Any:
+def _traced_embedding(args: tuple, kwargs: dict, out: Any) -> Any:  # a diagonal Sigma: a 1-D phantom
     return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 1)
 
 
@@ -155,20 +155,21 @@ def _reads_of(weight: Any) -> _Reads | None:
     return entry[1] if entry is not None and entry[0]() is weight else None
 
 
-def _read_linear(args: tuple, kwargs: dict, out: Any) -> Any:
-    reads = _reads_of(_arg(args, kwargs, 1, "weight"))
-    x = _arg(args, kwargs, 0, "input")
-    if reads is not None and reads.linear is not None and isinstance(x, Tensor):
-        _report(reads.owner, [(reads.linear, x)], out)
-    return out
+def _direct_read(kind: str) -> Callable[[tuple, dict, Any], Any]:
+    """The reader of ``F.linear(x, W)`` (``kind`` "linear") or ``F.embedding(ids, W)`` ("embedding"): the layer that
+    reads ``W`` by that op, against the op's first input."""
+
+    def read(args: tuple, kwargs: dict, out: Any) -> Any:
+        reads = _reads_of(_arg(args, kwargs, 1, "weight"))
+        layer, x = getattr(reads, kind, None), _arg(args, kwargs, 0, "input")
+        if layer is not None and isinstance(x, Tensor):
+            _report(reads.owner, [(layer, x)], out)
+        return out
+
+    return read
 
 
-def _read_embedding(args: tuple, kwargs: dict, out: Any) -> Any:
-    reads = _reads_of(_arg(args, kwargs, 1, "weight"))
-    ids = _arg(args, kwargs, 0, "input")
-    if reads is not None and reads.embedding is not None and isinstance(ids, Tensor):
-        _report(reads.owner, [(reads.embedding, ids)], out)
-    return out
+_read_linear, _read_embedding = _direct_read("linear"), _direct_read("embedding")
 
 
 def _read_item(args: tuple, kwargs: dict, out: Any) -> Any:
