@@ -128,12 +128,12 @@ def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
 
 def _traced_read(weight: Any, rows: Any, out: Any, ndim: int) -> Any:
     """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
-    phantom = getattr(weight, "_dopr_phantom", None)
-    if phantom is None or phantom.ndim != ndim or not isinstance(rows, Tensor):
+    leaf = getattr(weight, "_dopr_phantom", None)
+    if leaf is None or leaf.ndim != ndim or not isinstance(rows, Tensor):
         return None
     if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
         return out
-    return SigmaTap.apply(out, rows, phantom)
+    return SigmaTap.apply(out, rows, leaf)
 
 
 def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
