@@ -16,6 +16,7 @@ The hooks hold their owner weakly: a preconditioner that is garbage-collected re
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -142,9 +143,7 @@ def check_hooks_reached(hooked: list[tuple[str, bool]]) -> None:
 
 
 def _dynamo_compiled() -> bool:
-    """Whether torch.compile has compiled a graph in this process (since its last reset)."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:  # pragma: no cover - a torch without dynamo
-        return False
-    return counters["stats"]["unique_graphs"] > 0
+    """Whether torch.compile has compiled a graph in this process (since its last reset); never imports Dynamo
+    (where it was not imported, nothing was compiled)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return utils is not None and utils.counters["stats"]["unique_graphs"] > 0

@@ -64,6 +64,9 @@ class _Reads:
 # id(parameter) -> (the parameter, what its reads mean); copies of a tapped parameter (an EMA deepcopy) have none.
 # A plain dict: this lookup runs at every read, and a WeakIdKeyDictionary's costs microseconds
 _READS: dict[int, tuple[weakref.ref, _Reads]] = {}
+# id(parameter) -> the leaf its reads inside compiled graphs accumulate into (dopr.sigma_tap). Not an attribute of the
+# parameter: a tensor with a __dict__ keeps its Python object alive from C++, which made gloo's teardown abort
+_PHANTOMS: dict[int, Tensor] = {}
 
 
 def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
@@ -128,7 +131,7 @@ def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
 
 def _traced_read(weight: Any, rows: Any, out: Any, ndim: int) -> Any:
     """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
-    leaf = getattr(weight, "_dopr_phantom", None)
+    leaf = _PHANTOMS.get(id(weight)) if isinstance(weight, TappedParameter) else None
     if leaf is None or leaf.ndim != ndim or not isinstance(rows, Tensor):
         return None
     if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
@@ -304,7 +307,9 @@ for _name in ("_grouped_mm", "grouped_mm"):
     for _space in (torch, F):
         if hasattr(_space, _name):
             _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
-_DISABLED = {r: compiler_disabled(r) for r in {*_PARAMETER_READS.values(), *_VIEW_READS.values()}}
+# the readers as torch.compile sees them, made when the first weights are tapped: making them imports torch._dynamo,
+# and importing it when dopr is imported (before a script's dist.init_process_group) made gloo's teardown hang
+_DISABLED: dict[Callable, Callable] = {}
 _TRACED = {_read_linear: _traced_linear, _read_embedding: _traced_embedding}
 
 def tappable(param: Tensor) -> bool:
@@ -325,8 +330,8 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
         return None
     layer = linear if linear is not None else embedding
     size = layer.adapter.in_features(layer.module)
-    param._dopr_phantom = phantom(size, statistics_dtype, param.device, diagonal=embedding is not None)
-    return param._dopr_phantom
+    leaf = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device, diagonal=embedding is not None)
+    return leaf
 
 
 def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[torch.dtype], torch.dtype] | None
@@ -342,6 +347,8 @@ def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[t
             how["experts"].append(layer)
         else:
             how[kind] = layer
+    if layers and not _DISABLED:
+        _DISABLED.update({r: compiler_disabled(r) for r in {*_PARAMETER_READS.values(), *_VIEW_READS.values()}})
     phantoms: dict[int, Tensor] = {}
     for weight, how in reads.values():
         if how["experts"]:  # expert e's layer at index e (None where an expert is left out)
@@ -379,7 +386,7 @@ def untap(param: nn.Parameter) -> None:
     entry = _READS.get(id(param))
     if entry is not None and entry[0]() is param:
         del _READS[id(param)]
-    param.__dict__.pop("_dopr_phantom", None)
+        _PHANTOMS.pop(id(param), None)
     if type(param) is TappedParameter:
         param.__class__ = nn.Parameter
 
