@@ -205,3 +205,19 @@ def test_a_compiled_graph_without_the_hooks_is_an_error_not_the_base_optimizer()
     f(x).pow(2).mean().backward()
     opt.step()
     assert all(g["refreshes"] == 1 and g["missing_statistics"] == 0 for g in opt.stats().values())
+
+
+def test_row_mask_around_a_compiled_forward_raises():
+    """Inside a compiled graph rows are counted by autograd, and row_mask cannot reach them: say so, not skip it."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _ResidualMLP()
+    f = torch.compile(model, fullgraph=True, backend="aot_eager")
+    opt = DoPr(model, lr=1e-2)
+    x = torch.randn(8, 12)
+    with opt.preconditioner.row_mask(torch.ones(8, dtype=torch.bool)):
+        f(x).pow(2).mean().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="row_mask does not reach"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

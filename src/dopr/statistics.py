@@ -252,6 +252,7 @@ class StatisticsCapture:
         if not live:
             return
         if self._masked_step:
+            self._clear_phantoms()
             raise ValueError("row_mask does not reach the layers read inside a compiled graph (their rows are counted "
                              "by autograd there): build DoPr with the masked forward left eager, or drop row_mask")
         stats = take([p for _, p in live], [self.groups[layer.group].bias for layer, _ in live])
