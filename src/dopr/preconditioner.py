@@ -22,7 +22,6 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
-from .adapters.discovery import is_weight_matrix
 from .capture import UNSEEN_CALL, UNSEEN_READ, ModuleHooks, check_hooks_reached
 from .functional import (
     apply_blocks,
@@ -34,7 +33,7 @@ from .functional import (
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .options import check_options
 from .refresh import Workspaces, refresh_groups
-from .reporting import preconditioner_summary
+from .reporting import coverage, layer_status, preconditioner_summary
 from .statistics import StatisticsCapture
 from .tap import owner_of, tap_layers, untap, untapped
 from .tied import separate_tied_gradients
@@ -453,41 +452,12 @@ class ActivationPreconditioner(StatisticsCapture):
 
     def layer_status(self, name: str) -> str:
         """What actually happened to layer ``name``: ``"yes"``, ``"pending"`` (no step yet) or ``"no: why"``."""
-        group = self.groups[self.layers[name].group]
-        missing = group.missing_statistics
-        if group.factor is not None:
-            return f"yes, but no input recorded on {missing} step(s)" if missing else "yes"
-        if missing:
-            return (f"no: recorded no input on {missing} step(s) while it had a gradient (its forward ran in eval "
-                    "mode or under no_grad, or backward never reached its output)")
-        if self.step_count and name in self._tied_writers:
-            return "unused: never called; its weight gets AP through the layers that share it"
-        if self.step_count and self.layers[name].adapter.reads == "expert":
-            return "unused: no token has been routed to this expert yet (its gradient is zero)"
-        return "pending (no step yet)" if self.step_count == 0 else "no: no input recorded yet"
+        return layer_status(self, name)
 
     def coverage(self) -> dict[str, float | int]:
-        """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP: those of
-        its layers, less the layers that had a gradient but never an input recorded (``no_statistics`` of them; a
-        weight read in a way DoPr cannot see). A parameter several layers share (q/k/v rows, an expert bank) counts
-        by the rows of each."""
-        rows: dict[int, int] = {}
-        failed = 0
-        for layer in self.layers.values():
-            group = self.groups[layer.group]
-            if group.missing_statistics and group.factor is None:
-                failed += 1
-                continue
-            for p in layer.adapter.params(layer.module):
-                span = layer.adapter.rows_of(layer.module, p)
-                rows[id(p)] = rows.get(id(p), 0) + (p.shape[0] if span is None else span[1] - span[0])
-        total = done = 0
-        for _, p in self._named_parameters():
-            if p.requires_grad and is_weight_matrix(p):
-                total += p.numel()
-                done += p.numel() * min(rows.get(id(p), 0), p.shape[0]) // p.shape[0]
-        return {"weight_elements": total, "preconditioned_elements": done, "share": done / total if total else 1.0,
-                "uncovered": len(self.discovery.uncovered), "no_statistics": failed}
+        """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP (see
+        :func:`dopr.reporting.coverage`)."""
+        return coverage(self)
 
     def _named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return self._model_parameters

@@ -11,16 +11,20 @@ from typing import Any, Protocol
 
 import torch
 
+from .adapters.discovery import is_weight_matrix
+
 
 class ActivationPreconditioner(Protocol):
     """What the summaries read of :class:`dopr.ActivationPreconditioner`."""
 
     damping: float
+    step_count: int
     layers: Mapping[str, Any]
     groups: Mapping[Any, Any]
     skipped: Mapping[str, str]
     discovery: Any
     _grouping_frozen: bool
+    _tied_writers: Mapping[str, bool]
 
     def coverage(self) -> dict[str, Any]: ...
     def layer_status(self, name: str) -> str: ...
@@ -36,7 +40,48 @@ class DoPr(Protocol):
     @property
     def routes(self) -> Sequence[Any]: ...
 
-__all__ = ["dopr_summary", "parameter_status", "preconditioner_summary"]
+__all__ = ["coverage", "dopr_summary", "layer_status", "parameter_status", "preconditioner_summary"]
+
+
+def layer_status(ap: ActivationPreconditioner, name: str) -> str:
+    """What actually happened to layer ``name``: ``"yes"``, ``"pending"`` (no step yet) or ``"no: why"``."""
+    layer = ap.layers[name]
+    group = ap.groups[layer.group]
+    missing = group.missing_statistics
+    if group.factor is not None:
+        return f"yes, but no input recorded on {missing} step(s)" if missing else "yes"
+    if missing:
+        return (f"no: recorded no input on {missing} step(s) while it had a gradient (its forward ran in eval "
+                "mode or under no_grad, or backward never reached its output)")
+    if ap.step_count and name in ap._tied_writers:
+        return "unused: never called; its weight gets AP through the layers that share it"
+    if ap.step_count and layer.adapter.reads == "expert":
+        return "unused: no token has been routed to this expert yet (its gradient is zero)"
+    return "pending (no step yet)" if ap.step_count == 0 else "no: no input recorded yet"
+
+
+def coverage(ap: ActivationPreconditioner) -> dict[str, float | int]:
+    """Share of the trainable weight-matrix elements (parameters with two dims of size > 1) that get AP: those of
+    the layers, less the layers that had a gradient but never an input recorded (``no_statistics`` of them; a weight
+    read in a way DoPr cannot see). A parameter several layers share (q/k/v rows, an expert bank) counts by the rows
+    of each."""
+    rows: dict[int, int] = {}
+    failed = 0
+    for layer in ap.layers.values():
+        group = ap.groups[layer.group]
+        if group.missing_statistics and group.factor is None:
+            failed += 1
+            continue
+        for p in layer.adapter.params(layer.module):
+            span = layer.adapter.rows_of(layer.module, p)
+            rows[id(p)] = rows.get(id(p), 0) + (p.shape[0] if span is None else span[1] - span[0])
+    total = done = 0
+    for _, p in ap._named_parameters():
+        if p.requires_grad and is_weight_matrix(p):
+            total += p.numel()
+            done += p.numel() * min(rows.get(id(p), 0), p.shape[0]) // p.shape[0]
+    return {"weight_elements": total, "preconditioned_elements": done, "share": done / total if total else 1.0,
+            "uncovered": len(ap.discovery.uncovered), "no_statistics": failed}
 
 
 def preconditioner_summary(ap: ActivationPreconditioner) -> str:
