@@ -75,9 +75,12 @@ def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: A
         owner._on_reads(reads, output)
 
 
-def _run(func: Callable, args: tuple, kwargs: dict) -> Any:
+def _dispatch(readers: dict[Callable, Callable], func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Run ``func`` as on plain tensors (its results are plain), then the reader of ``func``, if it is a read."""
     with torch._C.DisableTorchFunctionSubclass():
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+    reader = readers.get(func)
+    return out if reader is None else _call(reader, args, kwargs, out)
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
@@ -98,10 +101,7 @@ class TappedParameter(nn.Parameter):
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = _run(func, args, kwargs)
-        reader = _PARAMETER_READS.get(func)
-        return out if reader is None else _call(reader, args, kwargs, out)
+        return _dispatch(_PARAMETER_READS, func, args, kwargs or {})
 
 
 class TapView(Tensor):
@@ -111,10 +111,7 @@ class TapView(Tensor):
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = _run(func, args, kwargs)
-        reader = _VIEW_READS.get(func)
-        return out if reader is None else _call(reader, args, kwargs, out)
+        return _dispatch(_VIEW_READS, func, args, kwargs or {})
 
 
 def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
