@@ -162,6 +162,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self._generator = torch.Generator().manual_seed(seed)
         self._row_mask: Tensor | None = None
         self._tokens, self._token_count, self._masked_step = {}, 0, False
+        self._banks: dict[tuple[int, str], list[Layer]] = {}  # (id(module), bank) -> its experts' layers
         self._workspaces = Workspaces()  # the memory refreshes factorize in (the factors are views of it)
         self._grouping_frozen = not share_inputs
         self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
@@ -339,10 +340,11 @@ class ActivationPreconditioner(StatisticsCapture):
     def _bank_read(self, expert: Layer) -> bool:
         """Whether some expert of ``expert``'s bank recorded rows this step: the bank's reads are seen, so an expert
         without rows had no token routed to it (rather than a bank read by an op DoPr does not tap, Llama 4's bmm)."""
-        weight = expert.adapter.weight(expert.module)
-        bank = [e for e in self.layers.values() if e.module is expert.module and e.adapter.reads == "expert"
-                and e.adapter.weight(e.module) is weight]
-        return any(self.groups[e.group].rows or self.groups[e.group].kept for e in bank)
+        key = (id(expert.module), expert.adapter.attr)
+        if key not in self._banks:  # found once: this runs per expert without rows, and a model can have thousands
+            self._banks[key] = [e for e in self.layers.values() if e.adapter.reads == "expert"
+                                and (id(e.module), e.adapter.attr) == key]
+        return any(self.groups[e.group].rows or self.groups[e.group].kept for e in self._banks[key])
 
     def _unseen_read_cause(self, layer: Layer) -> str:
         return UNSEEN_READ if self.discovery.layers[layer.name].tapped else UNSEEN_CALL

@@ -1,9 +1,8 @@
 """Weights that no module call reads: banks of mixture-of-experts weights, and their routers.
 
-Both are captured only where the weight is read (:mod:`dopr.tap`), since no module's forward takes their input:
-
 Both belong to a module that declares its number of experts ``E`` (``num_experts``, as transformers' experts and
-router modules do):
+router modules do), and both are captured only where the weight is read (:mod:`dopr.tap`), since no module call
+takes their input:
 
 * A 3-D parameter ``E x out x in`` (transformers' fused experts: ``gate_up_proj``, ``down_proj``) is a bank of
   ``E`` independent linear layers, expert ``e`` read as ``F.linear(x, W[e])`` on the tokens routed to it. Each
@@ -15,8 +14,10 @@ router modules do):
   ``<bank>_bias`` (``E x out``, where the module ``has_bias``) is each expert's bias.
 * A 2-D ``E x in`` ``weight``, read as ``F.linear(x, W)`` (the router): the Linear layer it is.
 
-A weight of either kind that is read another way (``x @ W``, a batched or grouped matmul, a cast) records no
-statistics, and DoPr names it at the step (``missing_statistics``) instead of preconditioning it.
+Transformers' default experts implementation reads a whole bank in one ``grouped_mm`` over the tokens sorted by
+expert; each expert's segment is its rows. A weight of either kind read another way (a cast, a concatenation, an op
+DoPr does not tap) records no statistics, and DoPr names it at the step (``missing_statistics``) instead of
+preconditioning it.
 """
 
 from __future__ import annotations
