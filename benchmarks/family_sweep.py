@@ -33,7 +33,8 @@ from families import BY_NAME, FAMILIES, Family  # noqa: E402
 
 #: The fast subset: a plain causal LM, a seq2seq with learned position embeddings, OPT, an MoE, a masked LM, a
 #: vision transformer, an audio model, a convnet with depthwise convolutions and a timm convnet (skipped without timm).
-FAST: tuple[str, ...] = ("llama", "bart", "opt", "mixtral", "bert", "vit", "wav2vec2", "convnext", "timm:resnet18")
+FAST: tuple[str, ...] = ("llama", "bart", "opt", "mixtral", "bert", "vit", "wav2vec2", "wavlm", "sew-d", "convnext",
+                          "timm:resnet18")
 
 STEPS = 3
 LOW_SHARE = 0.95

@@ -22,7 +22,7 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
-from .capture import UNSEEN_CALL, UNSEEN_READ, ModuleHooks, check_hooks_reached
+from .capture import UNSEEN_CALL, ModuleHooks, check_hooks_reached, unseen_read
 from .functional import (
     apply_blocks,
     apply_factor,
@@ -35,7 +35,7 @@ from .options import check_options
 from .refresh import Workspaces, refresh_groups
 from .reporting import coverage, layer_status, preconditioner_summary
 from .statistics import StatisticsCapture
-from .tap import owner_of, tap_layers, untap, untapped
+from .tap import owner_of, tap_layers, unseen_op, untap, untapped
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -347,7 +347,9 @@ class ActivationPreconditioner(StatisticsCapture):
         return any(self.groups[e.group].rows or self.groups[e.group].kept for e in self._banks[key])
 
     def _unseen_read_cause(self, layer: Layer) -> str:
-        return UNSEEN_READ if self.discovery.layers[layer.name].tapped else UNSEEN_CALL
+        if not self.discovery.layers[layer.name].tapped:
+            return UNSEEN_CALL
+        return unseen_read(unseen_op(layer.adapter.weight(layer.module)))
 
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):

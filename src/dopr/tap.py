@@ -26,6 +26,7 @@ the module hook. :func:`tap` and :func:`untap` switch the class and back.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from .capture import compiler_disabled
 from .sigma_tap import SigmaTap, phantom
 
-__all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "untap", "untapped"]
+__all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "unseen_op", "untap", "untapped"]
 
 
 class Layer(Protocol):
@@ -59,6 +60,7 @@ class _Reads:
     linear: Layer | None = None
     embedding: Layer | None = None
     experts: list[Layer | None] = field(default_factory=list)  # a 3-D bank: the layer of each W[e] (None: excluded)
+    unseen: str | None = None  # the first op that computed a tensor from the weight that is not a read DoPr follows
 
 
 # id(parameter) -> (the parameter, what its reads mean); copies of a tapped parameter (an EMA deepcopy) have none.
@@ -77,10 +79,45 @@ def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: A
 
 def _dispatch(readers: dict[Callable, Callable], func: Callable, args: tuple, kwargs: dict) -> Any:
     """Run ``func`` as on plain tensors (its results are plain), then the reader of ``func``, if it is a read."""
+    runner = _RUNNERS.get(func)
+    if runner is not None:
+        return runner(args, kwargs)
     with torch._C.DisableTorchFunctionSubclass():
         out = func(*args, **kwargs)
     reader = readers.get(func)
-    return out if reader is None else _call(reader, args, kwargs, out)
+    if reader is None:
+        if isinstance(out, Tensor) and out.requires_grad and not torch.compiler.is_compiling():
+            _note_unseen(func, args)
+        return out
+    return _call(reader, args, kwargs, out)
+
+
+def _note_unseen(func: Callable, args: tuple) -> None:
+    """Remember the first op that computed a differentiable tensor from a tapped weight without being a read DoPr
+    follows (a cast, ``torch.cat`` of weights): named if that weight's layer then has no statistics."""
+    for arg in (args[0] if args and isinstance(args[0], (list, tuple)) else args):
+        reads = _reads_of(arg)
+        if reads is not None and reads.unseen is None:
+            reads.unseen = _op_name(func)
+
+
+def _op_name(func: Callable) -> str:
+    """``torch.cat``, ``Tensor.to``, ``F.softmax``: the name a user writes for ``func``."""
+    name = getattr(func, "__name__", None) or repr(func)
+    owner = getattr(func, "__qualname__", name).rpartition(".")[0]
+    if owner in ("_VariableFunctionsClass", "") and getattr(func, "__module__", None) in (None, "torch"):
+        return f"torch.{name}"
+    if owner in ("TensorBase", "Tensor", "_TensorBase"):
+        return f"Tensor.{name}"
+    module = getattr(func, "__module__", None) or ""
+    return f"F.{name}" if module in ("torch.nn.functional", "torch._C._nn") else f"{module}.{name}".lstrip(".")
+
+
+def unseen_op(param: Tensor) -> str | None:
+    """The first op that computed a tensor from tapped ``param`` without being a read DoPr follows, if any (also
+    while ``param`` is switched back to plain by :func:`untapped`)."""
+    entry = _READS.get(id(param))
+    return entry[1].unseen if entry is not None and entry[0]() is param else None
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
@@ -278,6 +315,46 @@ def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
+def _read_whole_table(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``F.layer_norm(table)``: an embedding table normalized as a whole (SEW-D's relative positions) is the
+    rows of ``I @ table``, so each row is read once, by its one-hot."""
+    table = _arg(args, kwargs, 0, "input")
+    reads = _reads_of(table)
+    if reads is not None and reads.embedding is not None and table.ndim == 2:
+        _report(reads.owner, [(reads.embedding, torch.arange(table.shape[0], device=table.device))], out)
+    return out
+
+
+_ATTENTION_ARGS = inspect.signature(F.multi_head_attention_forward)
+# the arguments whose class makes F.multi_head_attention_forward dispatch (its ``tens_ops``; not q/k/v_proj_weight)
+_ATTENTION_DISPATCHES_ON = ("query", "key", "value", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
+                            "out_proj_weight", "out_proj_bias")
+
+
+def _run_attention(args: tuple, kwargs: dict) -> Any:
+    """``F.multi_head_attention_forward`` with tapped weights (WavLM passes its q/k/v/out Linear weights): run with
+    the subclass's torch functions on, so its in-projections' ``F.linear`` reads of tapped ``q/k/v_proj_weight``
+    reach their readers; the out-projection, inside it a ``linear`` of the weight it was given, runs as an
+    identity there and as ``F.linear`` of the tapped weight after it (``x @ I`` is exact), so its read is seen."""
+    call = _ATTENTION_ARGS.bind(*args, **kwargs).arguments
+    out_weight, out_bias = call["out_proj_weight"], call["out_proj_bias"]
+    for name in _ATTENTION_DISPATCHES_ON:  # plain, so that the call below runs the function rather than dispatching
+        if isinstance(call.get(name), (TappedParameter, TapView)):
+            call[name] = call[name].as_subclass(Tensor)
+    follow = _reads_of(out_weight) is not None
+    if follow:
+        size = out_weight.shape[1]
+        call["out_proj_weight"] = torch.eye(size, dtype=out_weight.dtype, device=out_weight.device)
+        call["out_proj_bias"] = None
+    result = F.multi_head_attention_forward(**call)
+    if not follow:
+        return result
+    out = F.linear(result[0], out_weight, out_bias)
+    return (out, *result[1:])
+
+
+_RUNNERS: dict[Callable, Callable[[tuple, dict], Any]] = {F.multi_head_attention_forward: _run_attention}
+
 _PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_linear,
     F.embedding: _read_embedding,
@@ -291,6 +368,8 @@ _PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     Tensor.__matmul__: _read_left_matmul,
     torch.bmm: _read_bmm,
     Tensor.bmm: _read_bmm,
+    F.layer_norm: _read_whole_table,
+    F.rms_norm: _read_whole_table,
 }
 _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_expert_linear,
