@@ -12,10 +12,11 @@ import torch
 
 from ..core import EVAL_SEED, VAL_SEED
 from ..core.bench import Bench, Metric
+from ..core.checkpoints import LowestVal
 from ..core.progress import interactive
 from .data import Episode, drift, expert_demos, read_minari, rollout
 from .diagnostics import diagnostics, expert_first_features
-from .report import headline, make_plots, run_return, standardization_notes, summary_markdown
+from .report import headline, make_plots, run_return, run_return_at_min_val, standardization_notes, summary_markdown
 from .spec import TASKS, BCSpec, planned, resolve
 from .train import BCData, train_bc
 
@@ -77,11 +78,18 @@ class Prepared:
     def run(self, arm: str, seed: int, lr: float, progress: Any) -> dict[str, Any]:
         from .policy import ActPolicy
 
-        model, rec = train_bc(arm, seed, lr, self.data, self.spec, self.stats, progress)
+        lowest = LowestVal()
+        model, rec = train_bc(arm, seed, lr, self.data, self.spec, self.stats, progress, lowest)
         t1 = time.time()
         policy = ActPolicy(model, self.low, self.high)
         n = 0 if rec["diverged"] else self.spec.episodes
         eps = [rollout(self.env, policy, EVAL_SEED + i, self.spec.max_episode_steps) for i in range(n)]
+        # the checkpoint a user keeps: lowest logged validation loss, on the same episodes (the final weights'
+        # rollouts where that is the last step)
+        at_min = eps
+        if n and lowest.step is not None and lowest.step != rec["steps_done"]:
+            early = ActPolicy(lowest.model(model), self.low, self.high)
+            at_min = [rollout(self.env, early, EVAL_SEED + i, self.spec.max_episode_steps) for i in range(n)]
         pol_obs = np.concatenate([e.observations for e in eps]) if eps else None
         mean, std = self.stats
         if self.spec.video:
@@ -89,15 +97,19 @@ class Prepared:
         if not rec["diverged"]:
             rec |= diagnostics(model, self.data.val_obs, self.expert_features)
         return rec | {"returns": [e.ret for e in eps], "lengths": [e.length for e in eps],
+                      "returns_at_min_val": [e.ret for e in at_min], "lengths_at_min_val": [e.length for e in at_min],
                       "eval_seeds": [EVAL_SEED + i for i in range(len(eps))],
                       "drift": drift(self.expert_obs, pol_obs) if eps else float("nan"),
                       "drift_std": drift(self.expert_obs, pol_obs, mean, std) if eps else float("nan"),
                       "eval_s": time.time() - t1}
 
     def line(self, run: dict[str, Any]) -> str:
-        return (f"{run['optimizer']:>12} lr {run['lr']:g} seed {run['seed']}: val {run['val_loss']:.3e}  return "
-                f"{np.mean(run['returns'] or [np.nan]):8.1f}  len {np.mean(run['lengths'] or [0]):6.1f}  drift "
-                f"{run['drift_std']:.3g}  ({run['wall_s']:.0f}s)")
+        damping = f" damping {run['damping']:g}" if "damping" in run else ""
+        return (f"{run['optimizer']:>12} lr {run['lr']:g} seed {run['seed']}{damping}: val {run['val_loss']:.3e}  "
+                f"return {np.mean(run['returns'] or [np.nan]):8.1f}  len {np.mean(run['lengths'] or [0]):6.1f}  "
+                f"drift {run['drift_std']:.3g}  at min val (step {run.get('min_val_step')}): val "
+                f"{run.get('val_loss_min', np.nan):.3e} return {run_return_at_min_val(run):8.1f}  "
+                f"({run['wall_s']:.0f}s)")
 
     def close(self, results: dict[str, Any], out: Path) -> None:
         self.env.close()
@@ -115,4 +127,7 @@ BENCH = Bench(
     data_keys=frozenset({"env_id", "source"}), prepare=Prepared,
     val=Metric("val loss", lambda r: r["val_loss"], False, lambda v: f"{v:.2e}"),
     test=Metric("return", run_return, True, lambda v: f"{v:,.0f}"),
-    summary=summary_markdown, plots=make_plots, headline=headline, notes=standardization_notes)
+    summary=summary_markdown, plots=make_plots, headline=headline, notes=standardization_notes,
+    checkpoints=(("lowest-validation-loss checkpoint",
+                  Metric("min val loss", lambda r: r.get("val_loss_min"), False, lambda v: f"{v:.2e}"),
+                  Metric("return at min val", run_return_at_min_val, True, lambda v: f"{v:,.0f}")),))

@@ -10,11 +10,17 @@ import numpy as np
 
 from ..core.plots import arm_colors, line_style, pyplot, save_figure, scatter_figure
 from ..core.report import dopr_options
+from ..core.results import run_damping
 from ..core.stats import arm_order, ci, lrs, pairs
 
 
 def run_return(run: dict[str, Any]) -> float:
     return float(np.mean(run["returns"])) if run.get("returns") else float("nan")
+
+
+def run_return_at_min_val(run: dict[str, Any]) -> float:
+    """Mean return of the EMA weights at the lowest logged validation loss (nan for runs made before it was)."""
+    return float(np.mean(run["returns_at_min_val"])) if run.get("returns_at_min_val") else float("nan")
 
 
 AP_LAYERS = {"first": "the input layer only (inp)", "hidden": "every layer but the input layer"}
@@ -43,7 +49,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines = [f"# {results['task']}: behavior cloning, base vs DoPr", ""]
     lines.append(f"env {s['env_id']}, {s['demos']} training demos ({results.get('n_train_transitions', '?')} "
                  f"transitions), {s['val_demos']} validation demos, {s['steps']} steps at batch {s['batch']}, "
-                 f"lr {lr}, damping {s['damping']}, EMA rate {s['ema']}, observations "
+                 f"lr {lr}, damping {s['damping']:g}, EMA rate {s['ema']}, observations "
                  f"{_obs(s)}, {s['episodes']} evaluation episodes per seed." + _variant(s))
     if "expert_demo_return" in results:
         lines.append(f"Expert demonstrations: mean return {results['expert_demo_return']:,.1f}.")
@@ -67,11 +73,38 @@ def summary_markdown(results: dict[str, Any]) -> str:
             dd = [x["drift_std"] - y["drift_std"] for x, y in ps]
             wins = sum(1 for v in dr if v > 0)
             lines.append(f"| {d} − {b} | {len(ps)} | {ci(dr)} | {ci(dv, sci=True)} | {ci(dd)} | {wins}/{len(ps)} |")
+    if any(r.get("returns_at_min_val") for r in runs):
+        lines += ["", *_lowest_val_lines(runs)]
     lines += ["", "Per seed (return / val loss):", ""]
     for arm in arm_order(runs):
         rs = sorted((r for r in runs if r["optimizer"] == arm), key=lambda r: r["seed"])
         lines.append(f"- {arm}: " + ", ".join(f"s{r['seed']} {run_return(r):,.0f} / {r['val_loss']:.2e}" for r in rs))
     return "\n".join(lines) + "\n"
+
+
+def _lowest_val_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Final weights against the checkpoint a user keeps (lowest logged validation loss), per arm and paired."""
+    lines = ["Final against lowest-validation-loss checkpoint (EMA weights at the logged step with the lowest "
+             "validation loss, rolled out on the same episodes):", "",
+             "| arm | seeds | step of min val | min val loss | return at min val | return final | at min val − "
+             "final |", "|---|---|---|---|---|---|---|"]
+    for arm in arm_order(runs):
+        rs = [r for r in runs if r["optimizer"] == arm]
+        steps = [float(r["min_val_step"]) for r in rs if r.get("min_val_step") is not None]
+        lines.append(f"| {arm} | {len(rs)} | {np.mean(steps) if steps else float('nan'):.0f} | "
+                     f"{ci([r.get('val_loss_min', np.nan) for r in rs], sci=True)} | "
+                     f"{ci([run_return_at_min_val(r) for r in rs])} | {ci([run_return(r) for r in rs])} | "
+                     f"{ci([run_return_at_min_val(r) - run_return(r) for r in rs])} |")
+    ps_all = pairs(runs)
+    if ps_all:
+        lines += ["", "| pair, at the lowest-validation checkpoint | seeds | Δ return | Δ min val loss | DoPr wins |",
+                  "|---|---|---|---|---|"]
+        for (d, b), ps in ps_all.items():
+            dr = [run_return_at_min_val(x) - run_return_at_min_val(y) for x, y in ps]
+            dv = [x.get("val_loss_min", np.nan) - y.get("val_loss_min", np.nan) for x, y in ps]
+            lines.append(f"| {d} − {b} | {len(ps)} | {ci(dr)} | {ci(dv, sci=True)} | "
+                         f"{sum(1 for v in dr if v > 0)}/{len(ps)} |")
+    return lines
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -87,7 +120,8 @@ def headline(results: dict[str, Any]) -> str:
 
 def _means(results: dict[str, Any]) -> dict[tuple[str, str, float], tuple[float, float]]:
     """(DoPr arm, base, lr) -> mean returns (DoPr, base) over the seeds they share."""
-    runs = results["runs"]
+    default = results["settings"].get("damping")
+    runs = [r for r in results["runs"] if run_damping(r, default) in (None, default)]  # a damping sweep: its default
     return {(*k, lr): (float(np.mean([run_return(a) for a, _ in ps])), float(np.mean([run_return(b) for _, b in ps])))
             for lr in lrs(runs) for k, ps in pairs(runs, lr).items()}
 

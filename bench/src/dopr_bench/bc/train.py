@@ -1,4 +1,5 @@
-"""One behavior-cloning run: build the arm's optimizer, train with L2 loss, evaluate the EMA weights."""
+"""One behavior-cloning run: build the arm's optimizer, train with L2 loss, evaluate the EMA weights (final, and where
+the logged validation loss was lowest)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from ..core.arms import build_optimizer, telemetry
+from ..core.checkpoints import LowestVal
 from ..core.loop import fit
 from ..core.nets import EMA
 from .policy import AP_EXCLUDE, ResidualMLP
@@ -33,8 +35,10 @@ def mse(model: nn.Module, obs: torch.Tensor, act: torch.Tensor, chunk: int = 819
 
 
 def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
-             obs_stats: tuple[np.ndarray, np.ndarray] | None, progress: Any = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Train one policy; returns the EMA model and a record (loss curves, final losses, wall time)."""
+             obs_stats: tuple[np.ndarray, np.ndarray] | None, progress: Any = None,
+             lowest: LowestVal | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one policy; returns the EMA model and a record (loss curves, final losses, wall time). ``lowest``, if
+    given, keeps the EMA weights where the logged validation loss was lowest (the record gets that loss and step)."""
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     torch.manual_seed(seed)  # same init for every arm with this seed
     model = ResidualMLP(obs_dim, act_dim, spec.width, spec.blocks)
@@ -59,6 +63,8 @@ def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
     def log(step: int, train_loss: float) -> None:
         train_curve.append([step, train_loss])
         val_curve.append([step, mse(ema.model, data.val_obs, data.val_act)])
+        if lowest is not None:
+            lowest.offer(step, val_curve[-1][1], ema.model)
 
     model.train()
     end = fit(opt, model.parameters(), spec.steps, loss_at, log_every=spec.log_every, log=log,
@@ -74,6 +80,9 @@ def train_bc(arm: str, seed: int, lr: float, data: BCData, spec: BCSpec,
         "train_loss_raw_weights": mse(model.eval(), data.obs, data.act) if not diverged else nan,
         **end.record(),
     }
+    if lowest is not None:  # the same EMA weights and loss as val_loss where the lowest is the last step
+        rec["val_loss_min"] = lowest.val_loss if not diverged and lowest.step is not None else nan
+        rec["min_val_step"] = lowest.step
     if hasattr(opt, "preconditioner"):  # a DoPr arm: the layers that got AP (the --ap-layers ablation)
         got = {id(p) for p in opt.preconditioner.preconditioned_parameters()}
         rec["preconditioned"] = [name for name, m in model.named_modules()

@@ -47,6 +47,7 @@ class Prepared(Protocol):
     """The data of one sweep, loaded once; ``settings`` are those the data determine (source, sizes, ...)."""
 
     settings: dict[str, Any]
+    spec: Any  # the Spec its runs are built from; the sweep sets each DoPr run's damping here (--dampings)
 
     def info(self, old: dict[str, Any]) -> dict[str, Any]:
         """Top-level fields of results.json besides the runs (``old``: those already saved, to keep)."""
@@ -85,6 +86,9 @@ class Bench:
     out_name: Callable[[str, Any], str] = lambda task, spec: task  # default folder name under results/
     steps: Callable[[Any], int] = lambda spec: int(spec.steps)  # training steps of one run (progress bars)
     notes: Callable[[dict[str, Any], Path], list[str]] = field(default=lambda results, root: [])  # printed after
+    #: other checkpoints a run is also judged at, as (name, validation metric, test metric), e.g. the weights with
+    #: the lowest validation loss; reported where runs have them (older runs do not: their metric is nan)
+    checkpoints: tuple[tuple[str, Metric, Metric], ...] = ()
 
 
 def get_bench(name: str) -> Bench:

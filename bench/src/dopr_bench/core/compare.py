@@ -15,6 +15,7 @@ import numpy as np
 
 from . import stats
 from .bench import Bench, Metric, get_bench
+from .dampings import dampings_of
 from .report import best_lr, lr_section
 from .results import load_results
 
@@ -22,8 +23,14 @@ Run = dict[str, Any]
 
 
 def _load(folders: Any) -> dict[str, dict[str, Any]]:
-    """Each folder's results, read once."""
-    return {str(f): load_results(Path(f)) for f in dict.fromkeys(map(str, folders))}
+    """Each folder's results, read once; a folder of several dampings is refused (these tables select over lrs
+    only, and would pool its dampings: its summary.md has the damping x lr tables)."""
+    loaded = {str(f): load_results(Path(f)) for f in dict.fromkeys(map(str, folders))}
+    for folder, results in loaded.items():
+        if len(dampings_of(results)) > 1:
+            raise SystemExit(f"{folder} ran DoPr at several dampings ({dampings_of(results)}); these tables select "
+                             "over lrs only: read its summary.md (damping x lr), or compare folders of one damping")
+    return loaded
 
 
 def _one_bench(loaded: dict[str, dict[str, Any]]) -> Bench:
@@ -159,7 +166,7 @@ def pairs_table(specs: list[str]) -> str:
 
 def shared_lr_table(folder: Path | str, base: str, dopr: str) -> str:
     """At every lr both arms of one folder ran, DoPr − base per seed, as one compact table."""
-    results = load_results(Path(folder))
+    results = _load([folder])[str(folder)]
     bench = get_bench(results["bench"])
     val, test = bench.val, bench.test
     runs = results["runs"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import stats
 from .bench import Metric, get_bench
+from .dampings import by_damping
 from .report import _signed
 from .results import load_results
 
@@ -48,25 +49,32 @@ def index_table(root: Path, folders: list[Path] | None = None) -> str:
         results = load_results(path)
         bench = get_bench(results["bench"])
         val, test = bench.val, bench.test
-        name, setting = f"`{path.parent.relative_to(root.parent)}`", bench.headline(results)
-        runs = results["runs"]
-        for lr in stats.lrs(runs):
-            at = stats.select(runs, lr=lr)
-            ps = stats.pairs(at)
-            paired = {a for pair in ps for a in pair}
-            for (arm, base), pp in ps.items():
-                d = [test.of(a) - test.of(b) for a, b in pp]
-                wins = sum(test.better(test.of(a), test.of(b)) for a, b in pp)
-                ra, rb = [a for a, _ in pp], [b for _, b in pp]
-                lines.append(f"| {name} | {setting} | {lr:g} | {base} / {arm} | {len(pp)} | {_mean(rb, val)} / "
-                             f"{_mean(ra, val)} | {test.label} {_mean(rb, test)} / {_mean(ra, test)} | "
-                             f"{_signed(test, d)} | {wins}/{len(pp)} |")
-            for arm in stats.arm_order(at):
-                if arm not in paired:
-                    rs = stats.select(at, arm)
-                    lines.append(f"| {name} | {setting} | {lr:g} | {arm} | {len(rs)} | {_mean(rs, val)} | "
-                                 f"{test.label} {_mean(rs, test)} | | |")
+        name = f"`{path.parent.relative_to(root.parent)}`"
+        for _, view in by_damping(results):  # a damping sweep: one block of rows per damping, its headline says it
+            lines += _rows(name, bench.headline(view), view["runs"], val, test)
     return "\n".join(lines) + "\n"
+
+
+def _rows(name: str, setting: str, runs: list[dict], val: Metric, test: Metric) -> list[str]:
+    """One row per lr and DoPr/base pair (or lone arm) of one view of a folder."""
+    lines = []
+    for lr in stats.lrs(runs):
+        at = stats.select(runs, lr=lr)
+        ps = stats.pairs(at)
+        paired = {a for pair in ps for a in pair}
+        for (arm, base), pp in ps.items():
+            d = [test.of(a) - test.of(b) for a, b in pp]
+            wins = sum(test.better(test.of(a), test.of(b)) for a, b in pp)
+            ra, rb = [a for a, _ in pp], [b for _, b in pp]
+            lines.append(f"| {name} | {setting} | {lr:g} | {base} / {arm} | {len(pp)} | {_mean(rb, val)} / "
+                         f"{_mean(ra, val)} | {test.label} {_mean(rb, test)} / {_mean(ra, test)} | "
+                         f"{_signed(test, d)} | {wins}/{len(pp)} |")
+        for arm in stats.arm_order(at):
+            if arm not in paired:
+                rs = stats.select(at, arm)
+                lines.append(f"| {name} | {setting} | {lr:g} | {arm} | {len(rs)} | {_mean(rs, val)} | "
+                             f"{test.label} {_mean(rs, test)} | | |")
+    return lines
 
 
 def write_index(root: Path, readme: Path, check: bool = False, folders: list[Path] | None = None) -> bool:

@@ -23,17 +23,35 @@ def dopr_options(s: dict[str, Any]) -> str:
             + ("" if s.get("max_rows") is None else f", Sigma from <= {s['max_rows']} rows"))
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """The bench's own summary (split by lr unless it lays lrs out itself), and with several lrs the learning-rate
-    section."""
-    bench = get_bench(results["bench"])
+def _by_lr(bench: Bench, results: dict[str, Any]) -> str:
+    """The bench's own summary, split by lr unless it lays lrs out itself."""
     values = stats.lrs(results["runs"])
     if bench.sweeps_lrs or len(values) <= 1:
-        md = bench.summary(results)
-    else:
-        md = "\n".join(bench.summary(results | {"runs": stats.select(results["runs"], lr=lr)}) for lr in values)
-    if len(values) > 1:
-        md += "\n" + lr_section(results["runs"], bench.val, bench.test)
+        return bench.summary(results)
+    return "\n".join(bench.summary(results | {"runs": stats.select(results["runs"], lr=lr)}) for lr in values)
+
+
+def _has(runs: list[Run], metric: Metric) -> bool:
+    return any(np.isfinite(metric.of(r)) for r in runs)
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The bench's own summary (one block per damping where DoPr ran at several, each split by lr), then the
+    selection section: over lrs, or over (lr, damping) with several dampings; again for each other checkpoint the
+    bench judges runs at (e.g. the lowest validation loss) where the runs have it."""
+    from .dampings import by_damping, damping_section  # it builds on this module's helpers
+
+    bench = get_bench(results["bench"])
+    views = by_damping(results)
+    md = "\n".join(_by_lr(bench, view) for _, view in views)
+    runs = results["runs"]
+    metrics = [("", bench.val, bench.test)] + [(f" ({name})", v, t) for name, v, t in bench.checkpoints
+                                                if _has(runs, t)]
+    for title, val, test in metrics:
+        if len(views) > 1:
+            md += "\n" + damping_section(results, val, test, title)
+        elif len(stats.lrs(runs)) > 1:
+            md += "\n" + lr_section(runs, val, test, title)
     return md
 
 
@@ -64,8 +82,8 @@ def best_lr(runs: list[Run], arm: str, metric: Metric) -> float | None:
     return best
 
 
-def lr_section(runs: list[Run], val: Metric, test: Metric) -> str:
-    lines = ["## Learning-rate sweep: each arm at its own best lr", "",
+def lr_section(runs: list[Run], val: Metric, test: Metric, title: str = "") -> str:
+    lines = [f"## Learning-rate sweep: each arm at its own best lr{title}", "",
              f"The lr of each arm selected on the validation metric ({val.label}) and, separately, on the test "
              f"metric ({test.label}; optimistic: it is chosen on the numbers it reports). Means over seeds.", "",
              f"| arm | lr by {val.label} | {val.label} | {test.label} | lr by {test.label} | {val.label} | "
@@ -110,8 +128,15 @@ def _signed(metric: Metric, values: list[float]) -> str:
 
 def pair_sentences(results: dict[str, Any], bench: Bench | None = None) -> list[str]:
     """One plain sentence per DoPr/base pair and lr: the two means, the paired difference and its interval."""
+    from .dampings import by_damping
+
     bench = bench or get_bench(results["bench"])
-    test, runs = bench.test, results["runs"]
+    views = by_damping(results)
+    return [s for g, view in views for s in _sentences(view["runs"], bench.test,
+                                                         f" damping {g:g}" if len(views) > 1 else "")]
+
+
+def _sentences(runs: list[Run], test: Metric, damping: str) -> list[str]:
     out = []
     for lr in stats.lrs(runs):
         for (arm, base), ps in stats.pairs(runs, lr).items():
@@ -123,7 +148,7 @@ def pair_sentences(results: dict[str, Any], bench: Bench | None = None) -> list[
                        "the 95% interval excludes zero" if abs(mean) > half else "within noise (the 95% interval "
                        "includes zero)")
             n = f"{len(ps)} seed{'s' if len(ps) > 1 else ''}"
-            out.append(f"{arm} against {base} at lr {lr:g}: {test.label} {test.fmt(a_mean)} against "
+            out.append(f"{arm} against {base} at lr {lr:g}{damping}: {test.label} {test.fmt(a_mean)} against "
                        f"{test.fmt(b_mean)} ({'higher' if test.higher_is_better else 'lower'} is better); DoPr − "
                        f"base {_signed(test, d)} paired over {n}, DoPr better on {wins} of {len(ps)}; {verdict}.")
     return out

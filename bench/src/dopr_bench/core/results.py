@@ -5,6 +5,8 @@ Schema (``schema`` 2)::
     {"bench": "bc" | "lm" | "flow" | "robo", "schema": 2, "task": str, "command": str,
      "settings": {...},            # what defines the folder: a run is resumed into it only with equal settings
      "runs": [{"optimizer", "seed", "lr", "diverged", "train_s", "wall_s", "threads", "torch", "dopr", ...}],
+                                   # DoPr runs also record "damping" (since --dampings; older runs used the
+                                   # folder's "damping" setting)
      ...}                          # bench-specific fields (e.g. the demonstrations' return)
 
 Every committed folder is in this schema (the folders made by earlier versions were migrated once, on 2026-12-04;
@@ -82,9 +84,20 @@ def lr_key(lr: float) -> str:
     return f"{float(lr):g}"
 
 
-def run_key(run: dict[str, Any]) -> tuple[str, str, int]:
-    """What identifies one run in any bench: (lr, optimizer, seed)."""
-    return lr_key(run["lr"]), run["optimizer"], run["seed"]
+def run_damping(run: dict[str, Any], default: float | None) -> float | None:
+    """A DoPr run's damping: its own (recorded since ``--dampings``), else ``default`` (the folder's ``damping``
+    setting, which every run of an older folder used); None for a base arm, which has no damping."""
+    if not str(run["optimizer"]).startswith("dopr-"):
+        return None
+    d = run.get("damping", default)
+    return None if d is None else float(d)
+
+
+def run_key(run: dict[str, Any], damping: float | None = None) -> tuple[str, str, int, str]:
+    """What identifies one run in any bench: (lr, optimizer, seed, damping); the damping is '' for a base arm, and
+    ``damping`` (the folder's setting) for a DoPr run that does not record its own."""
+    d = run_damping(run, damping)
+    return lr_key(run["lr"]), run["optimizer"], run["seed"], "" if d is None else f"{d:g}"
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,7 +110,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("nothing to merge")
     merged = dict(parts[0])
     merged["runs"] = []
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, int, str]] = set()
+    default = parts[0].get("settings", {}).get("damping")
     for i, part in enumerate(parts):
         if part.get("bench") != parts[0].get("bench"):
             raise ValueError(f"part {i} is from the {part.get('bench')} bench, part 0 from {parts[0].get('bench')}")
@@ -106,9 +120,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
                     if parts[0]["settings"].get(k) != v}
             raise ValueError(f"part {i} was made with other settings {diff}; only runs of one setting can be merged")
         for run in part["runs"]:
-            if run_key(run) in seen:
-                raise ValueError(f"run {run_key(run)} (lr, optimizer, seed) is in more than one part")
-            seen.add(run_key(run))
+            key = run_key(run, default)
+            if key in seen:
+                raise ValueError(f"run {key} (lr, optimizer, seed, damping) is in more than one part")
+            seen.add(key)
             merged["runs"].append(run)
     return merged
 
@@ -116,4 +131,5 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def sort_runs(runs: list[dict[str, Any]], arms: list[str]) -> None:
     """In place: by lr, then the arms' order on the command line (others after), then seed."""
     order = {a: i for i, a in enumerate(arms)}
-    runs.sort(key=lambda r: (float(r["lr"]), order.get(r["optimizer"], len(order)), r["seed"]))
+    runs.sort(key=lambda r: (float(r["lr"]), order.get(r["optimizer"], len(order)), float(r.get("damping", 0.0)),
+                             r["seed"]))

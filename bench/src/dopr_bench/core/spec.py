@@ -34,6 +34,9 @@ class Common:
     lrs: tuple[float, ...] = opt((1e-3,), "comma-separated learning rates swept for every arm (DoPr arms use their "
                                           "base's lr)", setting=False)
     damping: float = opt(0.1, "DoPr damping gamma (lambda = gamma tr(Sigma)/d)")
+    dampings: tuple[float, ...] | None = opt(None, "comma-separated dampings crossed with --lrs for the DoPr arms "
+                                                   "(base arms run once per lr; default: --damping alone)",
+                                             setting=False)
     weight_decay: float = opt(0.0, "decoupled weight decay of every arm")
     aux_lr: float | None = opt(None, "lr of the AdamW that takes the parameters Muon does not (default: the lr)")
     sigma: str = opt("batch", "DoPr's Sigma: this step's ('batch', the paper's) or an EMA across refreshes",

@@ -1,4 +1,5 @@
-"""The sweep runner of every bench: arms x seeds x learning rates on the same data, resumable.
+"""The sweep runner of every bench: arms x seeds x learning rates (x dampings, DoPr arms only) on the same data,
+resumable.
 
 Validate the arms and lrs; settle the Muon precision (given, else the folder's, else the hardware's); refuse a
 folder made with other settings before loading any data; record the command; run what is missing, saving
@@ -39,6 +40,18 @@ def ns_dtype_choice(spec: Any, old: dict[str, Any] | None) -> tuple[str, str]:
                                  f"{ms['float32']:.3g} ms in float32")
 
 
+def damping_grid(spec: Any) -> tuple[float, ...]:
+    """The dampings the DoPr arms run at: ``--dampings``, else ``--damping`` alone; SystemExit unless positive."""
+    if not spec.dampings:
+        return (float(spec.damping),)
+    dampings = tuple(float(g) for g in spec.dampings)
+    if any(not g > 0 for g in dampings):
+        raise SystemExit(f"--dampings needs positive dampings, got {dampings}")
+    if len({f"{g:g}" for g in dampings}) < len(dampings):
+        raise SystemExit(f"--dampings lists a damping twice: {dampings}")
+    return dampings
+
+
 def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, threads: int = 1,
               progress: bool = True, command: str | None = None) -> dict[str, Any]:
     import torch
@@ -48,6 +61,7 @@ def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, thr
     validate_arms(arms)
     if not spec.lrs or any(lr <= 0 for lr in spec.lrs):
         raise SystemExit(f"--lrs needs positive learning rates, got {spec.lrs}")
+    dampings = damping_grid(spec)
     if spec.max_rows is not None:
         try:
             max_rows_option(spec.max_rows)
@@ -73,23 +87,32 @@ def run_sweep(bench: Bench, task: str, spec: Any, out: Path, *, cache: Path, thr
                                "command": command or (old or {}).get("command", ""), "settings": settings,
                                "runs": list(old["runs"]) if old else []}
     results |= prepared.info(old or {})
-    done = {run_key(r) for r in results["runs"]}
-    grid = [(lr, arm, seed) for lr in spec.lrs for seed in spec.seed_list() for arm in arms]
-    todo = [(lr, arm, seed) for lr, arm, seed in grid if (lr_key(lr), arm, seed) not in done]
+    done = {run_key(r, spec.damping) for r in results["runs"]}
+    # base arms have no damping: they run once per (lr, seed) whatever --dampings says
+    grid = [(lr, arm, seed, g) for lr in spec.lrs for seed in spec.seed_list() for arm in arms
+            for g in (dampings if arm.startswith("dopr-") else (None,))]
+    todo = [(lr, arm, seed, g) for lr, arm, seed, g in grid
+            if (lr_key(lr), arm, seed, "" if g is None else f"{g:g}") not in done]
     if len(todo) < len(grid):
         print(f"resuming: {len(grid) - len(todo)} of {len(grid)} run(s) already in {path}", flush=True)
     bar = SweepProgress(len(todo), f"{bench.name} {task} runs", progress)
+    base_spec = prepared.spec
     try:
-        for lr, arm, seed in todo:
+        for lr, arm, seed, g in todo:
             t0 = time.time()
-            with bar.run(bench.steps(spec), f"{arm} lr {lr_key(lr)} s{seed}") as steps:
+            # the bench builds its optimizer from prepared.spec: this run's damping goes there
+            prepared.spec = base_spec if g is None else replace(base_spec, damping=g)
+            label = f"{arm} lr {lr_key(lr)}" + ("" if g is None or len(dampings) == 1 else f" damping {g:g}")
+            with bar.run(bench.steps(spec), f"{label} s{seed}") as steps:
                 rec = prepared.run(arm, seed, lr, steps)
-            run = {"optimizer": arm, "seed": seed, "lr": lr, **rec, "wall_s": time.time() - t0, **provenance(threads)}
+            run = {"optimizer": arm, "seed": seed, "lr": lr, **({} if g is None else {"damping": g}), **rec,
+                   "wall_s": time.time() - t0, **provenance(threads)}
             results["runs"].append(run)
             save_json(path, results)
             bar.done(prepared.line(run))
     finally:
         bar.close()
+        prepared.spec = base_spec
     sort_runs(results["runs"], arms)
     save_json(path, results)
     prepared.close(results, out)

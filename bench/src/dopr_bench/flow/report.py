@@ -16,7 +16,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lr = runs[0]["lr"] if runs else "?"
     ns = [str(n) for n in s["integration_steps"]]
     lines = [f"# flow matching on 8x8 digits: {s['steps']} steps, batch {s['batch']}, lr {lr}, "
-             f"damping {s['damping']}, {s['samples']} samples, evaluator {s['evaluator']}", "",
+             f"damping {s['damping']:g}, {s['samples']} samples, evaluator {s['evaluator']}", "",
              f"Command: `{results.get('command', '')}`", "",
              "Mean ± 95% t-interval over seeds. Frechet distance (lower is better) of EMA samples after N Euler steps.",
              "", "| arm | seeds | val FM loss | " + " | ".join(f"FD N={n}" for n in ns) + " | coverage N=max |",

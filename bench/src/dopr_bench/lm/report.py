@@ -37,7 +37,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     if desc:
         lines += [desc, ""]
     lines.append(f"{s['steps']} steps at batch {s['batch']}, warmup {s['warmup']} then cosine, damping "
-                 f"{s['damping']}, weight decay {s['weight_decay']}, grad clip {s['grad_clip']}"
+                 f"{s['damping']:g}, weight decay {s['weight_decay']}, grad clip {s['grad_clip']}"
                  + (f", LoRA r={s['lora_r']} alpha={s['lora_alpha']} on {s['lora_targets']}" if s.get("lora") else "")
                  + (", DoPr's Sigma over the attention-masked tokens" if s.get("sigma_rows") == "attention-mask"
                     else ", DoPr's Sigma over every token, padding included")

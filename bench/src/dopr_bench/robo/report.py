@@ -25,7 +25,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += [f"Policy: {params:,} parameters; cameras {', '.join(s['cameras'])} at {s['image_size']} px "
               f"(render: {s['render']}), chunk {s['chunk']} actions, {s['execute']} executed per plan, "
               f"{s['euler_steps']} Euler steps. Training: {s['steps']} steps at batch {s['batch']}, lr {lr}, "
-              f"damping {s['damping']}, EMA rate {s['ema']}, random shift ±{s['shift']} px.",
+              f"damping {s['damping']:g}, EMA rate {s['ema']}, random shift ±{s['shift']} px.",
               f"Evaluation: EMA weights, {s['episodes']} rollouts (≤ {s['max_episode_steps']} steps, fixed start "
               f"states and sampling noise) at each of {s['evals']} checkpoints; best = the best checkpoint "
               f"(robomimic's protocol), final = the last, at min val = the checkpoint with the lowest validation loss.",

@@ -14,6 +14,7 @@ import torch
 
 from ..core import EVAL_SEED
 from ..core.arms import build_optimizer, telemetry
+from ..core.checkpoints import at_lowest_val
 from ..core.loop import fit
 from ..core.nets import EMA
 from .envs import PROPRIO_KEYS, RoboEnv
@@ -195,7 +196,7 @@ def summarize_checkpoints(checkpoints: list[dict[str, Any]], diverged: bool) -> 
         return {"success_best": 0.0, "success_final": 0.0, "success_at_min_val": 0.0, "val_loss": nan,
                 "train_loss": nan, "val_loss_min": nan}
     best = max(checkpoints, key=lambda c: c["success_rate"])
-    by_val = min(checkpoints, key=lambda c: c["val_loss"])
+    by_val = at_lowest_val(checkpoints)
     return {"success_best": best["success_rate"], "best_step": best["step"],
             "success_final": checkpoints[-1]["success_rate"], "success_at_min_val": by_val["success_rate"],
             "val_loss": checkpoints[-1]["val_loss"], "train_loss": checkpoints[-1]["train_loss"],
