@@ -120,10 +120,11 @@ def test_taps_go_with_the_optimizer():
 
 
 def test_hooks_go_with_the_optimizer():
-    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 2, 3))  # convolutions are read at the call
+    # transposed convolutions are read at the call
+    model = nn.Sequential(nn.ConvTranspose1d(2, 4, 3), nn.ReLU(), nn.ConvTranspose1d(4, 2, 3))
     opt = DoPr(model, lr=1e-3)
     ref = weakref.ref(opt)
-    assert all(len(m._forward_hooks) == 1 for m in model if isinstance(m, nn.Conv1d))
+    assert all(len(m._forward_hooks) == 1 for m in model if isinstance(m, nn.ConvTranspose1d))
     del opt
     gc.collect()
     assert ref() is None
@@ -135,7 +136,7 @@ def test_hooks_go_with_the_optimizer():
 
 
 def test_a_second_preconditioner_on_the_same_layers_is_refused_with_the_fix():
-    for model in (mlp(), nn.Sequential(nn.Conv1d(2, 4, 3))):  # tapped weights, and hooked modules
+    for model in (mlp(), nn.Sequential(nn.ConvTranspose1d(2, 4, 3))):  # tapped weights, and hooked modules
         first = DoPr(model, lr=1e-3)
         with pytest.raises(ValueError, match=r"remove\(\)"):
             DoPr(model, lr=1e-3)

@@ -124,3 +124,34 @@ def test_an_op_that_is_not_a_read_is_named():
     model(torch.randn(2, D)).sum().backward()
     with pytest.warns(RuntimeWarning, match=r"'a' has a gradient .* computed from it by torch\.cat"):
         opt.step()
+
+
+class FunctionalConv(nn.Module):
+    """A convolution's weight read by F.conv2d outside its module: with the module's geometry, and with another."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.conv.weight, self.conv.bias, self.stride, 1)
+
+
+def test_a_convolution_read_outside_its_module_gets_its_patches():
+    torch.manual_seed(0)
+    model = FunctionalConv(stride=1)
+    opt = DoPr(model, lr=1e-3)
+    x = torch.randn(2, 2, 5, 5)
+    model(x).square().sum().backward()
+    z = F.unfold(x, 3, padding=1).transpose(1, 2)  # (C, kh, kw) columns, as a flattened kernel
+    group = opt.preconditioner.groups[opt.preconditioner.layers["conv"].group]
+    torch.testing.assert_close(_sum_of_rows(group), _gram(z), rtol=1e-5, atol=1e-5)
+
+
+def test_a_convolution_read_with_another_geometry_is_named():
+    model = FunctionalConv(stride=2)
+    opt = DoPr(model, lr=1e-3)
+    model(torch.randn(2, 2, 5, 5)).sum().backward()
+    with pytest.warns(RuntimeWarning, match=r"'conv' has a gradient .* stride, padding, dilation or groups other than"):
+        opt.step()

@@ -12,7 +12,9 @@ A phantom's gradient carries the row count with the sums, so the graph needs no 
 
 * a Linear layer (``d_in`` inputs): ``[z 1]^T [z 1]``, ``(d_in + 1) x (d_in + 1)``; the last diagonal entry is the
   number of rows, the last row and column the bias column of Sigma;
-* an Embedding (``V`` rows): the counts of the ids read, then their number, ``V + 1``.
+* an Embedding (``V`` rows): the counts of the ids read, then their number, ``V + 1``;
+* a convolution: as a Linear layer over its patches (``C_in * prod(kernel)`` inputs), formed from the saved input
+  in backward.
 
 The phantom itself is a one-element tensor expanded to that shape (no memory of Sigma's size until a backward).
 """
@@ -25,37 +27,44 @@ import torch
 from torch import Tensor
 
 from .functional import symmetric_gram
+from .unfold import patches
 
 __all__ = ["SigmaTap", "phantom", "take"]
 
 
 class SigmaTap(torch.autograd.Function):
-    """``SigmaTap.apply(out, rows, phantom)``: ``out`` unchanged; backward adds the statistics of ``rows`` (an
-    ``n x d_in`` matrix, or ``n`` ids for an embedding) to ``phantom.grad``."""
+    """``SigmaTap.apply(out, rows, phantom, unfolding=None)``: ``out`` unchanged; backward adds the statistics of
+    ``rows`` (an ``n x d_in`` matrix, ``n`` ids for an embedding, or a convolution's input whose patches, by
+    :func:`~dopr.unfold.patches` with the arguments ``unfolding``, are the rows) to ``phantom.grad``."""
 
     @staticmethod
-    def forward(out: Tensor, rows: Tensor, phantom: Tensor) -> Tensor:
+    def forward(out: Tensor, rows: Tensor, phantom: Tensor, unfolding: tuple | None = None) -> Tensor:
         return out.view_as(out)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.save_for_backward(inputs[1])
+        ctx.save_for_backward(inputs[1])  # a convolution's input, not its patches: formed in backward only
         ctx.shape, ctx.dtype = inputs[2].shape, inputs[2].dtype
+        ctx.unfolding = inputs[3] if len(inputs) > 3 else None
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
         (rows,) = ctx.saved_tensors
+        if ctx.unfolding is not None:
+            kernel = ctx.unfolding[0]
+            rows = patches(rows if rows.ndim == len(kernel) + 2 else rows.unsqueeze(0), *ctx.unfolding)
         if len(ctx.shape) == 1:  # an embedding: the counts of the ids, then how many there were
             ids = rows.reshape(-1)
             counts = torch.zeros(ctx.shape, dtype=ctx.dtype, device=rows.device)
             counts.index_add_(0, ids, torch.ones(ids.shape[0], dtype=ctx.dtype, device=rows.device))
             counts[-1] = ids.shape[0]
-            return grad, None, counts
+            return grad, None, counts, None
         z = rows.reshape(-1, ctx.shape[0] - 1).to(ctx.dtype)
         col = z.sum(dim=0)
         n = torch.full((1,), z.shape[0], dtype=ctx.dtype, device=z.device)
         gram = symmetric_gram(z)  # out of place, so the compiler keeps library GEMMs
-        return grad, None, torch.cat([torch.cat([gram, col[:, None]], dim=1), torch.cat([col, n])[None]], dim=0)
+        stats = torch.cat([torch.cat([gram, col[:, None]], dim=1), torch.cat([col, n])[None]], dim=0)
+        return grad, None, stats, None
 
 
 def phantom(size: int, dtype: torch.dtype, device: torch.device, diagonal: bool) -> Tensor:

@@ -59,6 +59,7 @@ class _Reads:
     owner: weakref.ref
     linear: Layer | None = None
     embedding: Layer | None = None
+    conv: Layer | None = None
     experts: list[Layer | None] = field(default_factory=list)  # a 3-D bank: the layer of each W[e] (None: excluded)
     unseen: str | None = None  # the first op that computed a tensor from the weight that is not a read DoPr follows
 
@@ -163,14 +164,14 @@ def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
     return reader(args, kwargs, out)
 
 
-def _traced_read(weight: Any, rows: Any, out: Any, ndim: int) -> Any:
+def _traced_read(weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple | None = None) -> Any:
     """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
     leaf = _PHANTOMS.get(id(weight)) if isinstance(weight, TappedParameter) else None
     if leaf is None or leaf.ndim != ndim or not isinstance(rows, Tensor):
         return None
     if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
         return out
-    return SigmaTap.apply(out, rows, leaf)
+    return SigmaTap.apply(out, rows, leaf, unfolding)
 
 
 def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -179,6 +180,14 @@ def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
 
 def _traced_embedding(args: tuple, kwargs: dict, out: Any) -> Any:  # a diagonal Sigma: a 1-D phantom
     return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 1)
+
+
+def _traced_conv(args: tuple, kwargs: dict, out: Any) -> Any:
+    weight = _arg(args, kwargs, 1, "weight")
+    layer = getattr(_reads_of(weight), "conv", None)
+    if layer is None or not _conv_like_module(layer, args, kwargs):
+        return None  # the eager reader names it
+    return _traced_read(weight, _arg(args, kwargs, 0, "input"), out, 2, layer.adapter.unfolding(layer.module))
 
 
 def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
@@ -207,6 +216,30 @@ def _direct_read(kind: str) -> Callable[[tuple, dict, Any], Any]:
 
 
 _read_linear, _read_embedding = _direct_read("linear"), _direct_read("embedding")
+
+
+def _conv_like_module(layer: Layer, args: tuple, kwargs: dict) -> bool:
+    """Whether this ``F.convNd`` call has the geometry of ``layer``'s module (whose patches DoPr forms)."""
+    stride, padding = _arg(args, kwargs, 3, "stride"), _arg(args, kwargs, 4, "padding")
+    dilation, groups = _arg(args, kwargs, 5, "dilation"), _arg(args, kwargs, 6, "groups")
+    return layer.adapter.reads_like_module(layer.module, 1 if stride is None else stride,
+                                           0 if padding is None else padding, 1 if dilation is None else dilation,
+                                           1 if groups is None else groups)
+
+
+def _read_conv(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` (and 1-d, 3-d): the patches of ``x``, when the call
+    has its module's geometry; otherwise the read is named (its rows would be other patches)."""
+    reads = _reads_of(_arg(args, kwargs, 1, "weight"))
+    layer, x = getattr(reads, "conv", None), _arg(args, kwargs, 0, "input")
+    if layer is None or not isinstance(x, Tensor):
+        return out
+    if not _conv_like_module(layer, args, kwargs):
+        if reads.unseen is None:
+            reads.unseen = "a convolution with a stride, padding, dilation or groups other than its module's"
+        return out
+    _report(reads.owner, [(layer, x)], out)
+    return out
 
 
 def _read_item(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -370,6 +403,9 @@ _PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     Tensor.bmm: _read_bmm,
     F.layer_norm: _read_whole_table,
     F.rms_norm: _read_whole_table,
+    F.conv1d: _read_conv,
+    F.conv2d: _read_conv,
+    F.conv3d: _read_conv,
 }
 _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_expert_linear,
@@ -386,7 +422,7 @@ for _name in ("_grouped_mm", "grouped_mm"):
 # the readers as torch.compile sees them, made when the first weights are tapped: making them imports torch._dynamo,
 # and importing it when dopr is imported (before a script's dist.init_process_group) made gloo's teardown hang
 _DISABLED: dict[Callable, Callable] = {}
-_TRACED = {_read_linear: _traced_linear, _read_embedding: _traced_embedding}
+_TRACED = {_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv}
 
 def tappable(param: Tensor) -> bool:
     """Whether DoPr owns the class of ``param`` and may switch it (a plain ``nn.Parameter``, or already tapped)."""
@@ -394,17 +430,19 @@ def tappable(param: Tensor) -> bool:
 
 
 def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embedding: Layer | None = None,
-        experts: list[Layer | None] | None = None, statistics_dtype: torch.dtype | None = None) -> Tensor | None:
+        conv: Layer | None = None, experts: list[Layer | None] | None = None,
+        statistics_dtype: torch.dtype | None = None) -> Tensor | None:
     """Make ``param`` report its reads to ``owner`` (held weakly) as the reads of these layers. With
-    ``statistics_dtype``, a weight read by one Linear or one Embedding also gets the phantom its reads inside a
+    ``statistics_dtype``, a weight read by one Linear, Embedding or convolution also gets the phantom its reads inside a
     compiled graph accumulate into (returned; see :mod:`dopr.sigma_tap`)."""
     if not tappable(param):
         raise TypeError(f"cannot tap a parameter of class {type(param).__name__}")
     param.__class__ = TappedParameter
-    _READS[id(param)] = (weakref.ref(param), _Reads(weakref.ref(owner), linear, embedding, list(experts or [])))
-    if statistics_dtype is None or experts or (linear is None) == (embedding is None):
+    _READS[id(param)] = (weakref.ref(param), _Reads(weakref.ref(owner), linear, embedding, conv, list(experts or [])))
+    readers = [layer for layer in (linear, embedding, conv) if layer is not None]
+    if statistics_dtype is None or experts or len(readers) != 1:
         return None
-    layer = linear if linear is not None else embedding
+    layer = readers[0]
     size = layer.adapter.in_features(layer.module)
     leaf = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device, diagonal=embedding is not None)
     return leaf
@@ -432,7 +470,7 @@ def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[t
             how["experts"] = [by_index.get(e) for e in range(weight.shape[0])]
         dtype = None if statistics_dtype is None else statistics_dtype(weight.dtype)
         if (ph := tap(weight, owner, **how, statistics_dtype=dtype)) is not None:
-            phantoms[id(how.get("linear") or how.get("embedding"))] = ph
+            phantoms[id(how.get("linear") or how.get("embedding") or how.get("conv"))] = ph
     return [weight for weight, _ in reads.values()], phantoms
 
 

@@ -16,45 +16,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..unfold import patches
 from .base import Adapter, local
 
 __all__ = ["ConvAdapter", "ConvTransposeAdapter", "conv_unsupported_reason", "patches"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: list[tuple[int, int]],
-            stride: tuple[int, ...], flip: bool = False, select: Tensor | None = None) -> Tensor:
-    """All receptive fields of ``x`` (``N x C x *spatial``) as rows ``(N * positions) x (C * prod(kernel))``.
-
-    ``pads`` holds ``(before, after)`` per spatial dim (negative values crop). Columns are in
-    ``(C, k_1, ..., k_s)`` order, the order of a flattened convolution kernel; ``flip`` reverses each
-    kernel axis. Works for any number of spatial dims (``F.unfold`` only does two). ``select`` (row
-    indices): only those rows, gathered from the windows' view without forming the others.
-    """
-    spatial = len(kernel)
-    flat_pads = [p for before_after in reversed(pads) for p in before_after]
-    if any(flat_pads):
-        x = F.pad(x, flat_pads)
-    for i, (k, d, s) in enumerate(zip(kernel, dilation, stride)):
-        span = d * (k - 1) + 1
-        x = x.unfold(2 + i, span, s)  # windows as a new last dim
-        if d > 1:
-            x = x[..., ::d]
-    # x: N x C x o_1..o_s x k_1..k_s -> (N, o_1..o_s) x (C, k_1..k_s)
-    c = x.shape[1]
-    if select is not None:
-        where = torch.unravel_index(select, (x.shape[0], *x.shape[2:2 + spatial]))
-        rows = x[(where[0], slice(None), *where[1:])]  # count x C x k_1..k_s
-        return (rows.flip(list(range(2, 2 + spatial))) if flip else rows).reshape(-1, c * math.prod(kernel))
-    if flip:
-        x = x.flip(list(range(2 + spatial, 2 + 2 * spatial)))
-    order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
-    return x.permute(order).reshape(-1, c * math.prod(kernel))
 
 
 def _positions(size: tuple[int, ...], kernel: tuple[int, ...], dilation: tuple[int, ...],
@@ -82,8 +52,26 @@ def _batched(x: Tensor, spatial: int) -> Tensor:
     return x.unsqueeze(0) if x.ndim == spatial + 1 else x
 
 
+def _ntuple(value: object, n: int) -> object:
+    return value if isinstance(value, str) else tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
 class ConvAdapter(Adapter):
     maskable = False  # rows are patches, not positions of the input
+    reads = "conv"
+
+    def reads_like_module(self, module: nn.Module, stride: object, padding: object, dilation: object,
+                          groups: int) -> bool:
+        """Whether ``F.convNd(x, W, b, stride, padding, dilation, groups)`` has the module's geometry: the rows
+        DoPr forms are the patches of the module's kernel, stride, padding and dilation."""
+        n = len(module.kernel_size)
+        return (groups == module.groups and _ntuple(stride, n) == tuple(module.stride)
+                and _ntuple(dilation, n) == tuple(module.dilation)
+                and _ntuple(padding, n) == _ntuple(module.padding, n))
+
+    def unfolding(self, module: nn.Module) -> tuple:
+        """The arguments after the input of :func:`~dopr.unfold.patches` for this layer's rows."""
+        return self._geometry(module)
     def in_features(self, module: nn.Module) -> int:
         return module.weight[0].numel()
 

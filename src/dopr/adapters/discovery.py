@@ -191,6 +191,8 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
 def _tappable(spec: LayerSpec, modules: dict[str, nn.Module]) -> bool:
     """Whether the layer is captured where its weight is read: an op DoPr can see reads it, DoPr owns the weight's
     class, and no fused function hides the read (out_proj inside nn.MultiheadAttention keeps its module hook)."""
+    if spec.adapter.reads == "conv" and own_forward(spec.module) is not None:
+        return False  # a convolution's rows are the patches of its module's geometry, which its own forward may not use
     return (spec.adapter.reads is not None and tappable(spec.adapter.weight(spec.module))
             and not _inside_fused_attention(spec.module_name, modules))
 
@@ -202,7 +204,8 @@ def _hook_reason(spec: LayerSpec) -> str | None:
         return (f"read inside its module's forward (by F.linear), not by a module call; DoPr sees such reads only on "
                 f"a plain nn.Parameter, and this weight is a {type(weight).__name__}")
     if (base := own_forward(spec.module)) is not None:
-        how = ("DoPr reads convolutions at the module call" if spec.adapter.reads is None
+        how = ("DoPr follows a convolution's reads only through its base class's forward"
+               if spec.adapter.reads in (None, "conv")
                else f"DoPr cannot tap its weight (a {type(weight).__name__})")
         return (f"a {base.__name__} subclass with a forward of its own ({type(spec.module).__name__}), which may not "
                 f"be {base.__name__}'s math on the call's input (weight standardization, padding), and {how}")
