@@ -107,6 +107,26 @@ class _ConvNet(nn.Module):
         return self.head(h.mean(-1))
 
 
+class _Attention(nn.Module):
+    """nn.MultiheadAttention, in a torch TransformerEncoderLayer (self-attention) and in cross-attention."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, d)
+        self.encoder = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True)
+        self.cross = nn.MultiheadAttention(d, 2, batch_first=True, kdim=6, vdim=6)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.inp(x))
+        h = h + self.cross(h, x, x, need_weights=False)[0]
+        return self.head(h)
+
+
+def _attention_loss(model: nn.Module) -> torch.Tensor:
+    return model(torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(1))).pow(2).mean()
+
+
 def _conv_loss(model: nn.Module) -> torch.Tensor:
     return model(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))).pow(2).mean()
 
@@ -122,7 +142,7 @@ def _mlp_loss(model: nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-@pytest.mark.parametrize("case", ["gpt", "residual_mlp", "convnet"])
+@pytest.mark.parametrize("case", ["gpt", "residual_mlp", "convnet", "attention"])
 def test_fullgraph_compiles_one_graph_and_trains_as_eager(case, backend):
     """Issue 21: one forward graph (and a compiled backward), statistics from inside it, parameters equal to eager
     DoPr's after 3 steps with two micro-batches each (accumulation) to float32 rounding."""
@@ -130,7 +150,7 @@ def test_fullgraph_compiles_one_graph_and_trains_as_eager(case, backend):
 
     torch._dynamo.reset()
     build, loss = {"gpt": (_GPT, _gpt_loss), "residual_mlp": (_ResidualMLP, _mlp_loss),
-                   "convnet": (_ConvNet, _conv_loss)}[case]
+                   "convnet": (_ConvNet, _conv_loss), "attention": (_Attention, _attention_loss)}[case]
     torch.manual_seed(0)
     eager = build()
     compiled = copy.deepcopy(eager)

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from .capture import compiler_disabled
 from .sigma_tap import SigmaTap, phantom
 
-__all__ = ["TapView", "TappedParameter", "owner_of", "tap", "tap_layers", "tappable", "unseen_op", "untap", "untapped"]
+__all__ = ["TapView", "TappedParameter", "owner_of", "read_projections", "tap", "tap_layers", "tappable", "unseen_op",
+           "untap", "untapped"]
 
 
 class Layer(Protocol):
@@ -61,6 +62,10 @@ class _Reads:
     embedding: Layer | None = None
     conv: Layer | None = None
     experts: list[Layer | None] = field(default_factory=list)  # a 3-D bank: the layer of each W[e] (None: excluded)
+    # projections read by the module that owns them (nn.MultiheadAttention's q, k, v: one weight holds three), and
+    # the phantom of each (under torch.compile; None without)
+    packed: list[Layer] = field(default_factory=list)
+    packed_phantoms: list[Tensor | None] = field(default_factory=list)
     unseen: str | None = None  # the first op that computed a tensor from the weight that is not a read DoPr follows
 
 
@@ -358,32 +363,40 @@ def _read_whole_table(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-_ATTENTION_ARGS = inspect.signature(F.multi_head_attention_forward)
+_ATTENTION_NAMES = tuple(inspect.signature(F.multi_head_attention_forward).parameters)
 # the arguments whose class makes F.multi_head_attention_forward dispatch (its ``tens_ops``; not q/k/v_proj_weight)
 _ATTENTION_DISPATCHES_ON = ("query", "key", "value", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
                             "out_proj_weight", "out_proj_bias")
 
 
+def _linear_reader(weight: Any) -> bool:
+    return getattr(_reads_of(weight), "linear", None) is not None
+
+
 def _run_attention(args: tuple, kwargs: dict) -> Any:
-    """``F.multi_head_attention_forward`` with tapped weights (WavLM passes its q/k/v/out Linear weights): run with
-    the subclass's torch functions on, so its in-projections' ``F.linear`` reads of tapped ``q/k/v_proj_weight``
-    reach their readers; the out-projection, inside it a ``linear`` of the weight it was given, runs as an
-    identity there and as ``F.linear`` of the tapped weight after it (``x @ I`` is exact), so its read is seen."""
-    call = _ATTENTION_ARGS.bind(*args, **kwargs).arguments
-    out_weight, out_bias = call["out_proj_weight"], call["out_proj_bias"]
+    """``F.multi_head_attention_forward`` given the weights of Linear layers (WavLM passes its q/k/v/out Linear
+    weights): run with the subclass's torch functions on, so its in-projections' ``F.linear`` reads of the tapped
+    ``q/k/v_proj_weight`` reach their readers; the out-projection, inside it a ``linear`` of the weight it was
+    given, runs as an identity there and as ``F.linear`` of the tapped weight after it (``x @ I`` is exact). Any
+    other call (DoPr's own attention forward, which reports its projections itself) runs as on plain tensors."""
+    call = dict(zip(_ATTENTION_NAMES, args))
+    call.update(kwargs)
+    out_weight, out_bias = call["out_proj_weight"], call.get("out_proj_bias")
+    follow_out = _linear_reader(out_weight)
+    if not follow_out and not any(_linear_reader(call.get(f"{p}_proj_weight")) for p in "qkv"):
+        with torch._C.DisableTorchFunctionSubclass():
+            return F.multi_head_attention_forward(**call)
     for name in _ATTENTION_DISPATCHES_ON:  # plain, so that the call below runs the function rather than dispatching
         if isinstance(call.get(name), (TappedParameter, TapView)):
             call[name] = call[name].as_subclass(Tensor)
-    follow = _reads_of(out_weight) is not None
-    if follow:
+    if follow_out:
         size = out_weight.shape[1]
         call["out_proj_weight"] = torch.eye(size, dtype=out_weight.dtype, device=out_weight.device)
         call["out_proj_bias"] = None
     result = F.multi_head_attention_forward(**call)
-    if not follow:
+    if not follow_out:
         return result
-    out = F.linear(result[0], out_weight, out_bias)
-    return (out, *result[1:])
+    return (F.linear(result[0], out_weight, out_bias), *result[1:])
 
 
 _RUNNERS: dict[Callable, Callable[[tuple, dict], Any]] = {F.multi_head_attention_forward: _run_attention}
@@ -424,28 +437,66 @@ for _name in ("_grouped_mm", "grouped_mm"):
 _DISABLED: dict[Callable, Callable] = {}
 _TRACED = {_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv}
 
+def read_projections(weights: tuple[Tensor, ...], inputs: dict[str, Tensor], out: Tensor) -> Tensor:
+    """The reads of projection weights that a module makes inside a fused function and reports itself
+    (:class:`~dopr.adapters.attention.CapturedMultiheadAttention`: ``in_proj_weight`` holds q, k and v, read against
+    ``inputs["q"]``, ``["k"]``, ``["v"]``); ``out`` is the function's output that backward reaches them through.
+    Returns ``out`` (under torch.compile, through one :class:`~dopr.sigma_tap.SigmaTap` per projection)."""
+    found = []
+    for weight in weights:
+        entry = _READS.get(id(weight)) if isinstance(weight, TappedParameter) else None
+        if entry is not None and entry[0]() is weight:
+            found += [(entry[1], layer, leaf) for layer, leaf in zip(entry[1].packed, entry[1].packed_phantoms
+                                                                     or [None] * len(entry[1].packed))]
+    if not found:
+        return out
+    if not torch.compiler.is_compiling():
+        _report_projections(found, inputs, out)
+        return out
+    if any(leaf is None for _, _, leaf in found):
+        _DISABLED[_report_projections](found, inputs, out)
+        return out
+    if torch.is_grad_enabled() and out.requires_grad:
+        for _, layer, leaf in found:
+            out = SigmaTap.apply(out, inputs[layer.adapter.part], leaf)
+    return out
+
+
+def _report_projections(found: list[tuple[_Reads, Layer, Tensor | None]], inputs: dict[str, Tensor],
+                        out: Tensor) -> None:
+    _report(found[0][0].owner, [(layer, inputs[layer.adapter.part]) for _, layer, _ in found], out)
+
+
 def tappable(param: Tensor) -> bool:
     """Whether DoPr owns the class of ``param`` and may switch it (a plain ``nn.Parameter``, or already tapped)."""
     return type(param) in (nn.Parameter, TappedParameter)
 
 
 def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embedding: Layer | None = None,
-        conv: Layer | None = None, experts: list[Layer | None] | None = None,
-        statistics_dtype: torch.dtype | None = None) -> Tensor | None:
+        conv: Layer | None = None, experts: list[Layer | None] | None = None, packed: list[Layer] | None = None,
+        statistics_dtype: torch.dtype | None = None) -> dict[int, Tensor]:
     """Make ``param`` report its reads to ``owner`` (held weakly) as the reads of these layers. With
-    ``statistics_dtype``, a weight read by one Linear, Embedding or convolution also gets the phantom its reads inside a
-    compiled graph accumulate into (returned; see :mod:`dopr.sigma_tap`)."""
+    ``statistics_dtype``, a weight read by one Linear, Embedding or convolution, and each projection of a packed
+    weight, also gets the phantom its reads inside a compiled graph accumulate into (returned by id of the layer;
+    see :mod:`dopr.sigma_tap`)."""
     if not tappable(param):
         raise TypeError(f"cannot tap a parameter of class {type(param).__name__}")
     param.__class__ = TappedParameter
-    _READS[id(param)] = (weakref.ref(param), _Reads(weakref.ref(owner), linear, embedding, conv, list(experts or [])))
+    reads = _Reads(weakref.ref(owner), linear, embedding, conv, list(experts or []), list(packed or []))
+    _READS[id(param)] = (weakref.ref(param), reads)
+    if statistics_dtype is None:
+        return {}
+    reads.packed_phantoms = [phantom(layer.adapter.in_features(layer.module), statistics_dtype, param.device,
+                                     diagonal=False) for layer in reads.packed]
     readers = [layer for layer in (linear, embedding, conv) if layer is not None]
-    if statistics_dtype is None or experts or len(readers) != 1:
-        return None
+    found = {id(layer): leaf for layer, leaf in zip(reads.packed, reads.packed_phantoms)}
+    if experts or len(readers) != 1:
+        return found
     layer = readers[0]
     size = layer.adapter.in_features(layer.module)
-    leaf = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device, diagonal=embedding is not None)
-    return leaf
+    found[id(layer)] = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device,
+                                                      diagonal=embedding is not None)
+    return found
 
 
 def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[torch.dtype], torch.dtype] | None
@@ -456,21 +507,21 @@ def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[t
     for layer in layers:
         weight = layer.adapter.weight(layer.module)
         kind = layer.adapter.reads
-        _, how = reads.setdefault(id(weight), (weight, {"experts": []}))
-        if kind == "expert":
-            how["experts"].append(layer)
+        _, how = reads.setdefault(id(weight), (weight, {"experts": [], "packed": []}))
+        if kind in ("expert", "packed"):
+            how[f"{kind}s" if kind == "expert" else kind].append(layer)
         else:
             how[kind] = layer
     if layers and not _DISABLED:
-        _DISABLED.update({r: compiler_disabled(r) for r in {*_PARAMETER_READS.values(), *_VIEW_READS.values()}})
+        _DISABLED.update({r: compiler_disabled(r) for r in {*_PARAMETER_READS.values(), *_VIEW_READS.values(),
+                                                                 _report_projections}})
     phantoms: dict[int, Tensor] = {}
     for weight, how in reads.values():
         if how["experts"]:  # expert e's layer at index e (None where an expert is left out)
             by_index = {layer.adapter.index: layer for layer in how["experts"]}
             how["experts"] = [by_index.get(e) for e in range(weight.shape[0])]
         dtype = None if statistics_dtype is None else statistics_dtype(weight.dtype)
-        if (ph := tap(weight, owner, **how, statistics_dtype=dtype)) is not None:
-            phantoms[id(how.get("linear") or how.get("embedding") or how.get("conv"))] = ph
+        phantoms.update(tap(weight, owner, **how, statistics_dtype=dtype))
     return [weight for weight, _ in reads.values()], phantoms
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tap import read_projections
 from .base import Adapter
 
 __all__ = ["CapturedMultiheadAttention", "InProjAdapter", "capture_attention", "release_attention"]
@@ -32,6 +33,9 @@ _PARTS = ("q", "k", "v")
 
 class InProjAdapter(Adapter):
     """One of the q, k, v projections of an ``nn.MultiheadAttention``."""
+
+    #: read by :class:`CapturedMultiheadAttention`'s forward, which reports it (dopr.tap.read_projections)
+    reads = "packed"
 
     def __init__(self, part: str) -> None:
         self.part = part
@@ -102,6 +106,9 @@ class CapturedMultiheadAttention(nn.MultiheadAttention):
             self.bias_v, self.add_zero_attn, self.dropout, eye, None, training=self.training,
             key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal, **separate)
+        weights = (self.in_proj_weight,) if self._qkv_same_embed_dim else (
+            self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        attended = read_projections(weights, {"q": query, "k": key, "v": value}, attended)
         out = self.out_proj(attended)
         if self.batch_first and is_batched:
             out = out.transpose(1, 0)

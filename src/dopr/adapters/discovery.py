@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ..tap import tappable
-from .attention import InProjAdapter, capture_attention
+from .attention import CapturedMultiheadAttention, InProjAdapter, capture_attention
 from .base import Adapter, LinearAdapter, TransposedLinearAdapter, is_hf_conv1d
 from .conv import ConvAdapter, ConvTransposeAdapter, conv_unsupported_reason, is_conv, is_conv_transpose
 from .embedding import EmbeddingAdapter, embedding_unsupported_reason
@@ -193,8 +193,11 @@ def _tappable(spec: LayerSpec, modules: dict[str, nn.Module]) -> bool:
     class, and no fused function hides the read (out_proj inside nn.MultiheadAttention keeps its module hook)."""
     if spec.adapter.reads == "conv" and own_forward(spec.module) is not None:
         return False  # a convolution's rows are the patches of its module's geometry, which its own forward may not use
+    if spec.adapter.reads == "packed" and type(spec.module) is not CapturedMultiheadAttention:
+        return False  # only DoPr's attention forward reports its projections' reads
     return (spec.adapter.reads is not None and tappable(spec.adapter.weight(spec.module))
-            and not _inside_fused_attention(spec.module_name, modules))
+            and not (_inside_fused_attention(spec.module_name, modules)
+                     and type(modules[spec.module_name.rpartition(".")[0]]) is not CapturedMultiheadAttention))
 
 
 def _hook_reason(spec: LayerSpec) -> str | None:
