@@ -107,3 +107,44 @@ def test_a_finite_gradient_whose_sum_overflows_is_not_called_nonfinite():
     model(torch.randn(8, 2)).sum().backward()
     model.weight.grad.fill_(3e38)
     assert opt.preconditioner.precondition_()
+
+
+@pytest.mark.parametrize("build", [_mlp, _small_batch, _conv, _lm, _attention_lstm])
+@pytest.mark.parametrize("options", [{}, {"max_block": 8}, {"refresh_every": 2, "sigma": "ema"},
+                                     {"solve": "cholesky"}])
+def test_capturable_adds_no_host_sync_to_the_base(build, options):
+    """Issue 21: capturable=True reads nothing on the host in a steady-state step (CUDA graphs need that)."""
+    torch.manual_seed(0)
+    model, loss_fn = build()
+    twin = copy.deepcopy(model)
+    base = _syncs(twin, torch.optim.AdamW(twin.parameters(), lr=1e-3), loss_fn)
+    dopr = _syncs(model, DoPr(model, lr=1e-3, capturable=True, **options), loss_fn)
+    assert dopr == base, (dopr, base)
+
+
+def test_capturable_counts_compiled_rows_on_the_device():
+    """Inside a compiled graph the rows are counted by autograd; with capturable=True the step leaves the count on
+    the device (Sigma = total / rows there). Dynamo refuses to run under a dispatch mode, so the forward and backward
+    run outside the counting and each step is counted alone, against the base's step."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, loss_fn = _mlp()
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    counts = []
+    for m, opt in ((twin, torch.optim.AdamW(twin.parameters(), lr=1e-3)),
+                   (compiled, DoPr(model, lr=1e-3, capturable=True))):
+        for _ in range(3):
+            counter = Counter()
+            opt.zero_grad()
+            loss_fn(m).backward()
+            tolist = torch.Tensor.tolist
+            torch.Tensor.tolist = lambda self, c=counter, f=tolist: c.update(["tolist"]) or f(self)
+            try:
+                with _Count(counter):
+                    opt.step()
+            finally:
+                torch.Tensor.tolist = tolist
+        counts.append(sum(counter.values()))
+    assert counts[1] == counts[0], counts
+    assert all(g["refreshes"] == 3 and g["missing_statistics"] == 0 for g in opt.stats().values())

@@ -42,7 +42,7 @@ class Group:
     blocks: int = 1  # > 1: Sigma is kept as this many diagonal blocks (blocks x b x b), see functional.py
     total: Tensor | None = None  # running sum of z z^T (or of one-hot counts) this step
     kept: list[Tensor] = field(default_factory=list)  # or the rows themselves, while fewer than dim/2
-    rows: int = 0
+    rows: int | Tensor = 0  # a 0-d tensor where counted inside a compiled graph with capturable=True
     accumulations: int = 0
     ema: Tensor | None = None
     factor: Tensor | None = None  # (Sigma + lambda I)^{-1}, its Cholesky factor, or diagonal reciprocals
@@ -60,6 +60,11 @@ class Group:
     seen: dict[int, Any] = field(default_factory=dict)  # id(input) -> weakref, this step
     grad_marker: Any = None  # weakref to the weight's .grad when rows were last committed (see the preconditioner)
 
+    @property
+    def has_rows(self) -> bool:
+        """Whether rows were committed this step (without reading a count kept on the device)."""
+        return self.rows > 0 if isinstance(self.rows, int) else self.total is not None or bool(self.kept)
+
     def sigma_shape(self) -> tuple[int, ...]:
         """Shape of this group's Sigma (and of its accumulator, EMA and factor)."""
         if self.diagonal:
@@ -72,8 +77,8 @@ class Group:
     def telemetry(self) -> dict[str, float | int | list[str]]:
         return {"layers": list(self.members), "dim": self.dim, "blocks": self.blocks, "trace_sigma": float(self.trace),
                 "condition_estimate": float(self.condition), "damping_used": float(self.damping),
-                "refreshes": self.refreshes, "fallbacks": self.fallbacks, "float64_retries": int(self.float64_retries),
-                "missing_statistics": self.missing_statistics}
+                "refreshes": self.refreshes, "fallbacks": int(self.fallbacks),
+                "float64_retries": int(self.float64_retries), "missing_statistics": self.missing_statistics}
 
 
 def validate_state(state: Any) -> None:

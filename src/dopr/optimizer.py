@@ -57,6 +57,8 @@ class DoPr(Optimizer):
         solve: ``"auto"``, ``"inverse"`` or ``"cholesky"``: how ``(Sigma + lambda I)^{-1}`` is applied.
         max_block: ``None`` (the full Sigma) or the width above which a layer gets a block-diagonal Sigma.
         strict: raise instead of warning when a trainable weight matrix gets no AP.
+        capturable: no host synchronization in a steady-state step (CUDA graphs); see
+            [ActivationPreconditioner][dopr.ActivationPreconditioner] for what it changes.
         **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
 
     ``zero_grad()`` also discards the input statistics collected for the gradients it clears. The hooks
@@ -87,6 +89,7 @@ class DoPr(Optimizer):
         solve: str = "auto",
         max_block: int | None = None,
         strict: bool = False,
+        capturable: bool = False,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -102,6 +105,7 @@ class DoPr(Optimizer):
             max_rows=max_rows, share_inputs=share_inputs, exclude=exclude, fallback=fallback,
             nonfinite=nonfinite, seed=seed, process_group=process_group,
             split_factorization=split_factorization, solve=solve, max_block=max_block, strict=strict,
+            capturable=capturable,
         )
         self.bases: list[tuple[str, Optimizer]] = bases
         self.routes: list[Route] = routes

@@ -13,7 +13,7 @@ SOLVES = ("auto", "inverse", "cholesky")
 
 
 def check_options(*, model: Any, damping: Any, sigma: Any, ema_decay: Any, refresh_every: Any, max_rows: Any,
-                  max_block: Any, solve: Any, fallback: Any, nonfinite: Any) -> None:
+                  max_block: Any, solve: Any, fallback: Any, nonfinite: Any, capturable: Any = False) -> None:
     """Raise TypeError / ValueError naming the first option that is not allowed."""
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -40,3 +40,8 @@ def check_options(*, model: Any, damping: Any, sigma: Any, ema_decay: Any, refre
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if nonfinite not in NONFINITE:
         raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    if not isinstance(capturable, bool):
+        raise TypeError(f"capturable must be True or False, got {capturable!r}")
+    if capturable and max_rows is not None:
+        raise ValueError(f"capturable=True needs max_rows=None (got {max_rows!r}): drawing a subset of rows reads "
+                         "their number on the host; cap the rows with a smaller batch instead")

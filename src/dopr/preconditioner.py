@@ -111,6 +111,13 @@ class ActivationPreconditioner(StatisticsCapture):
             of the invariance to maps that mix inputs across blocks.
         strict: raise instead of warning when a trainable weight matrix gets no AP (an unsupported layer
             type or configuration, tied weights), naming each with its reason.
+        capturable: no host synchronization in a steady-state step (for CUDA graphs,
+            ``torch.compile(mode="reduce-overhead")``): non-finite values are not looked for (``nonfinite`` does
+            not apply; torch.amp.GradScaler still skips steps with them), a factorization that fails (a
+            non-finite Sigma) keeps the last good factor (``fallback="identity"``: the plain gradient) by a
+            device-side select and is counted in ``stats()["fallbacks"]`` without a warning or a float64 retry,
+            few rows are never kept for the Woodbury form, and the rows counted inside a compiled graph stay on
+            the device. Needs ``max_rows=None`` and one process.
 
     Statistics follow the gradient: a forward's rows enter Sigma only when backward reaches the layer's
     output, and ``DoPr.zero_grad()`` (or a ``.grad`` set to None or replaced) discards the rows collected
@@ -138,9 +145,11 @@ class ActivationPreconditioner(StatisticsCapture):
         solve: str = "auto",
         max_block: int | None = None,
         strict: bool = False,
+        capturable: bool = False,
     ) -> None:
         check_options(model=model, damping=damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
-                      max_rows=max_rows, max_block=max_block, solve=solve, fallback=fallback, nonfinite=nonfinite)
+                      max_rows=max_rows, max_block=max_block, solve=solve, fallback=fallback, nonfinite=nonfinite,
+                      capturable=capturable)
         if isinstance(exclude, str):
             exclude = (exclude,)
         self.damping = float(damping)
@@ -157,6 +166,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self.split_factorization = bool(split_factorization)
         self.solve = solve
         self.max_block = max_block
+        self.capturable = capturable
         self.step_count = 0
         self.skipped_steps = 0
         self._generator = torch.Generator().manual_seed(seed)
@@ -272,7 +282,7 @@ class ActivationPreconditioner(StatisticsCapture):
             work = [(e, self.groups[e.group]) for e in self.layers.values()
                     if e.adapter.weight(e.module).grad is not None]
             for group in self.groups.values():
-                if group.rows:
+                if group.has_rows:
                     self._drop_if_gradient_cleared(group)
             self._check_groups_consistent()
             if refresh and self.step_count == 0:
@@ -286,7 +296,7 @@ class ActivationPreconditioner(StatisticsCapture):
                 return False
             if refresh:
                 with record_function("dopr::factorize"):
-                    fresh = [g for g in self.groups.values() if g.rows > 0]
+                    fresh = [g for g in self.groups.values() if g.has_rows]
                     self._refresh(fresh)
                     self._grouping_frozen = self._grouping_frozen or bool(fresh)
             with record_function("dopr::apply"):
@@ -334,7 +344,7 @@ class ActivationPreconditioner(StatisticsCapture):
                 entry.adapter.write_gradient(entry.module, m.to(g.dtype))
 
     def _check_hooks_reached(self, work: list[tuple[Layer, Group]]) -> None:
-        hooked = [(e.name, bool(g.rows or g.kept)) for e, g in work if not self.discovery.layers[e.name].tapped]
+        hooked = [(e.name, g.has_rows) for e, g in work if not self.discovery.layers[e.name].tapped]
         check_hooks_reached(hooked)
 
     def _bank_read(self, expert: Layer) -> bool:
@@ -344,7 +354,7 @@ class ActivationPreconditioner(StatisticsCapture):
         if key not in self._banks:  # found once: this runs per expert without rows, and a model can have thousands
             self._banks[key] = [e for e in self.layers.values() if e.adapter.reads == "expert"
                                 and (id(e.module), e.adapter.attr) == key]
-        return any(self.groups[e.group].rows or self.groups[e.group].kept for e in self._banks[key])
+        return any(self.groups[e.group].has_rows for e in self._banks[key])
 
     def _unseen_read_cause(self, layer: Layer) -> str:
         if not self.discovery.layers[layer.name].tapped:
@@ -354,6 +364,9 @@ class ActivationPreconditioner(StatisticsCapture):
     def _reduce_across_ranks(self) -> None:
         if not distributed.is_distributed(self.process_group):
             return
+        if self.capturable:
+            raise NotImplementedError("capturable=True is for one process: summing Sigma over ranks reads the row "
+                                      "counts on the host; construct DoPr with capturable=False under DDP/FSDP")
         groups = list(self.groups.values())
         if not groups:
             return
@@ -381,6 +394,8 @@ class ActivationPreconditioner(StatisticsCapture):
                     )
 
     def _all_finite(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
+        if self.capturable:
+            return True  # looking reads a flag on the host; a non-finite Sigma keeps the last factor (refresh.py)
         checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
             checks += [(f"second moment of the input activations of layer(s) {g.members} (NaN/inf inputs, or "
@@ -415,7 +430,8 @@ class ActivationPreconditioner(StatisticsCapture):
                 stacks, self.damping, self.eps, self.process_group)
         failures = refresh_groups(groups, gamma=self.damping, eps=self.eps, sigma_mode=self.sigma_mode,
                                   ema_decay=self.ema_decay, uses_cholesky=self._uses_cholesky, factorizer=factorizer,
-                                  workspaces=self._workspaces)
+                                  workspaces=self._workspaces,
+                                  on_device=None if not self.capturable else self.fallback == "last")
         for failure in failures:
             self._fall_back(failure.group, failure.trace, failure.kind, stacklevel=5)
 

@@ -52,8 +52,12 @@ Factorizer = Callable[[list[Stack]], list[Factors]]
 
 def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode: str, ema_decay: float,
                    uses_cholesky: Callable[[Group], bool], factorizer: Factorizer | None = None,
-                   workspaces: Workspaces | None = None) -> list[Failure]:
+                   workspaces: Workspaces | None = None, on_device: bool | None = None) -> list[Failure]:
     """Set ``factor``/``kind``/telemetry of each group from its statistics; return the groups that failed.
+
+    ``on_device`` (capturable): no host read; a failed factorization is replaced on the device by the group's last
+    factor (True) or the identity (False, or no last factor), and counted in ``group.fallbacks``; nothing is
+    returned. Groups must have their sums (no kept rows).
 
     ``factorizer`` factorizes a list of stacks (default: :func:`~dopr.functional.factorize_` on each, in
     this process and in the stacks' memory; the distributed one splits them over ranks). ``workspaces`` keeps
@@ -91,6 +95,12 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
         traces.append(bucket_traces)
     workspaces.end_refresh()
     factors = factorizer(stacks)
+    if on_device is not None:
+        if low_rank:
+            raise RuntimeError("a group kept its rows (the Woodbury form) in a capturable refresh")
+        for items, bucket_traces, f in zip(buckets.values(), traces, factors):
+            _select_on_device(items, bucket_traces, f, keep_last=on_device)
+        return []
     # the one device sync of a refresh: whether each factorization worked
     oks = _host_flags([f.ok for f in factors] + [f.ok.reshape(1) for _, f in low_rank])
     for (group, f), ok in zip(low_rank, oks[len(factors):]):
@@ -122,6 +132,28 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
             group.damping, group.condition = f.damping[part.start], f.condition[part].amax()
             group.float64_retries += f.used_float64[part].any()  # a tensor: read when telemetry is
     return failures
+
+
+def _select_on_device(items: list[tuple[Group, Tensor, float]], traces: list[Tensor], f: Factors,
+                      keep_last: bool) -> None:
+    """Each group's new factor where its factorization worked, else its last one (or the identity), chosen on
+    the device: ``torch.where`` rather than a host read of the flags."""
+    offset = 0
+    for (group, _, _), trace in zip(items, traces):
+        part = slice(offset, offset + group.blocks)
+        offset += group.blocks
+        new, ok = (f.factor[part], f.ok[part]) if group.blocks > 1 else (f.factor[part.start], f.ok[part.start])
+        last = group.factor
+        if not keep_last or last is None or group.kind != f.kind or last.shape != new.shape:
+            last = torch.ones_like(new) if f.kind == "diagonal" else torch.eye(
+                new.shape[-1], dtype=new.dtype, device=new.device).expand_as(new)  # its own inverse and Cholesky
+        group.factor = torch.where(ok.reshape(ok.shape + (1,) * (new.ndim - ok.ndim)), new, last)
+        group.kind = f.kind
+        group.low_rank_chol = group.low_rank_damping = None
+        group.refreshes += 1
+        group.fallbacks = (~ok).sum() + group.fallbacks  # a tensor until read
+        group.trace = trace
+        group.damping, group.condition = f.damping[part.start], f.condition[part].amax()
 
 
 class Workspaces:

@@ -48,7 +48,7 @@ class _Pending:
     group: Group
     kind: str  # "sum": a (partial) sum of z z^T or of one-hot counts; "rows": the rows themselves (few of them)
     value: Tensor
-    rows: int
+    rows: int | Tensor  # a 0-d tensor: counted inside a compiled graph, capturable (left on the device)
     epoch: int
 
 
@@ -228,7 +228,7 @@ class StatisticsCapture:
     def _drop_if_gradient_cleared(self, group: Group) -> None:
         """Discard the rows committed in an earlier backward pass for a gradient that has since been cleared (set
         to None or replaced). Within one backward pass the weight's .grad is written only after all its uses."""
-        group.grad_marker, stale = _check_marker(group.grad_marker, self._weight(group).grad, bool(group.rows))
+        group.grad_marker, stale = _check_marker(group.grad_marker, self._weight(group).grad, group.has_rows)
         if stale:
             self._clear_committed(group)
 
@@ -256,8 +256,11 @@ class StatisticsCapture:
             raise ValueError("row_mask does not reach the layers read inside a compiled graph (their rows are counted "
                              "by autograd there): build DoPr with the masked forward left eager, or drop row_mask")
         stats = take([p for _, p in live], [self.groups[layer.group].bias for layer, _ in live])
-        rows = torch.stack([n for _, n in stats]).tolist()  # the one host read for all compiled layers
-        self._commit([_Pending(self.groups[layer.group], "sum", total, int(n), self._epoch)
+        if self.capturable:  # the counts stay on the device (Sigma = total / rows there)
+            rows = [n for _, n in stats]
+        else:  # the one host read for all compiled layers
+            rows = [int(n) for n in torch.stack([n for _, n in stats]).tolist()]
+        self._commit([_Pending(self.groups[layer.group], "sum", total, n, self._epoch)
                       for (layer, _), (total, _), n in zip(live, stats, rows)])
         for layer, _ in live:
             self.groups[layer.group].accumulations += 1
@@ -279,7 +282,7 @@ class StatisticsCapture:
 
     def _low_rank_allowed(self) -> bool:
         # the Woodbury form needs this step's rows on this rank: not for EMA Sigma or a Sigma summed over ranks
-        return (self.solve == "auto" and self.sigma_mode == "batch"
+        return (self.solve == "auto" and self.sigma_mode == "batch" and not self.capturable
                 and not distributed.is_distributed(self.process_group))
 
     @contextmanager
