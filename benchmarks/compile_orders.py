@@ -1,8 +1,9 @@
 """Does DoPr get its statistics under torch.compile, whatever order the script builds things in? (issue 21)
 
-Each build order runs in a fresh process (Dynamo's caches are per process) on three small models: an MLP (Linear
-layers, captured where their weight is read, :mod:`dopr.tap`), a conv net (Conv2d layers, read by module hooks,
-then a Linear head) and a net of convolutions only.
+Each build order runs in a fresh process (Dynamo's caches are per process) on four small models: an MLP (Linear
+layers, captured where their weight is read, :mod:`dopr.tap`), a conv net (Conv2d layers, also read where their
+weight is read, then a Linear head), a net of convolutions only, and a net of transposed convolutions only (read by
+module hooks: nothing for Dynamo to guard on).
 Three steps each; printed per order: the groups that missed their statistics on some step (DoPr trains those
 layers exactly as its base), DoPr's error text where it stopped the run, and the graphs Dynamo compiled.
 
@@ -33,8 +34,11 @@ def build(kind: str) -> tuple[nn.Module, torch.Tensor]:
     if kind == "mlp":
         return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2)), \
             torch.randn(16, 8)
-    if kind == "conv-only":  # no layer read where its weight is read: only hooks, nothing for Dynamo to guard on
+    if kind == "conv-only":
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1)), \
+            torch.randn(4, 3, 8, 8)
+    if kind == "hooks-only":  # no layer read where its weight is read: only hooks, nothing for Dynamo to guard on
+        return nn.Sequential(nn.ConvTranspose2d(3, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 2, 3)), \
             torch.randn(4, 3, 8, 8)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)), torch.randn(4, 3, 8, 8)
@@ -84,7 +88,7 @@ def main() -> None:
     print("| build order | model | groups that missed statistics | DoPr's error | graphs compiled |")
     print("|---|---|---|---|---|")
     for order, text in ORDERS.items():
-        for kind in ("mlp", "convnet", "conv-only"):
+        for kind in ("mlp", "convnet", "conv-only", "hooks-only"):
             out = subprocess.run([sys.executable, __file__, order, kind], capture_output=True, text=True, check=False)
             try:
                 row = json.loads(out.stdout.strip().splitlines()[-1])
