@@ -101,7 +101,7 @@ def test_bf16_autocast_keeps_statistics_in_fp32():
         loss = model(torch.randn(16, 5)).float().pow(2).mean()
     loss.backward()
     opt.step()
-    ref = copy.deepcopy(opt.preconditioner.groups["0"].factor)
+    ref = copy.deepcopy(opt.preconditioner.groups["0"].factor.tensor)
     assert ref.dtype == torch.float32
 
 

@@ -120,7 +120,7 @@ def test_auto_solve_judges_a_blocked_sigma_by_its_block_width():
         ap = ActivationPreconditioner(model, max_block=max_block)
         model(torch.randn(1100, 8)).sum().backward()
         ap.precondition_()
-        kinds[max_block] = (ap.groups["2"].blocks, ap.groups["2"].kind)
+        kinds[max_block] = (ap.groups["2"].blocks, ap.groups["2"].factor.kind)
         ap.remove()
     # 2100 inputs into 16 outputs: Cholesky solves for the full Sigma and for blocks of 1050, not for blocks of 13
     assert kinds == {None: (1, "cholesky"), 1100: (2, "cholesky"), 12: (175, "inverse")}

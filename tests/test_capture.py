@@ -17,7 +17,7 @@ def _sigma_after(model_fn, forwards):
     ap = ActivationPreconditioner(model, damping=1e-3)
     forwards(model)
     ap.precondition_()
-    return {k: g.factor.clone() for k, g in ap.groups.items()}
+    return {k: g.factor.tensor.clone() for k, g in ap.groups.items()}
 
 
 def _train_forward(model, x):
@@ -116,7 +116,7 @@ def test_refresh_every_reuses_the_factor_and_skips_capture_in_between():
         assert ap.capturing == (step % 3 == 0)
         _train_forward(model, torch.randn(16, 5) * (step + 1))
         ap.precondition_()
-        inverses.append(ap.groups["0"].factor.clone())
+        inverses.append(ap.groups["0"].factor.tensor.clone())
         model.zero_grad()
     assert torch.equal(inverses[0], inverses[2]) and not torch.equal(inverses[2], inverses[3])
     assert ap.stats()["0"]["refreshes"] == 2
@@ -131,7 +131,7 @@ def test_ema_mode_averages_across_steps():
         ap.precondition_()
     s = [x.T @ x / 10 for x in xs]
     expected = 0.5 * s[0] + 0.5 * s[1]
-    assert torch.allclose(ap.groups[""].factor, torch.linalg.inv(expected), rtol=1e-4)
+    assert torch.allclose(ap.groups[""].factor.tensor, torch.linalg.inv(expected), rtol=1e-4)
 
 
 def test_max_rows_subsamples_and_is_reproducible_by_seed():
@@ -141,7 +141,7 @@ def test_max_rows_subsamples_and_is_reproducible_by_seed():
         torch.manual_seed(0)
         model(torch.randn(100, 4)).sum().backward()
         ap.precondition_()
-        return ap.groups[""].factor
+        return ap.groups[""].factor.tensor
 
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
 
@@ -158,7 +158,7 @@ def test_auto_max_rows_is_exact_up_to_its_cap_and_caps_there(d_in, rows, cap):
         model(torch.randn(rows, d_in)).sum().backward()
         counts[max_rows] = ap.groups[""].rows
         ap.precondition_()
-        factors[max_rows] = ap.groups[""].factor
+        factors[max_rows] = ap.groups[""].factor.tensor
     assert counts == {None: rows, "auto": min(rows, cap)}
     assert torch.equal(factors[None], factors["auto"]) == (rows <= cap)
 

@@ -79,7 +79,7 @@ def test_solve_auto_is_the_documented_rule(outputs: int, refresh_every: int, cho
     opt.step()
     (group,) = opt.preconditioner.groups.values()
     assert group.dim == 8
-    assert group.kind == ("cholesky" if cholesky else "inverse")
+    assert group.factor.kind == ("cholesky" if cholesky else "inverse")
 
 
 def python_blocks(page: Path) -> list[str]:

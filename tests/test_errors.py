@@ -133,11 +133,11 @@ def test_fallback_last_keeps_the_last_good_factor():
     ap = ActivationPreconditioner(model, damping=0.0, eps=0.0)
     model(torch.randn(8, 3)).sum().backward()
     ap.precondition_()
-    good = ap.groups[""].factor.clone()
+    good = ap.groups[""].factor.tensor.clone()
     model.zero_grad()
     model(torch.zeros(4, 3)).sum().backward()
     ap.precondition_()
-    assert torch.equal(ap.groups[""].factor, good)
+    assert torch.equal(ap.groups[""].factor.tensor, good)
     assert ap.stats()[""]["fallbacks"] == 1 and ap.stats()[""]["refreshes"] == 2
 
 

@@ -261,7 +261,7 @@ def test_row_capped_conv_sigma_equals_capping_the_full_unfolding(monkeypatch):
         model(x).square().sum().backward()
         rows = {name: g.rows for name, g in ap.groups.items()}
         ap.precondition_()
-        out = {name: g.factor.clone() for name, g in ap.groups.items()}
+        out = {name: g.factor.tensor.clone() for name, g in ap.groups.items()}
         ap.remove()
         return rows, out
 

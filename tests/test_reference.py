@@ -31,7 +31,7 @@ def test_both_solves_match_reference(solve):
     batches = scaled_batches(sizes=(7, 16))
     opt = train_fast(model, batches, 3, solve=solve)
     train_reference(other, batches, 3)
-    assert {g.kind for g in opt.preconditioner.groups.values()} == {solve}
+    assert {g.factor.kind for g in opt.preconditioner.groups.values()} == {solve}
     assert max_rel_diff(model, other) < 1e-9
 
 
@@ -44,7 +44,7 @@ def test_auto_solve_picks_cholesky_for_groups_with_fewer_outputs_than_inputs_ref
         ap = ActivationPreconditioner(model, refresh_every=refresh)
         model(torch.randn(600, 8)).sum().backward()  # more rows than dim/2: Sigma is formed
         ap.precondition_()
-        kinds[refresh] = {name: g.kind for name, g in ap.groups.items()}
+        kinds[refresh] = {name: g.factor.kind for name, g in ap.groups.items()}
         ap.remove()
     # layer 2 reads 1101 inputs (with the bias) into 16 outputs: Cholesky solves; layers 0 and 4 have more outputs
     # than inputs
@@ -61,7 +61,7 @@ def test_auto_solve_keeps_cholesky_only_up_to_half_as_many_outputs_as_inputs():
     model(torch.randn(600, 40)).sum().backward()
     ap.precondition_()
     # d = inputs + 1 (bias): 41 -> 63 outputs, 64 -> 32 (exactly d/2), 33 -> 24 (0.73 d)
-    assert {name: g.kind for name, g in ap.groups.items()} == {"0": "inverse", "2": "cholesky", "4": "inverse"}
+    assert {name: g.factor.kind for name, g in ap.groups.items()} == {"0": "inverse", "2": "cholesky", "4": "inverse"}
 
 
 @pytest.mark.parametrize("sizes", [(3, 5), (3, 5, 30)])
@@ -73,7 +73,7 @@ def test_few_rows_into_a_wide_layer_match_reference(sizes):
     batches = scaled_batches(d_in=40, sizes=sizes)
     opt = train_fast(model, batches, 3, damping=1e-2)
     train_reference(other, batches, 3, damping=1e-2)
-    kinds = {name: g.kind for name, g in opt.preconditioner.groups.items()}
+    kinds = {name: g.factor.kind for name, g in opt.preconditioner.groups.items()}
     # once Sigma is formed, the 3 outputs of layer 2 (49 inputs) take Cholesky solves, layer 0's 48 (41) the inverse
     assert kinds == ({"0": "low_rank", "2": "low_rank"} if len(sizes) == 2 else {"0": "inverse", "2": "cholesky"})
     assert max_rel_diff(model, other) < 1e-9

@@ -2,6 +2,8 @@
 
 import copy
 import io
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +153,22 @@ def test_a_state_dict_of_dopr_0_1_with_inverse_still_loads() -> None:
     for a, b in zip(m.parameters(), m2.parameters()):
         assert torch.equal(a, b)
 
+
+
+def test_a_checkpoint_from_before_typed_factors_loads_and_steps_as_it_did():
+    """tests/fixtures/state-before-typed-factors.pt was saved by dopr at ea2a0ed, when a group's factor was a tensor
+    and a string (issue 22): every solve form (diagonal, low-rank, blocked, inverse, Cholesky) loads into its class
+    and the next step gives the parameters that dopr gave (bitwise where the CPU kernels are the same)."""
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from make_state_fixture import Net, batches, make, step
+
+    saved = torch.load(Path(__file__).parent / "fixtures" / "state-before-typed-factors.pt", weights_only=False)
+    model = Net()
+    model.load_state_dict(saved["model"])
+    opt = make(model)
+    opt.load_state_dict(saved["optimizer"])
+    kinds = {name: (g.factor.kind, g.blocks) for name, g in opt.preconditioner.groups.items()}
+    assert kinds == saved["kinds"]
+    step(model, opt, batches()[2])
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved["after"][name], rtol=1e-6, atol=1e-7, msg=name)

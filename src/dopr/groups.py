@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter
+from .factors import Factor, factor_from_state
 from .functional import block_size
 
 __all__ = ["TELEMETRY", "Group", "Layer", "check_group_shapes", "group_from_state", "group_state", "validate_state"]
@@ -40,15 +41,13 @@ class Group:
     diagonal: bool
     bias: bool
     blocks: int = 1  # > 1: Sigma is kept as this many diagonal blocks (blocks x b x b), see functional.py
+    groups: int = 1  # > 1: that many independent layers (a grouped convolution), Sigma groups x dim x dim
     total: Tensor | None = None  # running sum of z z^T (or of one-hot counts) this step
     kept: list[Tensor] = field(default_factory=list)  # or the rows themselves, while fewer than dim/2
     rows: int | Tensor = 0  # a 0-d tensor where counted inside a compiled graph with capturable=True
     accumulations: int = 0
     ema: Tensor | None = None
-    factor: Tensor | None = None  # (Sigma + lambda I)^{-1}, its Cholesky factor, or diagonal reciprocals
-    kind: str = "inverse"  # how ``factor`` is applied: "inverse", "cholesky", "diagonal" or "low_rank"
-    low_rank_chol: Tensor | None = None  # kind "low_rank": factor is Z, this is chol(n lambda I + Z Z^T)
-    low_rank_damping: Tensor | None = None  # and this is lambda
+    factor: Factor | None = None  # (Sigma + lambda I)^{-1} in one solve form (dopr.factors)
     # telemetry
     refreshes: int = 0
     fallbacks: int = 0
@@ -69,6 +68,8 @@ class Group:
         """Shape of this group's Sigma (and of its accumulator, EMA and factor)."""
         if self.diagonal:
             return (self.dim,)
+        if self.groups > 1:
+            return (self.groups, self.dim, self.dim)
         if self.blocks > 1:
             b = block_size(self.dim, self.blocks)
             return (self.blocks, b, b)
@@ -122,11 +123,11 @@ def group_state(g: Group) -> dict[str, Any]:
         "kept": torch.cat(g.kept) if g.kept else None,
         "rows": g.rows,
         "accumulations": g.accumulations,
-        # a copy: the factor is a view of memory the next refresh overwrites (and saving a view saves its base)
-        "factor": None if g.factor is None else g.factor.clone(),  # keeps the layout: a resume is bitwise exact
-        "kind": g.kind,
-        "low_rank_chol": g.low_rank_chol,
-        "low_rank_damping": g.low_rank_damping,
+        # a copy: the factor is a view of memory the next refresh overwrites (and saving a view saves its base);
+        # the clone keeps the layout: a resume is bitwise exact
+        **(g.factor.state() if g.factor is not None else
+           {"factor": None, "kind": "diagonal" if g.diagonal else "inverse", "low_rank_chol": None,
+            "low_rank_damping": None}),
         **{k: float(v) if torch.is_tensor(v := getattr(g, k)) else v for k in TELEMETRY},
     }
 
@@ -138,7 +139,7 @@ def check_group_shapes(saved: dict[str, Any], group: Group) -> None:
         t = saved.get(name)
         if t is None:
             continue
-        if group.blocks > 1:
+        if group.blocks > 1 or group.groups > 1:
             fits = name != "kept" and tuple(t.shape) == want
         else:  # a low-rank factor and the kept rows are n x dim (kept rows lack the bias column)
             fits = t.shape[-1] == group.dim - (group.bias and name == "kept")
@@ -152,12 +153,10 @@ def check_group_shapes(saved: dict[str, Any], group: Group) -> None:
 
 def group_from_state(saved: dict[str, Any], fresh: Group, device: torch.device) -> Group:
     """The group :func:`group_state` saved (shaped like ``fresh``), without the statistics of a step in progress."""
-    g = Group(list(saved["members"]), fresh.dim, fresh.diagonal, fresh.bias, fresh.blocks)
+    g = Group(list(saved["members"]), fresh.dim, fresh.diagonal, fresh.bias, fresh.blocks, fresh.groups)
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
     g.ema = to(saved["ema"])
-    g.factor = to(saved.get("factor", saved.get("inverse")))  # "inverse": dopr 0.1
-    g.kind = saved.get("kind", "diagonal" if fresh.diagonal else "inverse")
-    g.low_rank_chol, g.low_rank_damping = to(saved.get("low_rank_chol")), to(saved.get("low_rank_damping"))
+    g.factor = factor_from_state(saved, diagonal=fresh.diagonal, blocks=fresh.blocks, groups=fresh.groups, to=to)
     for k in TELEMETRY:
         setattr(g, k, saved[k])
     return g

@@ -23,13 +23,8 @@ from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
 from .capture import UNSEEN_CALL, ModuleHooks, check_hooks_reached, unseen_read
-from .functional import (
-    apply_blocks,
-    apply_factor,
-    apply_low_rank,
-    finite_rows,
-    statistics_dtype,
-)
+from .factors import new_factor
+from .functional import finite_rows, statistics_dtype
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .options import check_options
 from .refresh import Workspaces, refresh_groups
@@ -330,13 +325,8 @@ class ActivationPreconditioner(StatisticsCapture):
                     continue
                 m = g  # a tied layer's own share of the summed gradient, unpreconditioned
             else:
-                factor = entry.adapter.local_inverse(entry.module, group.factor)
-                if group.kind == "low_rank":
-                    m = apply_low_rank(g.to(factor.dtype), factor, group.low_rank_chol, group.low_rank_damping)
-                elif group.blocks > 1:
-                    m = apply_blocks(g.to(factor.dtype), factor, group.kind)
-                else:
-                    m = apply_factor(g.to(factor.dtype), factor, group.kind)
+                factor = entry.adapter.local_factor(entry.module, group.factor)
+                m = factor.apply(g.to(factor.dtype))
             if entry.name in writers:
                 grad = entry.module.weight.grad
                 grad.copy_(m.T) if writers[entry.name] else grad.add_(m.T.to(g.dtype))
@@ -445,12 +435,13 @@ class ActivationPreconditioner(StatisticsCapture):
             "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
             RuntimeWarning, stacklevel=stacklevel,
         )
-        if not kept:  # the identity is its own inverse and its own Cholesky factor
+        if not kept:  # the plain gradient
             weight = self._weight(group)
             shape = group.sigma_shape()
             eye = torch.ones(shape if group.diagonal else shape[:-1], dtype=statistics_dtype(weight.dtype),
                              device=local(weight).device)
-            group.factor, group.kind = (eye, "diagonal") if group.diagonal else (torch.diag_embed(eye), kind)
+            group.factor = new_factor("diagonal" if group.diagonal else kind, eye if group.diagonal else
+                                      torch.diag_embed(eye), blocks=group.blocks, groups=group.groups)
 
     def _uses_cholesky(self, group: Group) -> bool:
         if group.diagonal or self.solve == "inverse":

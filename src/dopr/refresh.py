@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .factors import Factor, LowRank, new_factor
 from .functional import (
     Factors,
     LowRankFactor,
@@ -77,13 +78,13 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
             low_rank.append((group, _low_rank_factor(group, gamma, eps)))
             continue
         source, scale = _current_sigma(group, sigma_mode, ema_decay)
-        key = (tuple(source.shape[1:]) if group.blocks > 1 else tuple(source.shape), group.diagonal,
+        key = (tuple(source.shape[1:]) if _stacked(group) else tuple(source.shape), group.diagonal,
                group.blocks > 1, uses_cholesky(group), source.dtype, source.device)
         buckets.setdefault(key, []).append((group, source, scale))
     stacks, traces = [], []
     for key, items in buckets.items():
         shape, diagonal, blocked = key[0], key[1], key[2]
-        count = sum(g.blocks for g, _, _ in items)
+        count = sum(_matrices(g) for g, _, _ in items)
         sigmas = workspaces.take((key, tuple(g.members[0] for g, _, _ in items)), (count, *shape),
                                  items[0][1].dtype, items[0][1].device)
         bucket_traces = _fill(sigmas, items)
@@ -117,8 +118,8 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
     for items, bucket_traces, f, ok in zip(buckets.values(), traces, factors, oks):
         offset = 0
         for (group, _, _), trace in zip(items, bucket_traces):
-            part = slice(offset, offset + group.blocks)
-            offset += group.blocks
+            part = slice(offset, offset + _matrices(group))
+            offset += _matrices(group)
             group.refreshes += 1
             group.trace = trace
             if not all(ok[part]):
@@ -126,10 +127,8 @@ def refresh_groups(groups: list[Group], *, gamma: float, eps: float, sigma_mode:
                     group.factor = group.factor.clone()
                 failures.append(Failure(group, float(trace), f.kind))
                 continue
-            group.factor = f.factor[part] if group.blocks > 1 else f.factor[part.start]
-            group.kind = f.kind
-            group.low_rank_chol = group.low_rank_damping = None
-            group.damping, group.condition = f.damping[part.start], f.condition[part].amax()
+            group.factor = _factor_of(group, f, part)
+            group.damping, group.condition = _damping_of(group, f, part), f.condition[part].amax()
             group.float64_retries += f.used_float64[part].any()  # a tensor: read when telemetry is
     return failures
 
@@ -140,20 +139,37 @@ def _select_on_device(items: list[tuple[Group, Tensor, float]], traces: list[Ten
     the device: ``torch.where`` rather than a host read of the flags."""
     offset = 0
     for (group, _, _), trace in zip(items, traces):
-        part = slice(offset, offset + group.blocks)
-        offset += group.blocks
-        new, ok = (f.factor[part], f.ok[part]) if group.blocks > 1 else (f.factor[part.start], f.ok[part.start])
+        part = slice(offset, offset + _matrices(group))
+        offset += _matrices(group)
+        new, ok = _factor_of(group, f, part), f.ok[part] if _stacked(group) else f.ok[part.start]
         last = group.factor
-        if not keep_last or last is None or group.kind != f.kind or last.shape != new.shape:
-            last = torch.ones_like(new) if f.kind == "diagonal" else torch.eye(
-                new.shape[-1], dtype=new.dtype, device=new.device).expand_as(new)  # its own inverse and Cholesky
-        group.factor = torch.where(ok.reshape(ok.shape + (1,) * (new.ndim - ok.ndim)), new, last)
-        group.kind = f.kind
-        group.low_rank_chol = group.low_rank_damping = None
+        if not (keep_last and type(last) is type(new) and last.kind == new.kind
+                and last.tensor.shape == new.tensor.shape):
+            last = new.identity()
+        group.factor = new.where(ok, last)
         group.refreshes += 1
         group.fallbacks = (~ok).sum() + group.fallbacks  # a tensor until read
         group.trace = trace
-        group.damping, group.condition = f.damping[part.start], f.condition[part].amax()
+        group.damping, group.condition = _damping_of(group, f, part), f.condition[part].amax()
+
+
+def _stacked(group: Group) -> bool:
+    """Whether the group's Sigma is a stack of matrices (blocks, or the groups of a grouped convolution)."""
+    return group.blocks > 1 or group.groups > 1
+
+
+def _matrices(group: Group) -> int:
+    return group.groups if group.groups > 1 else group.blocks
+
+
+def _factor_of(group: Group, f: Factors, part: slice) -> Factor:
+    return new_factor(f.kind, f.factor[part] if _stacked(group) else f.factor[part.start], blocks=group.blocks,
+                      groups=group.groups)
+
+
+def _damping_of(group: Group, f: Factors, part: slice) -> Tensor:
+    # a block-diagonal Sigma's blocks share the whole Sigma's lambda; a grouped one's groups each have their own
+    return f.damping[part].mean() if group.groups > 1 else f.damping[part.start]
 
 
 class Workspaces:
@@ -191,11 +207,13 @@ def _fill(sigmas: Tensor, items: list[tuple[Group, Tensor, float]]) -> list[Tens
     """Write each group's Sigma (``source * scale``) into its rows of ``sigmas``; return their traces."""
     traces, offset = [], 0
     for group, source, scale in items:
-        part = sigmas[offset : offset + group.blocks] if group.blocks > 1 else sigmas[offset]
-        offset += group.blocks
+        part = sigmas[offset : offset + _matrices(group)] if _stacked(group) else sigmas[offset]
+        offset += _matrices(group)
         torch.mul(source, scale, out=part)
         if group.blocks > 1:
             traces.append(pad_blocks_(part, group.dim))
+        elif group.groups > 1:
+            traces.append(part.diagonal(dim1=-2, dim2=-1).sum())
         else:
             traces.append(part.sum() if group.diagonal else part.diagonal().sum())
     return traces
@@ -236,7 +254,7 @@ def _set_low_rank(group: Group, f: LowRankFactor, ok: bool) -> list[Failure]:
     group.trace = f.rows.square().sum() / f.rows.shape[0]
     if not ok:
         return [Failure(group, float(group.trace), "inverse")]
-    group.factor, group.kind, group.low_rank_chol, group.low_rank_damping = f.rows, "low_rank", f.chol, f.damping
+    group.factor = LowRank(f.rows, f.chol, f.damping)
     group.damping, group.condition = f.damping, f.condition
     group.float64_retries += f.used_float64
     return []

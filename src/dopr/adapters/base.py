@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..factors import Factor
+
 try:  # FSDP2 shards parameters as DTensors; AP acts on each rank's rows
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -130,10 +132,10 @@ class Adapter:
             g = torch.cat([g, self._rows_view(module, bias).reshape(-1, 1)], dim=1)
         return g
 
-    def local_inverse(self, module: nn.Module, inverse: Tensor) -> Tensor:
-        """The part of the factor of ``(Sigma + lambda I)^{-1}`` that multiplies this rank's gradient (all of it,
-        except for a diagonal factor whose entries follow sharded gradient rows)."""
-        return inverse
+    def local_factor(self, module: nn.Module, factor: Factor) -> Factor:
+        """The part of ``(Sigma + lambda I)^{-1}`` that multiplies this rank's gradient (all of it, except for a
+        diagonal factor whose entries follow sharded gradient rows)."""
+        return factor
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
         """Write ``M`` (``d_out x dim``) back into the ``.grad`` of the layer's parameters."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..factors import Factor
 from .base import Adapter, DTensor, compute_local_shape_and_global_offset, local
 
 __all__ = ["EmbeddingAdapter", "embedding_unsupported_reason"]
@@ -33,13 +34,13 @@ class EmbeddingAdapter(Adapter):
     def gradient(self, module: nn.Module) -> Tensor:
         return local(module.weight.grad).T
 
-    def local_inverse(self, module: nn.Module, inverse: Tensor) -> Tensor:
+    def local_factor(self, module: nn.Module, factor: Factor) -> Factor:
         grad = module.weight.grad
         if DTensor is None or not isinstance(grad, DTensor):
-            return inverse
+            return factor
         # FSDP2 shards the vocabulary rows: take this rank's slice of the token frequencies
         shape, offset = compute_local_shape_and_global_offset(grad.shape, grad.device_mesh, grad.placements)
-        return inverse[offset[0] : offset[0] + shape[0]]
+        return factor.local(slice(offset[0], offset[0] + shape[0]))
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
         local(module.weight.grad).copy_(m.T)
