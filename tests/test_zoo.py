@@ -16,7 +16,9 @@ from dopr.reporting import parameter_status
 from zoo import HF, ZOO
 
 # the only weight matrix without AP, named with its reason: a raw positional-embedding parameter (no layer input)
-NAMED = {"vit_mha": {"pos": "no DoPr adapter for _Encoder"}}
+NAMED = {"vit_mha": {"pos": "no DoPr adapter for _Encoder"},
+         # Mamba's state matrix: a parameter of the scan, not the weight of a layer reading an input
+         "mamba": {f"backbone.layers.{i}.mixer.A_log": "no DoPr adapter for MambaMixer" for i in range(2)}}
 # embeddings whose weight is shared with layers that are called, but which are never called themselves
 UNUSED = {"t5": {"shared"}}
 

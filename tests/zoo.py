@@ -161,7 +161,50 @@ def unet1d():
     return _UNet1d(), lambda m: (m(x) - x).pow(2).mean()
 
 
-ZOO: dict[str, Callable] = {"gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5, "lora_llama": lora_llama,
+def _images(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def convnext():
+    """ConvNeXt: a patchify stem, depthwise 7x7 convolutions (groups = channels), Linear MLPs."""
+    import transformers
+
+    cfg = transformers.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=3)
+    model, x = transformers.ConvNextForImageClassification(cfg), _images()
+    return model, lambda m: m(pixel_values=x, labels=torch.tensor([0, 2])).loss
+
+
+def mobilenet():
+    """MobileNetV2 (timm's MobileNetV3 does not install here): inverted residuals with depthwise 3x3 convolutions."""
+    import transformers
+
+    cfg = transformers.MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=0.25, num_labels=3)
+    model, x = transformers.MobileNetV2ForImageClassification(cfg), _images()
+    return model, lambda m: m(pixel_values=x, labels=torch.tensor([0, 2])).loss
+
+
+def efficientnet():
+    """EfficientNet-B0's blocks: depthwise convolutions with squeeze-and-excitation (1x1 convolutions)."""
+    import transformers
+
+    cfg = transformers.EfficientNetConfig(num_channels=3, image_size=32, width_coefficient=0.25,
+                                          depth_coefficient=0.25, hidden_dim=320, num_labels=3)
+    model, x = transformers.EfficientNetForImageClassification(cfg), _images()
+    return model, lambda m: m(pixel_values=x, labels=torch.tensor([0, 2])).loss
+
+
+def mamba():
+    """Mamba: in/out projections, a depthwise causal Conv1d (read through its weight, squeezed), x/dt projections."""
+    import transformers
+
+    cfg = transformers.MambaConfig(vocab_size=64, hidden_size=32, state_size=4, num_hidden_layers=2,
+                                   intermediate_size=64, time_step_rank=8)
+    model, ids = transformers.MambaForCausalLM(cfg), _tokens(64)
+    return model, lambda m: m(input_ids=ids, labels=ids).loss
+
+
+ZOO: dict[str, Callable] = {"convnext": convnext, "mobilenet": mobilenet, "efficientnet": efficientnet,
+                            "mamba": mamba, "gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5, "lora_llama": lora_llama,
                             "unet2d_diffusers": unet2d, "vit_mha": vit_mha, "resnet": resnet, "rnn": rnn,
                             "conv3d": conv3d, "unet1d": unet1d}
-HF = {"gpt2", "llama", "bert", "t5", "lora_llama"}
+HF = {"gpt2", "llama", "bert", "t5", "lora_llama", "convnext", "mobilenet", "efficientnet", "mamba"}

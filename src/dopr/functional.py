@@ -98,6 +98,23 @@ def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = Non
     return out
 
 
+def grouped_second_moment_sum(z: Tensor, *, augment_bias: bool) -> Tensor:
+    """:func:`second_moment_sum` of each group of ``z`` (``n x groups x d``), as one batched product:
+    ``groups x (d[+1]) x (d[+1])``, the statistics of independent layers (a grouped convolution's groups)."""
+    per_group = z.transpose(0, 1)  # groups x n x d
+    gram = per_group.mT @ per_group
+    if not augment_bias:
+        return gram
+    groups, n, d = per_group.shape
+    out = z.new_zeros(groups, d + 1, d + 1)
+    out[:, :d, :d] = gram
+    col = per_group.sum(dim=1)
+    out[:, :d, d] = col
+    out[:, d, :d] = col
+    out[:, d, d] = n
+    return out
+
+
 def block_size(dim: int, blocks: int) -> int:
     """Size ``b`` of each of the ``blocks`` diagonal blocks of a ``dim``-wide Sigma (the last one is padded)."""
     return -(-dim // blocks)

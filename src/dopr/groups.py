@@ -76,7 +76,8 @@ class Group:
         return (self.dim, self.dim)
 
     def telemetry(self) -> dict[str, float | int | list[str]]:
-        return {"layers": list(self.members), "dim": self.dim, "blocks": self.blocks, "trace_sigma": float(self.trace),
+        return {"layers": list(self.members), "dim": self.dim, "blocks": self.blocks, "groups": self.groups,
+                "trace_sigma": float(self.trace),
                 "condition_estimate": float(self.condition), "damping_used": float(self.damping),
                 "refreshes": self.refreshes, "fallbacks": int(self.fallbacks),
                 "float64_retries": int(self.float64_retries), "missing_statistics": self.missing_statistics}

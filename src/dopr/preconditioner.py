@@ -240,10 +240,10 @@ class ActivationPreconditioner(StatisticsCapture):
     def _fresh_group(self, layer: Layer) -> Group:
         """An empty input group for ``layer`` alone, shaped by its adapter and ``max_block``."""
         adapter, module = layer.adapter, layer.module
-        blocks = 1
-        if self.max_block is not None and not adapter.diagonal:
+        blocks, groups = 1, adapter.groups(module)
+        if self.max_block is not None and not adapter.diagonal and groups == 1:
             blocks = -(-adapter.in_features(module) // self.max_block)
-        return Group([layer.name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module), blocks)
+        return Group([layer.name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module), blocks, groups)
 
     def preconditioned_parameters(self) -> list[nn.Parameter]:
         params = {id(p): p for entry in self.layers.values() for p in entry.adapter.params(entry.module)}

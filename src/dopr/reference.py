@@ -8,8 +8,10 @@ appended 1 for biases, the attention output recomputed from the formula for ``ou
 ``weight_hh`` of RNN/LSTM/GRU. It inverts ``Sigma + lambda I`` with ``torch.linalg.inv`` and writes
 ``G @ inverse`` into ``.grad``. Each layer computes its own Sigma (no sharing), so it also checks
 that sharing one Sigma between layers that read one input changes nothing.
-With ``max_block`` it keeps only the diagonal blocks of Sigma (an explicit mask over the
-``ceil(d_in / max_block)`` contiguous blocks of width ``ceil(dim / blocks)``) and the full Sigma's lambda.
+A grouped convolution is ``groups`` layers: each group's Sigma is built from its input channels' columns of
+the patches, its lambda from its own trace. With ``max_block`` it keeps only the diagonal blocks of Sigma (an
+explicit mask over the ``ceil(d_in / max_block)`` contiguous blocks of width ``ceil(dim / blocks)``) and the full
+Sigma's lambda.
 Use it only on tiny models: it is quadratic in everything.
 """
 
@@ -244,6 +246,9 @@ class ReferenceAP:
             feeds = self.calls[self.parents.get(module_name, module_name)]
             if not feeds or w.grad is None:
                 continue
+            if getattr(module, "groups", 1) > 1:  # a grouped convolution: each group is a layer of its own
+                updates.append((layer, module, self._grouped_update(layer, module)))
+                continue
             s = self.sigma(layer)
             d = s.shape[0]
             lam = self.damping * torch.trace(s) / d
@@ -255,6 +260,24 @@ class ReferenceAP:
             self._write(layer, module, m)
         for calls in self.calls.values():
             calls.clear()
+
+    def _grouped_update(self, layer: str, module: nn.Module) -> Tensor:
+        """Group g's output channels read only group g's input channels: its Sigma is built from those columns of
+        the patches (and the 1 of its bias), its lambda from its own trace."""
+        groups, g = module.groups, self.gradient_matrix(layer)
+        rows = self.vectors(layer)
+        width = module.weight[0].numel()  # C_in / groups * prod(kernel)
+        outputs = g.shape[0] // groups
+        blocks = []
+        for i in range(groups):
+            z = torch.stack([r[i * width:(i + 1) * width] for r in rows])
+            if module.bias is not None:
+                z = torch.cat([z, torch.ones(len(z), 1, dtype=_F64)], dim=1)
+            s = z.T @ z / len(z)
+            lam = self.damping * torch.trace(s) / s.shape[0]
+            inverse = torch.linalg.inv(s + lam * torch.eye(s.shape[0], dtype=_F64))
+            blocks.append(g[i * outputs:(i + 1) * outputs] @ inverse)
+        return torch.cat(blocks)
 
     def _write(self, layer: str, module: nn.Module, m: Tensor) -> None:
         w, bias, rows = self._params(layer, module)

@@ -90,7 +90,8 @@ def preconditioner_summary(ap: ActivationPreconditioner) -> str:
              f"{cov['share']:.1%} of the trainable weight-matrix elements"
              + ("" if ap._grouping_frozen else " (layers sharing an input are grouped on the first step)")]
     for g in ap.groups.values():
-        kind = "diagonal" if g.diagonal else f"{g.blocks} diagonal blocks" if g.blocks > 1 else "full"
+        kind = ("diagonal" if g.diagonal else f"{g.blocks} diagonal blocks" if g.blocks > 1
+                else f"one per group of {g.groups}" if g.groups > 1 else "full")
         status = ap.layer_status(g.members[0])
         lines.append(f"  AP   {', '.join(g.members)}  (Sigma {g.dim}x{g.dim} {kind}{', bias' if g.bias else ''}): "
                      f"{status}")

@@ -21,7 +21,7 @@ from torch.autograd.profiler import record_function
 
 from . import distributed
 from .capture import in_backward, output_tensors, records_gradients, when_backward_reaches
-from .functional import block_second_moment_sum, second_moment_sum, statistics_dtype
+from .functional import block_second_moment_sum, grouped_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
 from .sigma_tap import take
 
@@ -150,7 +150,8 @@ class StatisticsCapture:
         for layer in self.layers.values():
             group = self.groups[layer.group]
             if layer.reads and len(group.members) == 1 and group.accumulations:
-                key = (tuple(layer.reads), group.dim, group.diagonal, group.bias, group.blocks)
+                key = (tuple(layer.reads), group.dim, group.diagonal, group.bias, group.blocks, group.groups,
+                       layer.adapter.sharing_key(layer.module))
                 by_reads.setdefault(key, []).append(layer)
         for members in by_reads.values():
             if len(members) < 2:
@@ -184,6 +185,8 @@ class StatisticsCapture:
             if group.diagonal:  # one-hot counts; index_add_, unlike bincount, needs no device sync
                 counts = torch.zeros(group.dim, dtype=dtype, device=z.device)
                 value, kind = counts.index_add_(0, z, torch.ones(n, dtype=dtype, device=z.device)), "sum"
+            elif group.groups > 1:
+                value, kind = grouped_second_moment_sum(z.to(dtype), augment_bias=group.bias), "sum"
             elif group.blocks > 1:
                 value, kind = block_second_moment_sum(z.to(dtype), augment_bias=group.bias, blocks=group.blocks), "sum"
             elif 2 * n <= group.dim and self._low_rank_allowed():

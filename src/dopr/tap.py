@@ -27,6 +27,7 @@ the module hook. :func:`tap` and :func:`untap` switch the class and back.
 from __future__ import annotations
 
 import inspect
+import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -150,7 +151,8 @@ class TappedParameter(nn.Parameter):
 class TapView(Tensor):
     """A plain view of a tapped weight (``W[e]``, ``W.T``) that reports the op that then reads it."""
 
-    _dopr_read: tuple[weakref.ref, str, Any]  # (owner, "expert" | "transposed" | "bank", layer or expert layers)
+    # (owner, "expert" | "transposed" | "bank" | "alias", the layer, the experts' layers, or (layer, weight shape))
+    _dopr_read: tuple[weakref.ref, str, Any]
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -230,6 +232,35 @@ def _conv_like_module(layer: Layer, args: tuple, kwargs: dict) -> bool:
     return layer.adapter.reads_like_module(layer.module, 1 if stride is None else stride,
                                            0 if padding is None else padding, 1 if dilation is None else dilation,
                                            1 if groups is None else groups)
+
+
+def _read_reshape(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``W.squeeze(1)``, ``.unsqueeze(1)``, ``.view(...)`` of a convolution's weight (Mamba's ``causal_conv1d``
+    reads ``conv1d.weight.squeeze(1).unsqueeze(1)``): a view that a convolution reading it in the weight's own
+    shape reads as the weight itself."""
+    source = args[0] if args else None
+    read = getattr(source, "_dopr_read", None)
+    if read is not None:
+        owner, kind, what = read
+        layer = what[0] if kind == "alias" else None
+    else:
+        reads = _reads_of(source)
+        owner, layer = (reads.owner, reads.conv) if reads is not None else (None, None)
+        what = None if layer is None else (layer, tuple(source.shape))
+    if layer is None or not isinstance(out, Tensor) or out.numel() != math.prod(what[1]):
+        return out
+    return _view(out, owner, "alias", what)
+
+
+def _read_conv_view(args: tuple, kwargs: dict, out: Any) -> Any:
+    weight = _arg(args, kwargs, 1, "weight")
+    read = getattr(weight, "_dopr_read", None)
+    if read is None or read[1] != "alias" or tuple(weight.shape) != read[2][1]:
+        return out
+    layer, x = read[2][0], _arg(args, kwargs, 0, "input")
+    if isinstance(x, Tensor) and _conv_like_module(layer, args, kwargs):
+        _report(read[0], [(layer, x)], out)
+    return out
 
 
 def _read_conv(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -419,6 +450,7 @@ _PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.conv1d: _read_conv,
     F.conv2d: _read_conv,
     F.conv3d: _read_conv,
+    **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
 }
 _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     F.linear: _read_expert_linear,
@@ -427,6 +459,8 @@ _VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
     Tensor.__matmul__: _read_matmul,
     torch.mm: _read_matmul,
     Tensor.mm: _read_matmul,
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _read_conv_view),
+    **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
 }
 for _name in ("_grouped_mm", "grouped_mm"):
     for _space in (torch, F):
@@ -490,8 +524,8 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
                                      diagonal=False) for layer in reads.packed]
     readers = [layer for layer in (linear, embedding, conv) if layer is not None]
     found = {id(layer): leaf for layer, leaf in zip(reads.packed, reads.packed_phantoms)}
-    if experts or len(readers) != 1:
-        return found
+    if experts or len(readers) != 1 or readers[0].adapter.groups(readers[0].module) > 1:
+        return found  # (a grouped convolution's Sigma, one per group, is not formed in compiled graphs yet)
     layer = readers[0]
     size = layer.adapter.in_features(layer.module)
     found[id(layer)] = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device,

@@ -83,6 +83,15 @@ class Adapter:
         """Size of Sigma: ``d_in`` plus one for a bias."""
         return self.in_features(module) + int(self.has_bias(module))
 
+    def groups(self, module: nn.Module) -> int:
+        """How many independent layers of equal size the module holds, each with its own Sigma (a grouped
+        convolution's groups: :meth:`rows` is then ``n x groups x d_in``); 1 for one layer."""
+        return 1
+
+    def sharing_key(self, module: nn.Module) -> Any:
+        """Beyond their size, what must agree for layers that read one tensor to share its Sigma (None: nothing)."""
+        return None
+
     def rows_of(self, module: nn.Module, param: nn.Parameter) -> tuple[int, int] | None:
         """The global rows ``[start, stop)`` of ``param`` (its weight or bias) this layer owns (None: all)."""
         return None

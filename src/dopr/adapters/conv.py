@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..factors import Factor
 from ..unfold import patches
 from .base import Adapter, local
 
@@ -72,13 +73,27 @@ class ConvAdapter(Adapter):
     def unfolding(self, module: nn.Module) -> tuple:
         """The arguments after the input of :func:`~dopr.unfold.patches` for this layer's rows."""
         return self._geometry(module)
+
+    def groups(self, module: nn.Module) -> int:
+        return module.groups
+
+    def sharing_key(self, module: nn.Module) -> tuple:
+        # layers reading one tensor share Sigma only if they form the same rows of it: the same patches
+        return (tuple(module.kernel_size), tuple(module.stride), _ntuple(module.padding, len(module.kernel_size)),
+                tuple(module.dilation), module.groups)
     def in_features(self, module: nn.Module) -> int:
         return module.weight[0].numel()
 
     def rows(self, module: nn.Module, x: Tensor) -> Tensor:
         # one copy out of the windows' view; F.unfold plus the transpose to rows copies twice and took 1.1-4.6x
         # as long on CPU (a 4x4/4 patchify stem of 128 84x84 images: 43 ms against 9 ms)
-        return patches(_batched(x, len(module.kernel_size)), *self._geometry(module))
+        return self._per_group(module, patches(_batched(x, len(module.kernel_size)), *self._geometry(module)))
+
+    @staticmethod
+    def _per_group(module: nn.Module, z: Tensor) -> Tensor:
+        """A grouped convolution's rows as ``n x groups x d`` (group g's input channels are columns ``g*d ...``:
+        the patches' columns run over channels first)."""
+        return z if module.groups == 1 else z.view(z.shape[0], module.groups, -1)
 
     @staticmethod
     def _geometry(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, int]], tuple[int, ...]]:
@@ -89,7 +104,15 @@ class ConvAdapter(Adapter):
         return x.shape[0] * _positions(tuple(x.shape[2:]), *self._geometry(module))
 
     def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
-        return patches(_batched(x, len(module.kernel_size)), *self._geometry(module), select=select)
+        return self._per_group(module, patches(_batched(x, len(module.kernel_size)), *self._geometry(module),
+                                               select=select))
+
+    def local_factor(self, module: nn.Module, factor: Factor) -> Factor:
+        if module.groups > 1 and local(module.weight.grad) is not module.weight.grad:
+            raise NotImplementedError(
+                f"a grouped convolution (groups={module.groups}) under FSDP2: its Sigma is one per group of output "
+                "channels, and sharding those channels over ranks is not supported yet; exclude it from DoPr")
+        return factor
 
 
 class ConvTransposeAdapter(Adapter):
@@ -165,9 +188,9 @@ def _unsharded(grad: Tensor) -> Tensor:
 
 def conv_unsupported_reason(module: nn.Module) -> str | None:
     """Why a convolution cannot be preconditioned, or None if it can."""
-    if module.groups != 1:
-        return (f"grouped convolution (groups={module.groups}): each group of channels would need its own Sigma, "
-                "which DoPr does not implement yet")
+    if module.groups != 1 and isinstance(module, _CONV_T):
+        return (f"grouped transposed convolution (groups={module.groups}): DoPr has grouped Sigma for convolutions, "
+                "not yet for transposed ones")
     if module.padding_mode != "zeros":
         return f"padding_mode={module.padding_mode!r} (only zero padding is unfolded into patches)"
     if isinstance(module, _CONV) and module.padding == "same" and any(
