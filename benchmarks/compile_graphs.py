@@ -4,7 +4,8 @@ Four models: a small GPT (SDPA, token and position embeddings), the BC bench's k
 an ``nn.TransformerEncoder`` (``nn.MultiheadAttention``). Counts the graphs Dynamo hands to a counting backend (no
 inductor, so it runs in seconds on CPU) over two training steps, and reports what ``fullgraph=True`` does. Layers
 read where their weight is read (Linear, Embedding, convolutions, the projections of DoPr's attention forward)
-compile into the graph; a layer read by a module hook (transposed convolutions, RNNs) breaks it once. Run: .venv/bin/python benchmarks/compile_graphs.py
+compile into the graph; a layer read by a module hook (transposed convolutions, RNNs) breaks it once.
+Run: .venv/bin/python benchmarks/compile_graphs.py
 """
 
 from __future__ import annotations

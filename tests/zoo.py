@@ -204,7 +204,8 @@ def mamba():
 
 
 ZOO: dict[str, Callable] = {"convnext": convnext, "mobilenet": mobilenet, "efficientnet": efficientnet,
-                            "mamba": mamba, "gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5, "lora_llama": lora_llama,
+                            "mamba": mamba, "gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5,
+                            "lora_llama": lora_llama,
                             "unet2d_diffusers": unet2d, "vit_mha": vit_mha, "resnet": resnet, "rnn": rnn,
                             "conv3d": conv3d, "unet1d": unet1d}
 HF = {"gpt2", "llama", "bert", "t5", "lora_llama", "convnext", "mobilenet", "efficientnet", "mamba"}
