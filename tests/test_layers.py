@@ -212,14 +212,18 @@ def test_recurrent_without_bias_and_unbatched_input():
     assert {"rnn:ih_l0", "rnn:hh_l0"} <= set(opt.preconditioner.layers)
 
 
-def test_multi_layer_rnn_is_named_not_silently_skipped():
+def test_rnns_dopr_cannot_run_layer_by_layer_are_named_not_silently_skipped():
+    class OwnForward(nn.LSTM):  # DoPr runs plain stacks layer by layer (tests/test_rnn_stacks.py), not subclasses
+        def forward(self, x, hx=None):
+            return super().forward(x, hx)
+
     model = nn.Sequential(nn.Linear(3, 3))
-    model.rnn = nn.LSTM(3, 4, num_layers=2)
-    with pytest.warns(UserWarning, match="num_layers=2"):
+    model.rnn = OwnForward(3, 4, num_layers=2)
+    with pytest.warns(UserWarning, match="num_layers=2 in a OwnForward, a subclass with a forward of its own"):
         opt = DoPr(model, lr=1e-3)
     assert "rnn.weight_hh_l1" in opt.preconditioner.discovery.uncovered
-    with pytest.raises(ValueError, match="0.weight_ih_l0: unsupported: num_layers=2"):
-        DoPr(nn.Sequential(nn.LSTM(3, 4, num_layers=2)), lr=1e-3, strict=True)
+    with pytest.raises(ValueError, match="0.weight_ih_l0: unsupported: LSTM with proj_size > 0"):
+        DoPr(nn.Sequential(nn.LSTM(3, 4, proj_size=2)), lr=1e-3, strict=True)
 
 
 _SAMPLED_CONVS = [

@@ -134,6 +134,48 @@ def rnn():
     return _Recurrent(), lambda m: nn.functional.cross_entropy(m(ids).flatten(0, 1), ids.flatten())
 
 
+class _Stacks(nn.Module):
+    """A 2-layer LSTM and a 2-layer bidirectional GRU with dropout between layers (run layer by layer by DoPr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.lstm = nn.LSTM(8, 16, num_layers=2, dropout=0.1, batch_first=True)
+        self.gru = nn.GRU(16, 16, num_layers=2, dropout=0.1, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 20)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(self.lstm(self.embed(ids))[0])[0])
+
+
+def rnn_stacks():
+    ids = _tokens(20)
+    return _Stacks(), lambda m: nn.functional.cross_entropy(m(ids).flatten(0, 1), ids.flatten())
+
+
+class _BCRNN(nn.Module):
+    """robomimic's BC-RNN: a conv image encoder per frame, low-dim state concatenated, a 2-layer LSTM, an MLP head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                     nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16))
+        self.lstm = nn.LSTM(16 + 5, 32, num_layers=2, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        b, t = images.shape[:2]
+        features = self.encoder(images.flatten(0, 1)).view(b, t, -1)
+        return self.head(self.lstm(torch.cat([features, state], dim=-1))[0])
+
+
+def bc_rnn():
+    g = torch.Generator().manual_seed(0)
+    images, state, actions = torch.randn(2, 5, 3, 12, 12, generator=g), torch.randn(2, 5, 5, generator=g), \
+        torch.randn(2, 5, 4, generator=g)
+    return _BCRNN(), lambda m: (m(images, state) - actions).pow(2).mean()
+
+
 def conv3d():
     model = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, stride=2), nn.ReLU(),
                           nn.Flatten(), nn.Linear(32, 3))
@@ -205,7 +247,7 @@ def mamba():
 
 ZOO: dict[str, Callable] = {"convnext": convnext, "mobilenet": mobilenet, "efficientnet": efficientnet,
                             "mamba": mamba, "gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5,
-                            "lora_llama": lora_llama,
+                            "lora_llama": lora_llama, "rnn_stacks": rnn_stacks, "bc_rnn": bc_rnn,
                             "unet2d_diffusers": unet2d, "vit_mha": vit_mha, "resnet": resnet, "rnn": rnn,
                             "conv3d": conv3d, "unet1d": unet1d}
 HF = {"gpt2", "llama", "bert", "t5", "lora_llama", "convnext", "mobilenet", "efficientnet", "mamba"}

@@ -22,6 +22,7 @@ from torch.autograd.profiler import record_function
 from . import distributed
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
+from .adapters.recurrent import release_recurrent
 from .capture import UNSEEN_CALL, ModuleHooks, check_hooks_reached, unseen_read
 from .factors import new_factor
 from .functional import finite_rows, statistics_dtype
@@ -55,6 +56,7 @@ def _detach(handles: ModuleHooks | None, modules: list[nn.Module], attention: li
         untap(param)
     for module in attention:
         release_attention(module)
+        release_recurrent(module)
 
 
 class ActivationPreconditioner(StatisticsCapture):

@@ -15,7 +15,7 @@ from .base import Adapter, LinearAdapter, TransposedLinearAdapter, is_hf_conv1d
 from .conv import ConvAdapter, ConvTransposeAdapter, conv_unsupported_reason, is_conv, is_conv_transpose
 from .embedding import EmbeddingAdapter, embedding_unsupported_reason
 from .experts import raw_weight_layers
-from .recurrent import RECURRENT, RecurrentAdapter, recurrent_unsupported_reason
+from .recurrent import RECURRENT, RecurrentAdapter, capture_recurrent, recurrent_unsupported_reason
 
 __all__ = ["EXCLUDED", "Discovery", "LayerSpec", "discover", "is_weight_matrix", "layer_adapters"]
 
@@ -24,8 +24,6 @@ EXCLUDED = "excluded by name pattern"
 _LINEAR, _T_LINEAR, _CONV, _CONV_T, _EMBEDDING = (LinearAdapter(), TransposedLinearAdapter(), ConvAdapter(),
                                                    ConvTransposeAdapter(), EmbeddingAdapter())
 _IN_PROJ = [(f":{p}", InProjAdapter(p)) for p in ("q", "k", "v")]
-_RECURRENT = {d: [(f":{part}_l0{'_reverse' if d else ''}", RecurrentAdapter(part, d)) for part in ("ih", "hh")]
-              for d in (0, 1)}
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,8 @@ class Discovery:
     layers: dict[str, LayerSpec] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # layer or module name -> why it gets no AP
     uncovered: dict[str, str] = field(default_factory=dict)  # weight-matrix parameter -> why it gets no AP
-    attention: list[nn.Module] = field(default_factory=list)  # MHA modules switched to capture out_proj's input
+    # modules switched to DoPr's drop-ins: nn.MultiheadAttention (out_proj's input), multi-layer RNNs (layer by layer)
+    attention: list[nn.Module] = field(default_factory=list)
     attention_names: list[str] = field(default_factory=list)
     # weights read by several layers that DoPr can separate: (embedding layers, the Linear output head or None)
     tied: list[tuple[list[str], str | None]] = field(default_factory=list)
@@ -76,7 +75,9 @@ def layer_adapters(module: nn.Module) -> list[tuple[str, Adapter]] | str | None:
         return _IN_PROJ
     if isinstance(module, RECURRENT):
         reason = recurrent_unsupported_reason(module)
-        return reason or [s for d in range(2 if module.bidirectional else 1) for s in _RECURRENT[d]]
+        return reason or [(f":{part}_l{layer}{'_reverse' if d else ''}", RecurrentAdapter(part, d, layer))
+                          for layer in range(module.num_layers) for d in range(2 if module.bidirectional else 1)
+                          for part in ("ih", "hh")]
     if isinstance(module, nn.Bilinear):
         return "nn.Bilinear reads two inputs through one 3-D weight, which AP has no rule for"
     return None
@@ -139,6 +140,12 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
         if (derived := derived_weight_reason(module)) is not None:
             found.skipped[name] = derived
             continue
+        if isinstance(module, RECURRENT) and module.num_layers > 1:  # run layer by layer to see the inner inputs
+            if not (capture and capture_recurrent(module)):
+                found.skipped[name] = "a multi-layer RNN DoPr may not switch to its layer-by-layer forward"
+                continue
+            if not any(m is module for m in found.attention):
+                found.attention.append(module)
         for suffix, adapter in parts:
             layer = f"{name}{suffix}"
             params = adapter.params(module)
