@@ -99,9 +99,9 @@ def second_moment_sum(z: Tensor, *, augment_bias: bool, out: Tensor | None = Non
 
 
 def grouped_second_moment_sum(z: Tensor, *, augment_bias: bool) -> Tensor:
-    """:func:`second_moment_sum` of each group of ``z`` (``n x groups x d``), as one batched product:
+    """:func:`second_moment_sum` of each group of ``z`` (``groups x n x d``), as one batched product:
     ``groups x (d[+1]) x (d[+1])``, the statistics of independent layers (a grouped convolution's groups)."""
-    per_group = z.transpose(0, 1)  # groups x n x d
+    per_group = z
     gram = per_group.mT @ per_group
     if not augment_bias:
         return gram

@@ -178,10 +178,10 @@ class StatisticsCapture:
                 z = layer.adapter.rows(layer.module, x)
                 if masked:
                     z = self._masked(layer.name, x, z)
-                if cap is not None and z.shape[0] > cap:
+                if cap is not None and z.shape[0] > cap and group.groups == 1:
                     idx = torch.randperm(z.shape[0], generator=self._generator)[:cap]
                     z = z[idx.to(z.device)]
-            n = z.shape[0]
+            n = z.shape[-2] if group.groups > 1 else z.shape[0]  # a grouped layer's rows: groups x n x d
             if group.diagonal:  # one-hot counts; index_add_, unlike bincount, needs no device sync
                 counts = torch.zeros(group.dim, dtype=dtype, device=z.device)
                 value, kind = counts.index_add_(0, z, torch.ones(n, dtype=dtype, device=z.device)), "sum"

@@ -13,8 +13,11 @@ __all__ = ["patches"]
 
 
 def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: list[tuple[int, int]],
-            stride: tuple[int, ...], flip: bool = False, select: Tensor | None = None) -> Tensor:
+            stride: tuple[int, ...], flip: bool = False, select: Tensor | None = None, groups: int = 1) -> Tensor:
     """All receptive fields of ``x`` (``N x C x *spatial``) as rows ``(N * positions) x (C * prod(kernel))``.
+
+    With ``groups > 1`` (a grouped convolution, without ``select``): ``groups x (N * positions) x (C / groups *
+    prod(kernel))``, group g's channels, formed in that layout by one copy (a batched product reads it as is).
 
     ``pads`` holds ``(before, after)`` per spatial dim (negative values crop). Columns are in
     ``(C, k_1, ..., k_s)`` order, the order of a flattened convolution kernel; ``flip`` reverses each
@@ -38,5 +41,9 @@ def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads:
         return (rows.flip(list(range(2, 2 + spatial))) if flip else rows).reshape(-1, c * math.prod(kernel))
     if flip:
         x = x.flip(list(range(2 + spatial, 2 + 2 * spatial)))
+    if groups > 1:  # N x g x C/g x o.. x k.. -> g x (N, o..) x (C/g, k..)
+        x = x.unflatten(1, (groups, c // groups))
+        order = [1, 0, *range(3, 3 + spatial), 2, *range(3 + spatial, 3 + 2 * spatial)]
+        return x.permute(order).reshape(groups, -1, c // groups * math.prod(kernel))
     order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
     return x.permute(order).reshape(-1, c * math.prod(kernel))

@@ -85,7 +85,7 @@ class Adapter:
 
     def groups(self, module: nn.Module) -> int:
         """How many independent layers of equal size the module holds, each with its own Sigma (a grouped
-        convolution's groups: :meth:`rows` is then ``n x groups x d_in``); 1 for one layer."""
+        convolution's groups: :meth:`rows` is then ``groups x n x d_in``); 1 for one layer."""
         return 1
 
     def sharing_key(self, module: nn.Module) -> Any:
