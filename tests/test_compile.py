@@ -92,17 +92,18 @@ class _ResidualMLP(nn.Module):
 
 
 class _ConvNet(nn.Module):
-    """An image encoder: strided and padded 2-d convolutions, a dilated 1-d one, a Linear head."""
+    """An image encoder: strided and padded 2-d convolutions, a depthwise one, a dilated 1-d one, a Linear head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 4, stride=2, padding=1)
         self.conv = nn.Conv2d(8, 8, 3, padding="same", bias=False)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.temporal = nn.Conv1d(8, 8, 3, dilation=2)
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv(torch.relu(self.stem(x))))
+        h = torch.relu(self.depthwise(torch.relu(self.conv(torch.relu(self.stem(x))))))
         h = torch.relu(self.temporal(h.flatten(2)))
         return self.head(h.mean(-1))
 

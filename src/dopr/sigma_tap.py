@@ -14,7 +14,7 @@ A phantom's gradient carries the row count with the sums, so the graph needs no 
   number of rows, the last row and column the bias column of Sigma;
 * an Embedding (``V`` rows): the counts of the ids read, then their number, ``V + 1``;
 * a convolution: as a Linear layer over its patches (``C_in * prod(kernel)`` inputs), formed from the saved input
-  in backward.
+  in backward; a grouped one: ``groups x (d + 1) x (d + 1)``, one such sum per group.
 
 The phantom itself is a one-element tensor expanded to that shape (no memory of Sigma's size until a backward).
 """
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .functional import symmetric_gram
+from .functional import grouped_second_moment_sum, symmetric_gram
 from .unfold import patches
 
 __all__ = ["SigmaTap", "phantom", "take"]
@@ -59,6 +59,8 @@ class SigmaTap(torch.autograd.Function):
             counts.index_add_(0, ids, torch.ones(ids.shape[0], dtype=ctx.dtype, device=rows.device))
             counts[-1] = ids.shape[0]
             return grad, None, counts, None
+        if len(ctx.shape) == 3:  # a grouped convolution: groups x n x d rows, one sum per group
+            return grad, None, grouped_second_moment_sum(rows.to(ctx.dtype), augment_bias=True), None
         z = rows.reshape(-1, ctx.shape[0] - 1).to(ctx.dtype)
         col = z.sum(dim=0)
         n = torch.full((1,), z.shape[0], dtype=ctx.dtype, device=z.device)
@@ -67,9 +69,10 @@ class SigmaTap(torch.autograd.Function):
         return grad, None, stats, None
 
 
-def phantom(size: int, dtype: torch.dtype, device: torch.device, diagonal: bool) -> Tensor:
-    """A leaf whose gradient will hold one layer's statistics (``size``: ``d_in`` inputs, or ``V`` rows)."""
-    shape = (size + 1,) if diagonal else (size + 1, size + 1)
+def phantom(size: int, dtype: torch.dtype, device: torch.device, diagonal: bool, groups: int = 1) -> Tensor:
+    """A leaf whose gradient will hold one layer's statistics (``size``: ``d_in`` inputs, or ``V`` rows; with
+    ``groups``, one ``(d_in + 1) x (d_in + 1)`` sum per group)."""
+    shape = (size + 1,) if diagonal else (size + 1, size + 1) if groups == 1 else (groups, size + 1, size + 1)
     return torch.zeros((), dtype=dtype, device=device).expand(shape).requires_grad_()
 
 
@@ -81,6 +84,8 @@ def take(phantoms: list[Tensor], bias: list[bool]) -> list[tuple[Tensor, Tensor]
         g, p.grad = p.grad, None
         if g.ndim == 1:
             out.append((g[:-1], g[-1]))
+        elif g.ndim == 3:  # groups: every group read the same number of rows
+            out.append((g if with_bias else g[:, :-1, :-1], g[0, -1, -1]))
         else:
             out.append((g if with_bias else g[:-1, :-1], g[-1, -1]))
     return out

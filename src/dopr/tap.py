@@ -194,7 +194,9 @@ def _traced_conv(args: tuple, kwargs: dict, out: Any) -> Any:
     layer = getattr(_reads_of(weight), "conv", None)
     if layer is None or not _conv_like_module(layer, args, kwargs):
         return None  # the eager reader names it
-    return _traced_read(weight, _arg(args, kwargs, 0, "input"), out, 2, layer.adapter.unfolding(layer.module))
+    grouped = layer.adapter.groups(layer.module) > 1
+    return _traced_read(weight, _arg(args, kwargs, 0, "input"), out, 3 if grouped else 2,
+                        layer.adapter.unfolding(layer.module))
 
 
 def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
@@ -524,12 +526,13 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
                                      diagonal=False) for layer in reads.packed]
     readers = [layer for layer in (linear, embedding, conv) if layer is not None]
     found = {id(layer): leaf for layer, leaf in zip(reads.packed, reads.packed_phantoms)}
-    if experts or len(readers) != 1 or readers[0].adapter.groups(readers[0].module) > 1:
-        return found  # (a grouped convolution's Sigma, one per group, is not formed in compiled graphs yet)
+    if experts or len(readers) != 1:
+        return found
     layer = readers[0]
     size = layer.adapter.in_features(layer.module)
     found[id(layer)] = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device,
-                                                      diagonal=embedding is not None)
+                                                      diagonal=embedding is not None,
+                                                      groups=layer.adapter.groups(layer.module))
     return found
 
 

@@ -72,7 +72,7 @@ class ConvAdapter(Adapter):
 
     def unfolding(self, module: nn.Module) -> tuple:
         """The arguments after the input of :func:`~dopr.unfold.patches` for this layer's rows."""
-        return self._geometry(module)
+        return (*self._geometry(module), False, None, module.groups)
 
     def groups(self, module: nn.Module) -> int:
         return module.groups
