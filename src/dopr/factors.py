@@ -140,7 +140,8 @@ class Blocked(Factor):
 @dataclass
 class Grouped(Factor):
     """``groups x d x d``: one factor per group of a grouped convolution (each group is a layer of its own: its
-    output channels read its input channels' patches only). ``G``'s rows are the groups' output channels in order."""
+    output channels read its input channels' patches only). ``G``'s rows are the groups' output channels in order
+    (under FSDP2, one factor per local row: that row's group's)."""
 
     tensor: Tensor
     inner: str  # "inverse" or "cholesky"
@@ -151,6 +152,8 @@ class Grouped(Factor):
 
     def apply(self, grad: Tensor) -> Tensor:
         groups = self.tensor.shape[0]
+        if groups == 0:  # an FSDP2 rank holding none of the layer's rows
+            return grad.clone()
         per_group = grad.reshape(groups, grad.shape[0] // groups, grad.shape[1])
         m = apply_inverse(per_group, self.tensor) if self.inner == "inverse" else apply_cholesky(per_group,
                                                                                                   self.tensor)

@@ -18,9 +18,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..factors import Factor
+from ..factors import Factor, Grouped
 from ..unfold import patches
-from .base import Adapter, local
+from .base import Adapter, DTensor, compute_local_shape_and_global_offset, local
 
 __all__ = ["ConvAdapter", "ConvTransposeAdapter", "conv_unsupported_reason", "patches"]
 
@@ -104,11 +104,13 @@ class ConvAdapter(Adapter):
         return z if module.groups == 1 else z.view(z.shape[0], module.groups, -1).transpose(0, 1)
 
     def local_factor(self, module: nn.Module, factor: Factor) -> Factor:
-        if module.groups > 1 and local(module.weight.grad) is not module.weight.grad:
-            raise NotImplementedError(
-                f"a grouped convolution (groups={module.groups}) under FSDP2: its Sigma is one per group of output "
-                "channels, and sharding those channels over ranks is not supported yet; exclude it from DoPr")
-        return factor
+        grad = module.weight.grad
+        if module.groups == 1 or DTensor is None or not isinstance(grad, DTensor):
+            return factor
+        # FSDP2 shards the output channels: each local row multiplies the factor of its channel's group
+        shape, offset = compute_local_shape_and_global_offset(grad.shape, grad.device_mesh, grad.placements)
+        rows = torch.arange(offset[0], offset[0] + shape[0], device=factor.tensor.device)
+        return Grouped(factor.tensor[rows // (module.out_channels // module.groups)], factor.inner)
 
 
 class ConvTransposeAdapter(Adapter):
