@@ -109,3 +109,55 @@ def test_grouped_statistics_resume_bit_exactly():
         step(model, opt, x)
         step(other, resumed, x)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
+
+
+class TransposedNet(nn.Module):
+    """Grouped transposed convolutions (a decoder's upsampling), stride 2 with output padding, and depthwise."""
+
+    def __init__(self, spatial: int) -> None:
+        super().__init__()
+        conv_t = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}[spatial]
+        self.up = conv_t(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.depthwise = conv_t(6, 6, 3, padding=1, groups=6, bias=False)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.depthwise(torch.tanh(self.up(x)))).flatten(2).mean(-1))
+
+
+@pytest.mark.parametrize("spatial", [1, 2])
+def test_grouped_transposed_convolutions_match_the_reference(spatial):
+    torch.manual_seed(0)
+    model = TransposedNet(spatial).double()
+    ref, before = copy.deepcopy(model), copy.deepcopy(model)
+    opt = train_fast(model, _batches(spatial), 3)
+    train_reference(ref, _batches(spatial), 3)
+    assert max_rel_diff(model, ref) < 1e-9
+    assert max_rel_diff(model, before) > 1e-3
+    assert set(opt.preconditioner.layers) == {"up", "depthwise", "head"}
+    assert isinstance(opt.preconditioner.groups["up"].factor, Grouped)
+
+
+def test_a_grouped_transposed_convolution_steps_as_its_groups_written_separately():
+    torch.manual_seed(0)
+    grouped = nn.ConvTranspose1d(6, 4, 3, stride=2, groups=2)
+    c_in, c_out = 3, 2
+    parts = nn.ModuleList(nn.ConvTranspose1d(c_in, c_out, 3, stride=2) for _ in range(2))
+    with torch.no_grad():
+        for i, part in enumerate(parts):
+            part.weight.copy_(grouped.weight[i * c_in:(i + 1) * c_in])
+            part.bias.copy_(grouped.bias[i * c_out:(i + 1) * c_out])
+    x = torch.randn(4, 6, 5) * torch.logspace(1, -1, 6).reshape(1, -1, 1)
+
+    def separate(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x[:, i * c_in:(i + 1) * c_in]) for i, part in enumerate(parts)], dim=1)
+
+    for model, forward in ((grouped, grouped), (parts, separate)):
+        opt = DoPr(model, lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            forward(x).pow(2).mean().backward()
+            opt.step()
+    for i, part in enumerate(parts):
+        torch.testing.assert_close(grouped.weight[i * c_in:(i + 1) * c_in], part.weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grouped.bias[i * c_out:(i + 1) * c_out], part.bias, rtol=1e-5, atol=1e-6)

@@ -230,8 +230,9 @@ class ReferenceAP:
         g = w.grad.to(_F64)
         if _is_conv1d_hf(module):
             g = g.T
-        elif isinstance(module, _CONV_TS):
-            g = g.transpose(0, 1)
+        elif isinstance(module, _CONV_TS):  # C_in x C_out/groups x k, input channels grouped -> C_out x C_in/groups x k
+            c = module.groups
+            g = g.view(c, g.shape[0] // c, *g.shape[1:]).transpose(1, 2).reshape(-1, g.shape[0] // c, *g.shape[2:])
         w_rows = rows if w is getattr(module, "in_proj_weight", None) else slice(None)
         g = g[w_rows].reshape(g[w_rows].shape[0], -1)
         if bias is not None:
@@ -266,7 +267,7 @@ class ReferenceAP:
         the patches (and the 1 of its bias), its lambda from its own trace."""
         groups, g = module.groups, self.gradient_matrix(layer)
         rows = self.vectors(layer)
-        width = module.weight[0].numel()  # C_in / groups * prod(kernel)
+        width = module.in_channels // groups * math.prod(module.kernel_size)
         outputs = g.shape[0] // groups
         blocks = []
         for i in range(groups):
@@ -289,7 +290,9 @@ class ReferenceAP:
         if _is_conv1d_hf(module):
             g.copy_(m[:, :k].T)
         elif isinstance(module, _CONV_TS):
-            g.transpose(0, 1).copy_(m[:, :k].reshape(g.transpose(0, 1).shape))
+            c = module.groups
+            view = g.view(c, g.shape[0] // c, *g.shape[1:]).transpose(1, 2)
+            view.copy_(m[:, :k].reshape(view.shape))
         else:
             w_rows = rows if w is getattr(module, "in_proj_weight", None) else slice(None)
             g[w_rows].copy_(m[:, :k].reshape(g[w_rows].shape))

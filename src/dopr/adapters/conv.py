@@ -114,15 +114,23 @@ class ConvAdapter(Adapter):
 
 
 class ConvTransposeAdapter(Adapter):
-    """``nn.ConvTranspose{1,2,3}d``: weight ``C_in x C_out x *kernel``; ``G`` is ``C_out x (C_in * prod(kernel))``."""
+    """``nn.ConvTranspose{1,2,3}d``: weight ``C_in x C_out/groups x *kernel``; ``G`` is ``C_out x (C_in/groups *
+    prod(kernel))``, group by group (as a grouped convolution: each group a layer of its own)."""
 
     maskable = False
 
     def in_features(self, module: nn.Module) -> int:
-        return module.in_channels * math.prod(module.kernel_size)
+        return module.in_channels // module.groups * math.prod(module.kernel_size)
 
     def out_features(self, module: nn.Module) -> int:
         return module.out_channels
+
+    def groups(self, module: nn.Module) -> int:
+        return module.groups
+
+    def sharing_key(self, module: nn.Module) -> tuple:
+        return ("transposed", tuple(module.kernel_size), tuple(module.stride), tuple(module.padding),
+                tuple(module.output_padding), tuple(module.dilation), module.groups)
 
     def read(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> Tensor | None:
         if len(args) > 1 or kwargs.get("output_size") is not None:
@@ -132,7 +140,7 @@ class ConvTransposeAdapter(Adapter):
         return super().read(module, args, kwargs, output)
 
     def rows(self, module: nn.Module, x: Tensor) -> Tensor:
-        return patches(*self._dilated(module, x), flip=True)
+        return patches(*self._dilated(module, x), flip=True, groups=module.groups)
 
     def _dilated(self, module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...], tuple[int, ...],
                                                               list[tuple[int, int]], tuple[int, ...]]:
@@ -155,20 +163,26 @@ class ConvTransposeAdapter(Adapter):
         return x.shape[0] * _positions(tuple(up.shape[2:]), *geometry)
 
     def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
-        return patches(*self._dilated(module, x), flip=True, select=select)
+        z = patches(*self._dilated(module, x), flip=True, select=select)
+        return z if module.groups == 1 else z.view(z.shape[0], module.groups, -1).transpose(0, 1)
 
-    def _grad_view(self, grad: Tensor) -> Tensor:
-        return local(grad).transpose(0, 1)  # C_out x C_in x *kernel
+    @staticmethod
+    def _grad_view(module: nn.Module, grad: Tensor) -> Tensor:
+        """``groups x C_out/groups x C_in/groups x *kernel``: group g's output channels by its input channels (the
+        weight is stored ``C_in x C_out/groups x *kernel``, input channels grouped)."""
+        w = local(grad)
+        g = module.groups
+        return w.view(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2)
 
     def gradient(self, module: nn.Module) -> Tensor:
-        w = self._grad_view(_unsharded(module.weight.grad))
-        g = w.reshape(w.shape[0], -1)
+        w = self._grad_view(module, _unsharded(module.weight.grad))
+        g = w.reshape(w.shape[0] * w.shape[1], -1)
         if module.bias is not None:
             g = torch.cat([g, local(module.bias.grad).reshape(-1, 1)], dim=1)
         return g
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
-        w = self._grad_view(module.weight.grad)
+        w = self._grad_view(module, module.weight.grad)
         k = self.in_features(module)
         w.copy_(m[:, :k].reshape(w.shape))
         if module.bias is not None:
@@ -186,9 +200,6 @@ def _unsharded(grad: Tensor) -> Tensor:
 
 def conv_unsupported_reason(module: nn.Module) -> str | None:
     """Why a convolution cannot be preconditioned, or None if it can."""
-    if module.groups != 1 and isinstance(module, _CONV_T):
-        return (f"grouped transposed convolution (groups={module.groups}): DoPr has grouped Sigma for convolutions, "
-                "not yet for transposed ones")
     if module.padding_mode != "zeros":
         return f"padding_mode={module.padding_mode!r} (only zero padding is unfolded into patches)"
     if isinstance(module, _CONV) and module.padding == "same" and any(
