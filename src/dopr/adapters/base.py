@@ -40,6 +40,18 @@ def local_row_range(t: Tensor) -> tuple[int, int]:
     return 0, int(t.shape[0])
 
 
+def gathered(t: Tensor) -> Tensor:
+    """The whole of a (possibly FSDP2-sharded) tensor: an all-gather of its shards (a collective: every rank calls
+    it for the same tensors, in the same order)."""
+    return t.full_tensor() if DTensor is not None and isinstance(t, DTensor) else t
+
+
+def write_rows_(t: Tensor, full: Tensor) -> None:
+    """Copy this rank's rows of ``full`` (shaped like the whole of ``t``) into ``t``, sharded or not."""
+    first, count = local_row_range(t)
+    local(t).copy_(full[first : first + count])
+
+
 def is_hf_conv1d(module: nn.Module) -> bool:
     """Hugging Face's ``Conv1D`` (GPT-2, GPT-J's ancestors): a linear layer with a ``d_in x d_out`` weight."""
     cls = type(module)
@@ -167,7 +179,9 @@ class LinearAdapter(Adapter):
 
 
 class TransposedLinearAdapter(Adapter):
-    """Hugging Face ``Conv1D``: weight stored ``d_in x d_out``, so ``G`` is the stored gradient transposed."""
+    """Hugging Face ``Conv1D``: weight stored ``d_in x d_out``, so ``G`` is the stored gradient transposed. FSDP2
+    shards that weight along ``d_in``, the dimension AP mixes: each rank gathers the layer's whole gradient, applies
+    AP to it (the same on every rank) and keeps its rows."""
 
     def in_features(self, module: nn.Module) -> int:
         return module.weight.shape[0]
@@ -179,23 +193,13 @@ class TransposedLinearAdapter(Adapter):
         return x.reshape(-1, self.in_features(module))
 
     def gradient(self, module: nn.Module) -> Tensor:
-        g = _unsharded(module.weight.grad, "its weight").T
+        g = gathered(module.weight.grad).T
         if module.bias is not None:
-            g = torch.cat([g, _unsharded(module.bias.grad, "its bias").reshape(-1, 1)], dim=1)
+            g = torch.cat([g, gathered(module.bias.grad).reshape(-1, 1)], dim=1)
         return g
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
         k = self.in_features(module)
-        module.weight.grad.copy_(m[:, :k].T)
+        write_rows_(module.weight.grad, m[:, :k].T)
         if module.bias is not None:
-            module.bias.grad.copy_(m[:, k])
-
-
-def _unsharded(grad: Tensor, what: str) -> Tensor:
-    if DTensor is not None and isinstance(grad, DTensor):
-        raise NotImplementedError(
-            f"a Hugging Face Conv1D layer's gradient ({what}) is sharded by FSDP2 along its first dimension, which "
-            "is the layer's input dimension, and AP mixes the whole input dimension: exclude these layers "
-            "(exclude=['*c_attn', ...]) or convert the model's Conv1D layers to nn.Linear before sharding"
-        )
-    return grad
+            write_rows_(module.bias.grad, m[:, k])

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..factors import Factor, Grouped
 from ..unfold import patches
-from .base import Adapter, DTensor, compute_local_shape_and_global_offset, local
+from .base import Adapter, DTensor, compute_local_shape_and_global_offset, gathered, write_rows_
 
 __all__ = ["ConvAdapter", "ConvTransposeAdapter", "conv_unsupported_reason", "patches"]
 
@@ -166,36 +166,23 @@ class ConvTransposeAdapter(Adapter):
         z = patches(*self._dilated(module, x), flip=True, select=select)
         return z if module.groups == 1 else z.view(z.shape[0], module.groups, -1).transpose(0, 1)
 
-    @staticmethod
-    def _grad_view(module: nn.Module, grad: Tensor) -> Tensor:
-        """``groups x C_out/groups x C_in/groups x *kernel``: group g's output channels by its input channels (the
-        weight is stored ``C_in x C_out/groups x *kernel``, input channels grouped)."""
-        w = local(grad)
-        g = module.groups
-        return w.view(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2)
-
     def gradient(self, module: nn.Module) -> Tensor:
-        w = self._grad_view(module, _unsharded(module.weight.grad))
-        g = w.reshape(w.shape[0] * w.shape[1], -1)
+        # FSDP2 shards the stored weight along C_in, which AP mixes: each rank gathers the whole gradient (and keeps
+        # its rows of M in write_gradient)
+        w = gathered(module.weight.grad)
+        g = module.groups
+        w = w.view(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2)  # group, its C_out, its C_in, *kernel
+        rows = w.reshape(w.shape[0] * w.shape[1], -1)
         if module.bias is not None:
-            g = torch.cat([g, local(module.bias.grad).reshape(-1, 1)], dim=1)
-        return g
+            rows = torch.cat([rows, gathered(module.bias.grad).reshape(-1, 1)], dim=1)
+        return rows
 
     def write_gradient(self, module: nn.Module, m: Tensor) -> None:
-        w = self._grad_view(module, module.weight.grad)
-        k = self.in_features(module)
-        w.copy_(m[:, :k].reshape(w.shape))
+        k, g, shape = self.in_features(module), module.groups, module.weight.shape
+        full = m[:, :k].reshape(g, shape[1], shape[0] // g, *shape[2:]).transpose(1, 2).reshape(shape)
+        write_rows_(module.weight.grad, full)
         if module.bias is not None:
-            local(module.bias.grad).copy_(m[:, k])
-
-
-def _unsharded(grad: Tensor) -> Tensor:
-    if local(grad) is not grad:
-        raise NotImplementedError(
-            "a ConvTranspose layer's weight is C_in x C_out x kernel, and FSDP2 shards it along C_in, the input "
-            "dimension that AP mixes: exclude the transposed convolutions from DoPr or keep them unsharded"
-        )
-    return grad
+            write_rows_(module.bias.grad, m[:, k])
 
 
 def conv_unsupported_reason(module: nn.Module) -> str | None:
