@@ -50,7 +50,22 @@ class _InputSharded(nn.Module):
         return self.head(torch.tanh(self.proj(h.transpose(1, 2).contiguous())))
 
 
-MODELS = {"grouped-lstm": _Net, "input-sharded": _InputSharded}
+class _Tied(nn.Module):
+    """Input embedding tied to the output head: each rank holds some vocabulary rows of the shared weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(6, 4)
+        self.tok, self.mid, self.head = nn.Embedding(9, 4), nn.Linear(4, 4), nn.Linear(4, 9, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = (x[:, 0].abs() * 3).long().clamp_max(8)  # tokens from the input, so each rank reads its own
+        return self.head(torch.tanh(self.mid(self.tok(ids) + self.proj(x.transpose(1, 2)))))
+
+
+MODELS = {"grouped-lstm": _Net, "input-sharded": _InputSharded, "tied": _Tied}
 
 
 def _train(model: nn.Module, opt, rank: int = 0, world: int = 1) -> None:

@@ -329,8 +329,8 @@ class ActivationPreconditioner(StatisticsCapture):
             else:
                 factor = entry.adapter.local_factor(entry.module, group.factor)
                 m = factor.apply(g.to(factor.dtype))
-            if entry.name in writers:
-                grad = entry.module.weight.grad
+            if entry.name in writers:  # this rank's rows of the tied weight (all of them without FSDP2)
+                grad = local(entry.module.weight.grad)
                 grad.copy_(m.T) if writers[entry.name] else grad.add_(m.T.to(g.dtype))
             else:
                 entry.adapter.write_gradient(entry.module, m.to(g.dtype))

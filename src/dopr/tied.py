@@ -16,16 +16,16 @@ import torch
 from torch import Tensor
 
 from . import distributed
-from .adapters.base import DTensor
+from .adapters.base import local, local_row_range
 from .groups import Layer
 
 __all__ = ["embedding_gradient", "separate_tied_gradients"]
 
 
 def embedding_gradient(layer: Layer, like: Tensor, process_group: object = None) -> Tensor:
-    """``G_emb`` (``vocab x d``) from the output gradients the embedding ``layer`` kept this step (summed over
-    data-parallel ranks and divided by their number, as DDP averages ``.grad``)."""
-    g = torch.zeros_like(like)
+    """``G_emb`` (``vocab x d``, all of it) from the output gradients the embedding ``layer`` kept this step (summed
+    over data-parallel ranks and divided by their number, as DDP and FSDP2 average ``.grad``)."""
+    g = torch.zeros(like.shape, dtype=like.dtype, device=local(like).device)
     for ids, out_grad in layer.output_grads:
         g.index_add_(0, ids, out_grad.reshape(-1, g.shape[1]).to(g.dtype))
     if distributed.is_distributed(process_group):
@@ -42,13 +42,10 @@ def separate_tied_gradients(tied: list[tuple[list[str], str | None]], layers: di
         if not present:
             continue
         weight_grad = layers[present[0]].module.weight.grad
-        if DTensor is not None and isinstance(weight_grad, DTensor):
-            raise NotImplementedError(
-                f"the embeddings {embeddings} share their weight{f' with the output head {head!r}' if head else ''}, "
-                "and separating their gradients under FSDP2 is not supported: exclude all but one of them")
+        first, count = local_row_range(weight_grad)  # FSDP2: this rank's vocabulary rows (the layers' gradients too)
         total = None
         for name in present:
-            g_emb = embedding_gradient(layers[name], weight_grad, process_group)
+            g_emb = embedding_gradient(layers[name], weight_grad, process_group)[first : first + count]
             grads[name] = g_emb.T
             total = g_emb if total is None else total + g_emb
         if head is not None and head in grads:
