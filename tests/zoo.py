@@ -225,6 +225,46 @@ def mobilenet():
     return model, lambda m: m(pixel_values=x, labels=torch.tensor([0, 2])).loss
 
 
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c: int, r: int = 4) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, c // r, 1), nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(s))))
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV3's block: 1x1 expand, depthwise k x k, squeeze-and-excite, 1x1 project (BatchNorm, hardswish)."""
+
+    def __init__(self, c_in: int, hidden: int, c_out: int, k: int, stride: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.se = _SqueezeExcite(hidden)
+        self.project = nn.Sequential(nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.se(self.depthwise(self.expand(x))))
+        return x + y if self.residual else y
+
+
+def mobilenet_v3():
+    """torchvision/timm MobileNetV3-small's layer types (hand-written: neither installs here): a hardswish stem,
+    inverted residuals with depthwise 3x3/5x5 convolutions and squeeze-and-excite, a Linear classifier head."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish(),
+                          _InvertedResidual(16, 16, 16, 3, 2), _InvertedResidual(16, 72, 24, 3, 2),
+                          _InvertedResidual(24, 96, 40, 5, 2), _InvertedResidual(40, 240, 40, 5, 1),
+                          nn.Conv2d(40, 96, 1, bias=False), nn.BatchNorm2d(96), nn.Hardswish(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 128), nn.Hardswish(),
+                          nn.Linear(128, 3))
+    x = _images()
+    return model, lambda m: nn.functional.cross_entropy(m(x), torch.tensor([0, 2]))
+
+
 def efficientnet():
     """EfficientNet-B0's blocks: depthwise convolutions with squeeze-and-excitation (1x1 convolutions)."""
     import transformers
@@ -245,7 +285,8 @@ def mamba():
     return model, lambda m: m(input_ids=ids, labels=ids).loss
 
 
-ZOO: dict[str, Callable] = {"convnext": convnext, "mobilenet": mobilenet, "efficientnet": efficientnet,
+ZOO: dict[str, Callable] = {"convnext": convnext, "mobilenet": mobilenet, "mobilenet_v3": mobilenet_v3,
+                            "efficientnet": efficientnet,
                             "mamba": mamba, "gpt2": gpt2, "llama": llama, "bert": bert, "t5": t5,
                             "lora_llama": lora_llama, "rnn_stacks": rnn_stacks, "bc_rnn": bc_rnn,
                             "unet2d_diffusers": unet2d, "vit_mha": vit_mha, "resnet": resnet, "rnn": rnn,
