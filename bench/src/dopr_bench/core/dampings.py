@@ -16,8 +16,9 @@ import numpy as np
 
 from . import stats
 from .bench import Metric
-from .report import _mean, _signed
 from .results import run_damping
+from .stats import metric_mean as _mean
+from .stats import signed_interval as _signed
 
 Run = dict[str, Any]
 Config = tuple[float, float | None]  # (lr, damping); damping None for a base arm

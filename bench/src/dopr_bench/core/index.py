@@ -14,8 +14,8 @@ import numpy as np
 from . import stats
 from .bench import Metric, get_bench
 from .dampings import by_damping
-from .report import _signed
 from .results import load_results
+from .stats import signed_interval as _signed
 
 BEGIN = "<!-- results-index: begin (written by `dopr-bench index results/`; do not edit by hand) -->"
 END = "<!-- results-index: end -->"

@@ -11,6 +11,8 @@ import numpy as np
 from . import stats
 from .bench import Bench, Metric, get_bench
 from .results import save_json
+from .stats import metric_mean as _mean
+from .stats import signed_interval as _signed
 
 Run = dict[str, Any]
 
@@ -65,12 +67,6 @@ def write_report(out: Path, results: dict[str, Any], plots: bool = True) -> str:
     return md
 
 
-def _mean(runs: list[Run], metric: Metric) -> float:
-    v = [metric.of(r) for r in runs]
-    v = [x for x in v if np.isfinite(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
 def best_lr(runs: list[Run], arm: str, metric: Metric) -> float | None:
     """The lr at which ``arm``'s mean ``metric`` over seeds is best (None if no lr has a finite mean)."""
     best: float | None = None
@@ -116,14 +112,6 @@ def lr_section(runs: list[Run], val: Metric, test: Metric, title: str = "") -> s
             lines.append(f"| {arm} − {base} | {label} | {la:g} / {lb:g} | {len(ps)} | {_signed(test, dt)} | "
                          f"{_signed(val, dv)} | {wins}/{len(ps)} |")
     return "\n".join(lines) + "\n"
-
-
-def _signed(metric: Metric, values: list[float]) -> str:
-    mean, half = stats.t_ci(values)
-    if not np.isfinite(mean):
-        return "n/a"
-    text = ("+" if mean >= 0 else "−") + metric.fmt(abs(mean))
-    return text + (f" ± {metric.fmt(half)}" if np.isfinite(half) else "")
 
 
 def pair_sentences(results: dict[str, Any], bench: Bench | None = None) -> list[str]:

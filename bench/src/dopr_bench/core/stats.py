@@ -118,3 +118,19 @@ def spearman_interval(x: np.ndarray, y: np.ndarray, n: int = 2000, seed: int = 0
     idx = bootstrap_rows(len(x), n, seed)
     lo, hi = np.nanpercentile(spearman(x[idx], y[idx]), [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def metric_mean(runs: list[Run], metric: Any) -> float:
+    """Mean of ``metric`` (a bench Metric) over the runs where it is finite (nan if none is)."""
+    v = [metric.of(r) for r in runs]
+    v = [x for x in v if np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def signed_interval(metric: Any, values: list[float]) -> str:
+    """``+1.2 ± 0.3`` in ``metric``'s format: the mean of paired differences and its 95% t half-width."""
+    mean, half = t_ci(values)
+    if not np.isfinite(mean):
+        return "n/a"
+    text = ("+" if mean >= 0 else "−") + metric.fmt(abs(mean))
+    return text + (f" ± {metric.fmt(half)}" if np.isfinite(half) else "")
