@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from . import distributed
+from . import reads as _reads  # noqa: F401  (importing it fills the tap's tables of ops)
 from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
 from .adapters.recurrent import release_recurrent

@@ -21,13 +21,12 @@ tensor that was read:
   -1), offs)`` (transformers' default experts implementation) is each expert's read of its segment of ``x``.
 
 A parameter DoPr does not own the class of (an FSDP2 ``DTensor``, a user's subclass) is not tapped: its layer keeps
-the module hook. :func:`tap` and :func:`untap` switch the class and back.
+the module hook. :func:`tap` and :func:`untap` switch the class and back. This module holds the mechanism (the
+classes, the dispatch, the registry); what each op means, its reader, lives in :mod:`dopr.reads`.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .capture import compiler_disabled
@@ -171,34 +169,6 @@ def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
     return reader(args, kwargs, out)
 
 
-def _traced_read(weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple | None = None) -> Any:
-    """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
-    leaf = _PHANTOMS.get(id(weight)) if isinstance(weight, TappedParameter) else None
-    if leaf is None or leaf.ndim != ndim or not isinstance(rows, Tensor):
-        return None
-    if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
-        return out
-    return SigmaTap.apply(out, rows, leaf, unfolding)
-
-
-def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
-    return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 2)
-
-
-def _traced_embedding(args: tuple, kwargs: dict, out: Any) -> Any:  # a diagonal Sigma: a 1-D phantom
-    return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 1)
-
-
-def _traced_conv(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight = _arg(args, kwargs, 1, "weight")
-    layer = getattr(_reads_of(weight), "conv", None)
-    if layer is None or not _conv_like_module(layer, args, kwargs):
-        return None  # the eager reader names it
-    grouped = layer.adapter.groups(layer.module) > 1
-    return _traced_read(weight, _arg(args, kwargs, 0, "input"), out, 3 if grouped else 2,
-                        layer.adapter.unfolding(layer.module))
-
-
 def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
     view = out.as_subclass(TapView)
     view._dopr_read = (owner, kind, what)
@@ -210,268 +180,15 @@ def _reads_of(weight: Any) -> _Reads | None:
     return entry[1] if entry is not None and entry[0]() is weight else None
 
 
-def _direct_read(kind: str) -> Callable[[tuple, dict, Any], Any]:
-    """The reader of ``F.linear(x, W)`` (``kind`` "linear") or ``F.embedding(ids, W)`` ("embedding"): the layer that
-    reads ``W`` by that op, against the op's first input."""
-
-    def read(args: tuple, kwargs: dict, out: Any) -> Any:
-        reads = _reads_of(_arg(args, kwargs, 1, "weight"))
-        layer, x = getattr(reads, kind, None), _arg(args, kwargs, 0, "input")
-        if layer is not None and isinstance(x, Tensor):
-            _report(reads.owner, [(layer, x)], out)
-        return out
-
-    return read
-
-
-_read_linear, _read_embedding = _direct_read("linear"), _direct_read("embedding")
-
-
-def _conv_like_module(layer: Layer, args: tuple, kwargs: dict) -> bool:
-    """Whether this ``F.convNd`` call has the geometry of ``layer``'s module (whose patches DoPr forms)."""
-    stride, padding = _arg(args, kwargs, 3, "stride"), _arg(args, kwargs, 4, "padding")
-    dilation, groups = _arg(args, kwargs, 5, "dilation"), _arg(args, kwargs, 6, "groups")
-    return layer.adapter.reads_like_module(layer.module, 1 if stride is None else stride,
-                                           0 if padding is None else padding, 1 if dilation is None else dilation,
-                                           1 if groups is None else groups)
-
-
-def _read_reshape(args: tuple, kwargs: dict, out: Any) -> Any:
-    """``W.squeeze(1)``, ``.unsqueeze(1)``, ``.view(...)`` of a convolution's weight (Mamba's ``causal_conv1d``
-    reads ``conv1d.weight.squeeze(1).unsqueeze(1)``): a view that a convolution reading it in the weight's own
-    shape reads as the weight itself."""
-    source = args[0] if args else None
-    read = getattr(source, "_dopr_read", None)
-    if read is not None:
-        owner, kind, what = read
-        layer = what[0] if kind == "alias" else None
-    else:
-        reads = _reads_of(source)
-        owner, layer = (reads.owner, reads.conv) if reads is not None else (None, None)
-        what = None if layer is None else (layer, tuple(source.shape))
-    if layer is None or not isinstance(out, Tensor) or out.numel() != math.prod(what[1]):
-        return out
-    return _view(out, owner, "alias", what)
-
-
-def _read_conv_view(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight = _arg(args, kwargs, 1, "weight")
-    read = getattr(weight, "_dopr_read", None)
-    if read is None or read[1] != "alias" or tuple(weight.shape) != read[2][1]:
-        return out
-    layer, x = read[2][0], _arg(args, kwargs, 0, "input")
-    if isinstance(x, Tensor) and _conv_like_module(layer, args, kwargs):
-        _report(read[0], [(layer, x)], out)
-    return out
-
-
-def _read_conv(args: tuple, kwargs: dict, out: Any) -> Any:
-    """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` (and 1-d, 3-d): the patches of ``x``, when the call
-    has its module's geometry; otherwise the read is named (its rows would be other patches)."""
-    reads = _reads_of(_arg(args, kwargs, 1, "weight"))
-    layer, x = getattr(reads, "conv", None), _arg(args, kwargs, 0, "input")
-    if layer is None or not isinstance(x, Tensor):
-        return out
-    if not _conv_like_module(layer, args, kwargs):
-        if reads.unseen is None:
-            reads.unseen = "a convolution with a stride, padding, dilation or groups other than its module's"
-        return out
-    _report(reads.owner, [(layer, x)], out)
-    return out
-
-
-def _read_item(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight, index = args[0], args[1] if len(args) > 1 else None
-    reads = _reads_of(weight)
-    if reads is None or not isinstance(out, Tensor):
-        return out
-    if reads.experts and out.ndim == weight.ndim - 1:
-        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
-            index = int(index)  # W[expert_idx] with a 0-d index tensor (transformers' expert loop)
-        layer = reads.experts[index] if isinstance(index, int) else None
-        return out if layer is None else _view(out, reads.owner, "expert", layer)
-    if reads.embedding is not None and (ids := _looked_up(index, weight.shape[0], weight.device)) is not None:
-        _report(reads.owner, [(reads.embedding, ids)], out)  # a table read by the rows it needs (positions)
-    return out
-
-
-def _looked_up(index: Any, rows: int, device: torch.device) -> Tensor | None:
-    """The rows of a table that ``table[index]`` reads, as ids (None: an index DoPr does not follow)."""
-    if isinstance(index, Tensor) and not index.is_floating_point() and index.dtype != torch.bool:
-        return index
-    if isinstance(index, slice):
-        return torch.arange(rows, device=device)[index]
-    if isinstance(index, int):
-        return torch.tensor([index % rows], device=device)
-    return None
-
-
-def _read_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
-    weight = args[0]
-    reads = _reads_of(weight)
-    if reads is None or not isinstance(out, Tensor) or out.ndim != weight.ndim:
-        return out
-    dims = tuple(d % weight.ndim for d in args[1:3]) if len(args) >= 3 else (0, 1)
-    if reads.experts and weight.ndim == 3 and sorted(dims) == [1, 2]:
-        return _view(out, reads.owner, "bank", reads.experts)
-    if reads.linear is not None and weight.ndim == 2:
-        return _view(out, reads.owner, "transposed", reads.linear)
-    return out
-
-
-def _is_input(x: Any) -> bool:
-    """A tensor a weight can be read against (not the weight itself or a view of it: ``W @ W.T`` is no read)."""
-    return isinstance(x, Tensor) and not isinstance(x, (TapView, TappedParameter))
-
-
-def _read_expert_linear(args: tuple, kwargs: dict, out: Any) -> Any:
-    read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
-    x = _arg(args, kwargs, 0, "input")
-    if read is not None and read[1] == "expert" and not read[2].adapter.transposed and _is_input(x):
-        _report(read[0], [(read[2], x)], out)  # F.linear(x, W[e]) of an E x out x in bank
-    return out
-
-
-def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
-    x, read = args[0] if args else kwargs.get("input"), getattr(_arg(args, kwargs, 1, "other"), "_dopr_read", None)
-    if read is None:
-        read = getattr(_arg(args, kwargs, 1, "mat2"), "_dopr_read", None)
-    if read is None or not _is_input(x):
-        return out
-    if read[1] == "transposed" or (read[1] == "expert" and read[2].adapter.transposed):
-        _report(read[0], [(read[2], x)], out)  # x @ W.T, or x @ W[e] of an E x in x out bank: the rows of x
-    return out
-
-
-def _read_left_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
-    reads, x = _reads_of(args[0] if args else kwargs.get("input")), _arg(args, kwargs, 1, "other")
-    if reads is not None and reads.linear is not None and _is_input(x) and x.ndim >= 2:
-        _report(reads.owner, [(reads.linear, x.transpose(-1, -2))], out)  # W @ X (Mamba's dt_proj): X's columns
-    return out
-
-
-def _read_bmm(args: tuple, kwargs: dict, out: Any) -> Any:
-    x, bank = args[0] if args else kwargs.get("input"), _arg(args, kwargs, 1, "mat2")
-    reads = _reads_of(bank)
-    if reads is None or not reads.experts or not _is_input(x) or x.ndim != 3 or x.shape[0] != len(reads.experts):
-        return out
-    if any(e is not None and not e.adapter.transposed for e in reads.experts):
-        return out
-    _report(reads.owner, [(layer, x[e]) for e, layer in enumerate(reads.experts) if layer is not None], out)
-    return out  # bmm(x, W) of an E x in x out bank (Llama 4): expert e reads x[e]
-
-
-def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
-    x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
-    if x is None:
-        x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
-    if isinstance(bank, TappedParameter):  # an E x in x out bank, read as it is stored
-        reads = _reads_of(bank)
-        experts = reads.experts if reads is not None and reads.experts else []
-        owner, transposed = (reads.owner if reads is not None else None), True
-    else:  # W.transpose(-2, -1) of an E x out x in bank
-        read = getattr(bank, "_dopr_read", None)
-        experts = read[2] if read is not None and read[1] == "bank" else []
-        owner, transposed = (read[0] if read is not None else None), False
-    layers = [e for e in experts if e is not None]
-    if not layers or layers[0].adapter.transposed != transposed or not _is_input(x) or x.ndim != 2 or offs is None:
-        return out
-    found, start = [], 0
-    for layer, end in zip(experts, offs.tolist()):  # expert e reads rows offs[e-1]:offs[e] (one host read)
-        if layer is not None and end > start:
-            found.append((layer, x[start:end]))
-        start = end
-    _report(owner, found, out)
-    return out
-
-
-def _read_whole_table(args: tuple, kwargs: dict, out: Any) -> Any:
-    """``F.layer_norm(table)``: an embedding table normalized as a whole (SEW-D's relative positions) is the
-    rows of ``I @ table``, so each row is read once, by its one-hot."""
-    table = _arg(args, kwargs, 0, "input")
-    reads = _reads_of(table)
-    if reads is not None and reads.embedding is not None and table.ndim == 2:
-        _report(reads.owner, [(reads.embedding, torch.arange(table.shape[0], device=table.device))], out)
-    return out
-
-
-_ATTENTION_NAMES = tuple(inspect.signature(F.multi_head_attention_forward).parameters)
-# the arguments whose class makes F.multi_head_attention_forward dispatch (its ``tens_ops``; not q/k/v_proj_weight)
-_ATTENTION_DISPATCHES_ON = ("query", "key", "value", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
-                            "out_proj_weight", "out_proj_bias")
-
-
-def _linear_reader(weight: Any) -> bool:
-    return getattr(_reads_of(weight), "linear", None) is not None
-
-
-def _run_attention(args: tuple, kwargs: dict) -> Any:
-    """``F.multi_head_attention_forward`` given the weights of Linear layers (WavLM passes its q/k/v/out Linear
-    weights): run with the subclass's torch functions on, so its in-projections' ``F.linear`` reads of the tapped
-    ``q/k/v_proj_weight`` reach their readers; the out-projection, inside it a ``linear`` of the weight it was
-    given, runs as an identity there and as ``F.linear`` of the tapped weight after it (``x @ I`` is exact). Any
-    other call (DoPr's own attention forward, which reports its projections itself) runs as on plain tensors."""
-    call = dict(zip(_ATTENTION_NAMES, args))
-    call.update(kwargs)
-    out_weight, out_bias = call["out_proj_weight"], call.get("out_proj_bias")
-    follow_out = _linear_reader(out_weight)
-    if not follow_out and not any(_linear_reader(call.get(f"{p}_proj_weight")) for p in "qkv"):
-        with torch._C.DisableTorchFunctionSubclass():
-            return F.multi_head_attention_forward(**call)
-    for name in _ATTENTION_DISPATCHES_ON:  # plain, so that the call below runs the function rather than dispatching
-        if isinstance(call.get(name), (TappedParameter, TapView)):
-            call[name] = call[name].as_subclass(Tensor)
-    if follow_out:
-        size = out_weight.shape[1]
-        call["out_proj_weight"] = torch.eye(size, dtype=out_weight.dtype, device=out_weight.device)
-        call["out_proj_bias"] = None
-    result = F.multi_head_attention_forward(**call)
-    if not follow_out:
-        return result
-    return (F.linear(result[0], out_weight, out_bias), *result[1:])
-
-
-_RUNNERS: dict[Callable, Callable[[tuple, dict], Any]] = {F.multi_head_attention_forward: _run_attention}
-
-_PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
-    F.linear: _read_linear,
-    F.embedding: _read_embedding,
-    Tensor.__getitem__: _read_item,
-    Tensor.t: _read_transpose,
-    Tensor.T.__get__: _read_transpose,
-    Tensor.transpose: _read_transpose,
-    torch.transpose: _read_transpose,
-    torch.matmul: _read_left_matmul,
-    Tensor.matmul: _read_left_matmul,
-    Tensor.__matmul__: _read_left_matmul,
-    torch.bmm: _read_bmm,
-    Tensor.bmm: _read_bmm,
-    F.layer_norm: _read_whole_table,
-    F.rms_norm: _read_whole_table,
-    F.conv1d: _read_conv,
-    F.conv2d: _read_conv,
-    F.conv3d: _read_conv,
-    **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
-}
-_VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {
-    F.linear: _read_expert_linear,
-    torch.matmul: _read_matmul,
-    Tensor.matmul: _read_matmul,
-    Tensor.__matmul__: _read_matmul,
-    torch.mm: _read_matmul,
-    Tensor.mm: _read_matmul,
-    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _read_conv_view),
-    **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
-}
-for _name in ("_grouped_mm", "grouped_mm"):
-    for _space in (torch, F):
-        if hasattr(_space, _name):
-            _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
 # the readers as torch.compile sees them, made when the first weights are tapped: making them imports torch._dynamo,
 # and importing it when dopr is imported (before a script's dist.init_process_group) made gloo's teardown hang
 _DISABLED: dict[Callable, Callable] = {}
-_TRACED = {_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv}
+# what each op means when it reads a tapped weight (a TapView): filled by dopr.reads, which the preconditioner imports
+_PARAMETER_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {}
+_VIEW_READS: dict[Callable, Callable[[tuple, dict, Any], Any]] = {}
+_RUNNERS: dict[Callable, Callable[[tuple, dict], Any]] = {}  # ops the tap runs itself (F.multi_head_attention_forward)
+_TRACED: dict[Callable, Callable[[tuple, dict, Any], Any]] = {}  # a reader's path inside a compiled graph
+
 
 def read_projections(weights: tuple[Tensor, ...], inputs: dict[str, Tensor], out: Tensor) -> Tensor:
     """The reads of projection weights that a module makes inside a fused function and reports itself
