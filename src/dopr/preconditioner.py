@@ -25,21 +25,17 @@ from .adapters import Discovery, discover, local
 from .adapters.attention import release_attention
 from .adapters.recurrent import release_recurrent
 from .capture import UNSEEN_CALL, ModuleHooks, check_hooks_reached, unseen_read
-from .factors import new_factor
-from .functional import finite_rows, statistics_dtype
+from .finite import NonFiniteError, all_finite
+from .functional import statistics_dtype
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .options import check_options
-from .refresh import Workspaces, refresh_groups
+from .refresh import Workspaces, fall_back, refresh_groups
 from .reporting import coverage, layer_status, preconditioner_summary
 from .statistics import StatisticsCapture
 from .tap import owner_of, tap_layers, unseen_op, untap, untapped
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
-
-
-class NonFiniteError(FloatingPointError):
-    """A gradient or a layer input was NaN or infinite; nothing was modified."""
 
 
 # module -> weakref to the preconditioner whose hooks are on it (one preconditioner per layer)
@@ -389,31 +385,13 @@ class ActivationPreconditioner(StatisticsCapture):
     def _all_finite(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
         if self.capturable:
             return True  # looking reads a flag on the host; a non-finite Sigma keeps the last factor (refresh.py)
-        checks: list[tuple[str, Tensor]] = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
+        checks = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
             checks += [(f"second moment of the input activations of layer(s) {g.members} (NaN/inf inputs, or "
                         "activations so large that z z^T overflows float32, |z| > ~1e19)", t)
                        for g in self.groups.values() if g.rows
                        for t in ([g.total] if g.total is not None else g.kept)]  # kept rows: each piece, no copy
-        if not checks:
-            return True
-        flags = torch.cat([finite_rows(t.reshape(1, -1)) for _, t in checks])
-        if bool(flags.all()):  # the step's one host read for finiteness
-            return True
-        bad = [i for i, good in enumerate(flags.tolist()) if not good
-               and not bool(finite_rows(checks[i][1].reshape(1, -1), exact=True)[0])]  # a sum may just overflow
-        if not bad:
-            return True
-        what = checks[bad[0]][0]
-        message = (
-            f"non-finite values (NaN or inf) in the {what} at step {self.step_count}; no gradient or weight "
-            "was modified. Check the loss and the inputs for NaN/inf, lower the learning rate, or, with fp16, "
-            "use torch.amp.GradScaler (which skips such steps). Pass nonfinite='skip' to skip such steps."
-        )
-        if self.nonfinite == "raise":
-            raise NonFiniteError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        return False
+        return all_finite(checks, step=self.step_count, nonfinite=self.nonfinite)
 
     def _refresh(self, groups: list[Group]) -> None:
         """New Sigma (batch or EMA) and factorization for each group; equal sizes share one batched call."""
@@ -426,25 +404,9 @@ class ActivationPreconditioner(StatisticsCapture):
                                   workspaces=self._workspaces,
                                   on_device=None if not self.capturable else self.fallback == "last")
         for failure in failures:
-            self._fall_back(failure.group, failure.trace, failure.kind, stacklevel=5)
-
-    def _fall_back(self, group: Group, trace: float, kind: str, stacklevel: int) -> None:
-        group.fallbacks += 1
-        kept = self.fallback == "last" and group.factor is not None
-        warnings.warn(
-            f"Cholesky of Sigma + lambda I failed in float32 and float64 for layer(s) {group.members} "
-            f"(trace of Sigma {trace:.3g}, damping {self.damping}); "
-            f"{'keeping the last good factor' if kept else 'using the plain gradient'} for this step. "
-            "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
-            RuntimeWarning, stacklevel=stacklevel,
-        )
-        if not kept:  # the plain gradient
-            weight = self._weight(group)
-            shape = group.sigma_shape()
-            eye = torch.ones(shape if group.diagonal else shape[:-1], dtype=statistics_dtype(weight.dtype),
-                             device=local(weight).device)
-            group.factor = new_factor("diagonal" if group.diagonal else kind, eye if group.diagonal else
-                                      torch.diag_embed(eye), blocks=group.blocks, groups=group.groups)
+            weight = self._weight(failure.group)
+            fall_back(failure, keep_last=self.fallback == "last", damping=self.damping,
+                      dtype=statistics_dtype(weight.dtype), device=local(weight).device)
 
     def _uses_cholesky(self, group: Group) -> bool:
         if group.diagonal or self.solve == "inverse":

@@ -9,6 +9,7 @@ Failures are returned, not handled: what to fall back to is the preconditioner's
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from .functional import (
 )
 from .groups import Group
 
-__all__ = ["Failure", "Stack", "Workspaces", "refresh_groups"]
+__all__ = ["Failure", "Stack", "Workspaces", "fall_back", "refresh_groups"]
 
 
 @dataclass
@@ -170,6 +171,28 @@ def _factor_of(group: Group, f: Factors, part: slice) -> Factor:
 def _damping_of(group: Group, f: Factors, part: slice) -> Tensor:
     # a block-diagonal Sigma's blocks share the whole Sigma's lambda; a grouped one's groups each have their own
     return f.damping[part].mean() if group.groups > 1 else f.damping[part.start]
+
+
+def fall_back(failure: Failure, *, keep_last: bool, damping: float, dtype: torch.dtype,
+              device: torch.device) -> None:
+    """A group whose factorization failed in float32 and float64 keeps its last factor (``keep_last`` and there is
+    one) or takes the identity (the plain gradient, as a factor of ``dtype`` on ``device``); counted and warned."""
+    group = failure.group
+    group.fallbacks += 1
+    kept = keep_last and group.factor is not None
+    warnings.warn(
+        f"Cholesky of Sigma + lambda I failed in float32 and float64 for layer(s) {group.members} "
+        f"(trace of Sigma {failure.trace:.3g}, damping {damping}); "
+        f"{'keeping the last good factor' if kept else 'using the plain gradient'} for this step. "
+        "Raise damping, or check for activations far from unit scale (e.g. |z| < 1e-15).",
+        RuntimeWarning, stacklevel=5,
+    )
+    if not kept:
+        shape = group.sigma_shape()
+        eye = torch.ones(shape if group.diagonal else shape[:-1], dtype=dtype, device=device)
+        group.factor = new_factor("diagonal" if group.diagonal else failure.kind,
+                                  eye if group.diagonal else torch.diag_embed(eye), blocks=group.blocks,
+                                  groups=group.groups)
 
 
 class Workspaces:
