@@ -8,6 +8,7 @@ preconditions its own rows of every weight.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -51,6 +52,11 @@ def main() -> None:
             print(f"step {step:3d}  loss {loss.item():.4f}")
     if rank == 0:
         print(f"final loss {loss.item():.4f}")
+    # release what holds the process group (DDP's reducer, DoPr's hooks) before destroying it, not at interpreter
+    # exit: gloo's threads torn down during shutdown can abort the process after a finished run
+    opt.remove()
+    del opt, model
+    gc.collect()
     dist.destroy_process_group()
 
 
