@@ -235,6 +235,8 @@ _SAMPLED_CONVS = [
     (nn.ConvTranspose1d(3, 2, 3, stride=2, padding=1, output_padding=1), (2, 3, 7)),
     (nn.ConvTranspose2d(2, 3, 3, stride=2, dilation=2, padding=1), (2, 2, 5, 4)),
     (nn.ConvTranspose3d(2, 2, 2, stride=2), (1, 2, 3, 3, 3)),
+    (nn.Conv2d(6, 6, 3, padding=1, groups=3), (2, 6, 5, 5)),  # grouped: rows are groups x n x d
+    (nn.ConvTranspose1d(4, 6, 3, stride=2, groups=2), (2, 4, 5)),
 ]
 
 
@@ -249,9 +251,11 @@ def test_conv_rows_drawn_before_unfolding_are_the_same_rows(conv, shape):
                else conv_adapters.ConvAdapter())
     x = torch.randn(*shape)
     full = adapter.rows(conv, x)
-    assert adapter.row_count(conv, x) == full.shape[0]
-    select = torch.randperm(full.shape[0], generator=torch.Generator().manual_seed(0))[: max(1, full.shape[0] // 3)]
-    assert torch.equal(adapter.selected_rows(conv, x, select), full[select])
+    n = full.shape[-2] if conv.groups > 1 else full.shape[0]
+    assert adapter.row_count(conv, x) == n
+    select = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: max(1, n // 3)]
+    want = full[:, select] if conv.groups > 1 else full[select]
+    assert torch.equal(adapter.selected_rows(conv, x, select), want)
 
 
 def test_row_capped_conv_sigma_equals_capping_the_full_unfolding(monkeypatch):

@@ -16,8 +16,8 @@ def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads:
             stride: tuple[int, ...], flip: bool = False, select: Tensor | None = None, groups: int = 1) -> Tensor:
     """All receptive fields of ``x`` (``N x C x *spatial``) as rows ``(N * positions) x (C * prod(kernel))``.
 
-    With ``groups > 1`` (a grouped convolution, without ``select``): ``groups x (N * positions) x (C / groups *
-    prod(kernel))``, group g's channels, formed in that layout by one copy (a batched product reads it as is).
+    With ``groups > 1`` (a grouped convolution): ``groups x (N * positions) x (C / groups * prod(kernel))``, group
+    g's channels, formed in that layout by one copy (a batched product reads it as is).
 
     ``pads`` holds ``(before, after)`` per spatial dim (negative values crop). Columns are in
     ``(C, k_1, ..., k_s)`` order, the order of a flattened convolution kernel; ``flip`` reverses each
@@ -38,7 +38,10 @@ def patches(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads:
     if select is not None:
         where = torch.unravel_index(select, (x.shape[0], *x.shape[2:2 + spatial]))
         rows = x[(where[0], slice(None), *where[1:])]  # count x C x k_1..k_s
-        return (rows.flip(list(range(2, 2 + spatial))) if flip else rows).reshape(-1, c * math.prod(kernel))
+        rows = rows.flip(list(range(2, 2 + spatial))) if flip else rows
+        if groups > 1:  # count x g x C/g x k.. -> g x count x (C/g, k..)
+            return rows.unflatten(1, (groups, c // groups)).transpose(0, 1).reshape(groups, rows.shape[0], -1)
+        return rows.reshape(-1, c * math.prod(kernel))
     if flip:
         x = x.flip(list(range(2 + spatial, 2 + 2 * spatial)))
     if groups > 1:  # N x g x C/g x o.. x k.. -> g x (N, o..) x (C/g, k..)

@@ -99,9 +99,8 @@ class ConvAdapter(Adapter):
         return x.shape[0] * _positions(tuple(x.shape[2:]), *self._geometry(module))
 
     def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
-        z = patches(_batched(x, len(module.kernel_size)), *self._geometry(module), select=select)
-        # group g's input channels are columns g*d ... (the patches' columns run over channels first)
-        return z if module.groups == 1 else z.view(z.shape[0], module.groups, -1).transpose(0, 1)
+        return patches(_batched(x, len(module.kernel_size)), *self._geometry(module), select=select,
+                       groups=module.groups)
 
     def local_factor(self, module: nn.Module, factor: Factor) -> Factor:
         grad = module.weight.grad
@@ -163,8 +162,7 @@ class ConvTransposeAdapter(Adapter):
         return x.shape[0] * _positions(tuple(up.shape[2:]), *geometry)
 
     def selected_rows(self, module: nn.Module, x: Tensor, select: Tensor) -> Tensor:
-        z = patches(*self._dilated(module, x), flip=True, select=select)
-        return z if module.groups == 1 else z.view(z.shape[0], module.groups, -1).transpose(0, 1)
+        return patches(*self._dilated(module, x), flip=True, select=select, groups=module.groups)
 
     def gradient(self, module: nn.Module) -> Tensor:
         # FSDP2 shards the stored weight along C_in, which AP mixes: each rank gathers the whole gradient (and keeps
