@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .functional import apply_blocks, apply_cholesky, apply_inverse, apply_low_rank
+from .functional import apply_blocks, apply_cholesky, apply_factor, apply_inverse, apply_low_rank
 
 __all__ = ["Blocked", "Cholesky", "Diagonal", "Factor", "Grouped", "Inverse", "LowRank", "factor_from_state",
            "new_factor"]
@@ -123,8 +123,8 @@ class LowRank(Factor):
 
 
 @dataclass
-class Blocked(Factor):
-    """``blocks x b x b``: the factors of the diagonal blocks of a block-diagonal Sigma, as ``inner`` says."""
+class _Stacked(Factor):
+    """A stack of inverse or Cholesky factors (``inner`` says which), one per block or group."""
 
     tensor: Tensor
     inner: str  # "inverse" or "cholesky"
@@ -132,32 +132,26 @@ class Blocked(Factor):
     @property
     def kind(self) -> str:  # type: ignore[override]
         return self.inner
+
+
+class Blocked(_Stacked):
+    """``blocks x b x b``: the factors of the diagonal blocks of a block-diagonal Sigma."""
 
     def apply(self, grad: Tensor) -> Tensor:
         return apply_blocks(grad, self.tensor, self.inner)
 
 
-@dataclass
-class Grouped(Factor):
+class Grouped(_Stacked):
     """``groups x d x d``: one factor per group of a grouped convolution (each group is a layer of its own: its
     output channels read its input channels' patches only). ``G``'s rows are the groups' output channels in order
     (under FSDP2, one factor per local row: that row's group's)."""
-
-    tensor: Tensor
-    inner: str  # "inverse" or "cholesky"
-
-    @property
-    def kind(self) -> str:  # type: ignore[override]
-        return self.inner
 
     def apply(self, grad: Tensor) -> Tensor:
         groups = self.tensor.shape[0]
         if groups == 0:  # an FSDP2 rank holding none of the layer's rows
             return grad.clone()
         per_group = grad.reshape(groups, grad.shape[0] // groups, grad.shape[1])
-        m = apply_inverse(per_group, self.tensor) if self.inner == "inverse" else apply_cholesky(per_group,
-                                                                                                  self.tensor)
-        return m.reshape(grad.shape)
+        return apply_factor(per_group, self.tensor, self.inner).reshape(grad.shape)
 
 
 def new_factor(kind: str, tensor: Tensor, *, blocks: int = 1, groups: int = 1) -> Factor:
