@@ -13,11 +13,10 @@ against eager DoPr over eager AdamW.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from interleaved import interleaved_medians, training_step
 from torch import nn
 
 from dopr import DoPr
@@ -67,20 +66,8 @@ def main() -> None:
                else torch.optim.AdamW(model.parameters(), lr=1e-3))
         forward = torch.compile(model, fullgraph=True, mode=args.mode) if "compiled" in label else model
         arms[label] = (forward, opt)
-    wall: dict[str, list[float]] = {k: [] for k in arms}
-    cpu: dict[str, list[float]] = {k: [] for k in arms}
-    for i in range(args.warmup + args.rounds):
-        for label, (forward, opt) in arms.items():
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            opt.zero_grad()
-            loss(forward).backward()
-            opt.step()
-            sync()
-            if i >= args.warmup:
-                wall[label].append(time.perf_counter() - t0)
-                cpu[label].append(time.process_time() - c0)
-    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in arms}
+    med = interleaved_medians({label: training_step(opt, lambda f=forward: loss(f))
+                               for label, (forward, opt) in arms.items()}, args.rounds, args.warmup, sync)
     base_w, base_c = med["adamw eager"]
     print(f"model {args.model}" + (f", {args.tokens} tokens per step" if args.model == "gpt" else ", batch 256")
           + f", {device.type}, compile mode {args.mode or 'default'}")

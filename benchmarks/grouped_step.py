@@ -15,12 +15,11 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grouped_step.py [--rounds 20]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
 import transformers
+from interleaved import interleaved_medians, training_step
 
 from dopr import DoPr
 
@@ -51,21 +50,11 @@ def main(argv: list[str] | None = None) -> None:
             model = convnext()
             arms[label] = (model, make(model))
     depthwise = sum(1 for n, _ in arms["dopr-adamw"][1].preconditioner.layers.items() if n.endswith("dwconv"))
-    wall = {k: [] for k in arms}
-    cpu = {k: [] for k in arms}
-    for i in range(args.warmup + args.rounds):
-        for label, (model, opt) in arms.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            opt.zero_grad()
-            model(pixel_values=x, labels=y).loss.backward()
-            opt.step()
-            if i >= args.warmup:
-                wall[label].append(time.perf_counter() - t0)
-                cpu[label].append(time.process_time() - c0)
+    med = interleaved_medians({label: training_step(opt, lambda m=model: m(pixel_values=x, labels=y).loss)
+                               for label, (model, opt) in arms.items()}, args.rounds, args.warmup)
     print(f"ConvNeXt (HF, widths 32-256, {depthwise} depthwise 7x7 convolutions), batch 16 of 64x64, 1 thread")
-    w0, c0 = statistics.median(wall["adamw"]), statistics.median(cpu["adamw"])
-    for label in arms:
-        w, c = statistics.median(wall[label]), statistics.median(cpu[label])
+    w0, c0 = med["adamw"]
+    for label, (w, c) in med.items():
         print(f"{label:<32} wall {w * 1e3:7.2f} ms ({w / w0:.2f}x)  cpu {c * 1e3:7.2f} ms ({c / c0:.2f}x)")
 
 

@@ -6,10 +6,8 @@ Run: .venv/bin/python benchmarks/mlp_step.py
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from interleaved import interleaved_medians, training_step
 from torch import nn
 
 from dopr import DoPr
@@ -38,20 +36,10 @@ def main(rounds: int = 60, warmup: int = 10) -> None:
                         ("dopr-adamw solve=cholesky", lambda m: DoPr(m, lr=1e-3, solve="cholesky"))):
         model = mlp()
         arms[label] = (model, make(model))
-    wall = {k: [] for k in arms}
-    cpu = {k: [] for k in arms}
-    for i in range(warmup + rounds):
-        for label, (model, opt) in arms.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            opt.zero_grad()
-            ((model(x) - y) ** 2).mean().backward()
-            opt.step()
-            if i >= warmup:
-                wall[label].append(time.perf_counter() - t0)
-                cpu[label].append(time.process_time() - c0)
-    w0, c0 = statistics.median(wall["adamw"]), statistics.median(cpu["adamw"])
-    for label in arms:
-        w, c = statistics.median(wall[label]), statistics.median(cpu[label])
+    med = interleaved_medians({label: training_step(opt, lambda m=model: ((m(x) - y) ** 2).mean())
+                               for label, (model, opt) in arms.items()}, rounds, warmup)
+    w0, c0 = med["adamw"]
+    for label, (w, c) in med.items():
         print(f"{label:<28} wall {w * 1e3:6.2f} ms ({w / w0:.2f}x)  cpu {c * 1e3:6.2f} ms ({c / c0:.2f}x)")
 
 

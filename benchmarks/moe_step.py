@@ -11,11 +11,10 @@ DoPr gives each expert the Sigma of its routed tokens and factorizes the experts
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import transformers
+from interleaved import interleaved_medians, training_step
 
 from dopr import DoPr
 
@@ -41,22 +40,13 @@ def main() -> None:
             model = mixtral(impl)
             opt = DoPr(model, lr=1e-3) if label == "dopr-adamw" else torch.optim.AdamW(model.parameters(), lr=1e-3)
             arms[(impl, label)] = (model, opt)
-    wall: dict[tuple, list[float]] = {k: [] for k in arms}
-    cpu: dict[tuple, list[float]] = {k: [] for k in arms}
-    for i in range(args.warmup + args.rounds):
-        for key, (model, opt) in arms.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            opt.zero_grad()
-            model(ids, labels=ids).loss.backward()
-            opt.step()
-            if i >= args.warmup:
-                wall[key].append(time.perf_counter() - t0)
-                cpu[key].append(time.process_time() - c0)
+    med = interleaved_medians({key: training_step(opt, lambda m=model: m(ids, labels=ids).loss)
+                               for key, (model, opt) in arms.items()}, args.rounds, args.warmup)
     print("Mixtral, hidden 128, 8 experts top-2, 2 layers, 512 tokens per step, 1 thread")
     for impl in ("eager", "grouped_mm"):
-        w0, c0 = statistics.median(wall[(impl, "adamw")]), statistics.median(cpu[(impl, "adamw")])
+        w0, c0 = med[(impl, "adamw")]
         for label in ("adamw", "dopr-adamw"):
-            w, c = statistics.median(wall[(impl, label)]), statistics.median(cpu[(impl, label)])
+            w, c = med[(impl, label)]
             print(f"experts {impl:<10} {label:<11} wall {w * 1e3:7.2f} ms ({w / w0:.2f}x)  cpu {c * 1e3:7.2f} ms "
                   f"({c / c0:.2f}x)")
 
