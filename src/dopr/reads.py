@@ -27,7 +27,6 @@ from torch import Tensor
 from .sigma_tap import SigmaTap
 from .tap import (
     _PARAMETER_READS,
-    _PHANTOMS,
     _RUNNERS,
     _TRACED,
     _VIEW_READS,
@@ -45,7 +44,7 @@ __all__: list[str] = []  # importing this module fills the tap's tables
 
 def _traced_read(weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple | None = None) -> Any:
     """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
-    leaf = _PHANTOMS.get(id(weight)) if isinstance(weight, TappedParameter) else None
+    leaf = getattr(_reads_of(weight), "phantom", None)
     if leaf is None or leaf.ndim != ndim or not isinstance(rows, Tensor):
         return None
     if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
@@ -69,7 +68,6 @@ def _traced_conv(args: tuple, kwargs: dict, out: Any) -> Any:
     grouped = layer.adapter.groups(layer.module) > 1
     return _traced_read(weight, _arg(args, kwargs, 0, "input"), out, 3 if grouped else 2,
                         layer.adapter.unfolding(layer.module))
-
 
 
 def _direct_read(kind: str) -> Callable[[tuple, dict, Any], Any]:

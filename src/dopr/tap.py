@@ -65,15 +65,16 @@ class _Reads:
     # the phantom of each (under torch.compile; None without)
     packed: list[Layer] = field(default_factory=list)
     packed_phantoms: list[Tensor | None] = field(default_factory=list)
+    # the leaf the reads of a weight read by one Linear, Embedding or convolution accumulate into inside compiled
+    # graphs (dopr.sigma_tap). Kept here, not as an attribute of the parameter: a tensor with a __dict__ keeps its
+    # Python object alive from C++, which made gloo's teardown abort
+    phantom: Tensor | None = None
     unseen: str | None = None  # the first op that computed a tensor from the weight that is not a read DoPr follows
 
 
 # id(parameter) -> (the parameter, what its reads mean); copies of a tapped parameter (an EMA deepcopy) have none.
 # A plain dict: this lookup runs at every read, and a WeakIdKeyDictionary's costs microseconds
 _READS: dict[int, tuple[weakref.ref, _Reads]] = {}
-# id(parameter) -> the leaf its reads inside compiled graphs accumulate into (dopr.sigma_tap). Not an attribute of the
-# parameter: a tensor with a __dict__ keeps its Python object alive from C++, which made gloo's teardown abort
-_PHANTOMS: dict[int, Tensor] = {}
 
 
 def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
@@ -247,7 +248,7 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
         return found
     layer = readers[0]
     size = layer.adapter.in_features(layer.module)
-    found[id(layer)] = _PHANTOMS[id(param)] = phantom(size, statistics_dtype, param.device,
+    found[id(layer)] = reads.phantom = phantom(size, statistics_dtype, param.device,
                                                       diagonal=embedding is not None,
                                                       groups=layer.adapter.groups(layer.module))
     return found
@@ -305,7 +306,6 @@ def untap(param: nn.Parameter) -> None:
     entry = _READS.get(id(param))
     if entry is not None and entry[0]() is param:
         del _READS[id(param)]
-        _PHANTOMS.pop(id(param), None)
     if type(param) is TappedParameter:
         param.__class__ = nn.Parameter
 
