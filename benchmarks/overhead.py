@@ -152,7 +152,7 @@ BASE_ALIASES: dict[str, tuple[str, dict[str, object]]] = {"muon32": ("muon", {"n
 
 def cycle(opt: object) -> int:
     """Steps after which a DoPr arm's costs repeat (its refresh period); 1 for its bases."""
-    return opt.preconditioner.refresh_every if isinstance(opt, DoPr) else 1
+    return opt.preconditioner.options.refresh_every if isinstance(opt, DoPr) else 1
 
 
 def flop_floor(opt: DoPr, rows: int, base_flops: float) -> float:
@@ -170,7 +170,7 @@ def flop_floor(opt: DoPr, rows: int, base_flops: float) -> float:
     for g in ap.groups.values():
         if g.diagonal:
             continue
-        cap = auto_row_cap(g.dim) if ap.max_rows == "auto" else ap.max_rows
+        cap = auto_row_cap(g.dim) if ap.options.max_rows == "auto" else ap.options.max_rows
         m = rows if cap is None else min(rows, cap)
         d_out = sum(ap.layers[n].adapter.out_features(ap.layers[n].module) for n in g.members)
         b = g.sigma_shape()[-1]

@@ -124,7 +124,7 @@ def test_refresh_every_reuses_the_factor_and_skips_capture_in_between():
 
 def test_ema_mode_averages_across_steps():
     model = nn.Linear(3, 2, bias=False)
-    ap = ActivationPreconditioner(model, damping=0.0, sigma="ema", ema_decay=0.5, eps=0.0, solve="inverse")
+    ap = ActivationPreconditioner(model, damping=0.0, sigma="ema", ema_decay=0.5, absolute_damping=0.0, solve="inverse")
     xs = [torch.randn(10, 3), torch.randn(10, 3) * 3]
     for x in xs:
         model(x).sum().backward()

@@ -7,6 +7,7 @@ README and the getting-started page runs; every relative link resolves; the READ
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import re
 import subprocess
@@ -17,13 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from dopr import ActivationPreconditioner, DoPr
+from dopr import ActivationPreconditioner, APOptions, DoPr
 from dopr.statistics import auto_row_cap
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 TABLES = [ROOT / "README.md", ROOT / "docs" / "options.md"]
-ONLY_AP = {"eps"}  # rows marked "ActivationPreconditioner only"
 
 
 def options_table(page: Path) -> dict[str, str]:
@@ -45,20 +45,33 @@ def documented_value(cell: str) -> object:
 
 @pytest.mark.parametrize("page", TABLES, ids=lambda p: p.name)
 def test_options_table_is_the_signature(page: Path) -> None:
+    """The table lists DoPr's parameters in its signature's order with its defaults; the AP options among them are
+    exactly APOptions' fields, and ActivationPreconditioner's signature takes the same ones with the same defaults."""
     table = options_table(page)
     dopr = inspect.signature(DoPr.__init__).parameters
     ap = inspect.signature(ActivationPreconditioner.__init__).parameters
-    named = {n for n, p in dopr.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
-    assert set(table) - {"**base_kwargs"} - ONLY_AP == named, "the table's options are not DoPr's parameters"
-    assert "**base_kwargs" in table and any(p.kind is p.VAR_KEYWORD for p in dopr.values())
+    in_order = [f"**{n}" if p.kind is p.VAR_KEYWORD else n for n, p in dopr.items() if n != "self"]
+    assert list(table) == in_order, f"{page.name}: the table's rows are not DoPr's parameters in order"
     for name, cell in table.items():
-        if name == "**base_kwargs":
-            continue
-        sig = ap if name in ONLY_AP else dopr
-        assert documented_value(cell) == sig[name].default, f"{page.name}: {name} documented as {cell}"
-        if name in ap and name != "model":  # the AP options take the same default in both constructors
-            assert ap[name].default == sig[name].default, f"{name}: DoPr and ActivationPreconditioner disagree"
-    assert set(ap) - {"self"} <= set(table), f"undocumented ActivationPreconditioner options {set(ap) - set(table)}"
+        if not name.startswith("**"):
+            assert documented_value(cell) == dopr[name].default, f"{page.name}: {name} documented as {cell}"
+    fields = {f.name: f.default for f in dataclasses.fields(APOptions)}
+    assert {n: ap[n].default for n in ap if n not in ("self", "model", "options")} == fields
+    assert {n: dopr[n].default for n in fields} == fields
+
+
+def test_options_are_checked_and_misspellings_named() -> None:
+    model = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="'dampng' \\(did you mean 'damping'\\?\\)"):
+        ActivationPreconditioner(model, dampng=1.0)
+    with pytest.raises(TypeError, match="looks like the DoPr option 'max_rows'"):
+        DoPr(model, lr=1e-3, max_row=8)
+    with pytest.raises(ValueError, match="max_rows must be"):
+        DoPr(model, lr=1e-3, options=APOptions(damping=1.0), max_rows=0)
+    opt = DoPr(model, lr=1e-3, options=APOptions(damping=1.0, solve="inverse"), damping=2.0, betas=(0.8, 0.9))
+    assert opt.preconditioner.options == APOptions(damping=2.0, solve="inverse")
+    assert opt.param_groups[0]["betas"] == (0.8, 0.9)
+    opt.remove()
 
 
 def test_auto_row_cap_is_the_documented_formula() -> None:

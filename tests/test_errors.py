@@ -120,7 +120,7 @@ def test_a_model_with_nothing_to_train():
 
 def test_singular_sigma_falls_back_and_is_counted():
     model = nn.Linear(3, 2, bias=False)
-    ap = ActivationPreconditioner(model, damping=0.0, eps=0.0, fallback="identity")
+    ap = ActivationPreconditioner(model, damping=0.0, absolute_damping=0.0, fallback="identity")
     model(torch.zeros(4, 3)).sum().backward()  # Sigma = 0: no Cholesky in float32 or float64
     g = model.weight.grad.clone()
     ap.precondition_()
@@ -130,7 +130,7 @@ def test_singular_sigma_falls_back_and_is_counted():
 
 def test_fallback_last_keeps_the_last_good_factor():
     model = nn.Linear(3, 2, bias=False)
-    ap = ActivationPreconditioner(model, damping=0.0, eps=0.0)
+    ap = ActivationPreconditioner(model, damping=0.0, absolute_damping=0.0)
     model(torch.randn(8, 3)).sum().backward()
     ap.precondition_()
     good = ap.groups[""].factor.tensor.clone()

@@ -9,12 +9,14 @@ from .adapters.attention import CapturedMultiheadAttention
 from .bases import AdaMuon, Muon, Signum
 from .functional import Factors, apply_cholesky, apply_factor, apply_inverse, factorize, second_moment_sum
 from .optimizer import DoPr
+from .options import APOptions
 from .preconditioner import ActivationPreconditioner, NonFiniteError
 from .routing import BASES
 
 __all__ = [
     "__version__",
     "BASES",
+    "APOptions",
     "ActivationPreconditioner",
     "AdaMuon",
     "CapturedMultiheadAttention",

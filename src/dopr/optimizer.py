@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from .options import OPTION_NAMES, APOptions, resolve_options, with_options
 from .preconditioner import ActivationPreconditioner
 from .reporting import dopr_summary
 from .routing import DEFAULT_AUX_PATTERNS, Route, build_bases
@@ -35,31 +36,16 @@ class DoPr(Optimizer):
             ``"adamuon"``) or any ``torch.optim.Optimizer`` subclass (called as ``cls(params, lr=lr,
             **base_kwargs)``).
         lr: learning rate of the base optimizer (``None``: the base optimizer's own default).
-        damping: gamma, relative to the mean eigenvalue: ``lambda = gamma * tr(Sigma) / d_in``.
-            The ``gamma' * tr(Sigma)`` convention corresponds to ``gamma = gamma' * d_in``.
-        sigma: ``"batch"`` (this step's second moment) or ``"ema"``; see
-            [ActivationPreconditioner][dopr.ActivationPreconditioner] for this and the other AP options.
-        ema_decay: decay of the EMA when ``sigma="ema"``.
-        refresh_every: recompute Sigma and its factorization every k steps.
-        max_rows: ``None`` (all rows), an int or ``"auto"``: rows per forward that Sigma is estimated from.
-        share_inputs: layers that read the same tensor share one Sigma.
-        exclude: fnmatch patterns of module names left to the base optimizer without AP.
-        fallback: ``"last"`` or ``"identity"``: what a failed factorization falls back to.
-        nonfinite: ``"raise"`` or ``"skip"``: what a NaN/inf gradient or activation does.
+        options: a [dopr.APOptions][dopr.APOptions] with the AP options; ``None``: the defaults.
         aux_lr: for matrix bases (muon, adamuon), the learning rate of the AdamW that takes the other
             parameters (``None``: ``lr``).
         aux_kwargs: keyword arguments of that AdamW.
         aux_patterns: module-name patterns of Linear layers (output heads) that a matrix base leaves to
             the AdamW as well.
-        seed: seed of the row-subsampling generator (``max_rows``).
-        process_group: all-reduce Sigma over this group when torch.distributed is initialized.
-        split_factorization: under torch.distributed, each rank factorizes a share of the input groups.
-        solve: ``"auto"``, ``"inverse"`` or ``"cholesky"``: how ``(Sigma + lambda I)^{-1}`` is applied.
-        max_block: ``None`` (the full Sigma) or the width above which a layer gets a block-diagonal Sigma.
-        strict: raise instead of warning when a trainable weight matrix gets no AP.
-        capturable: no host synchronization in a steady-state step (CUDA graphs); see
-            [ActivationPreconditioner][dopr.ActivationPreconditioner] for what it changes.
-        **base_kwargs: passed to the base optimizer (``betas``, ``weight_decay``, ``momentum``, ...).
+        **base_kwargs: any [APOptions][dopr.APOptions] field by keyword (``damping=0.1``, ``max_rows="auto"``,
+            ...; applied on top of ``options``); everything else is passed to the base optimizer (``betas``,
+            ``weight_decay``, ``momentum``, ...). The constructor's signature lists the AP options with their
+            defaults.
 
     ``zero_grad()`` also discards the input statistics collected for the gradients it clears. The hooks
     go with [remove][dopr.DoPr.remove], the end of a ``with DoPr(...) as opt:`` block, or garbage collection.
@@ -71,25 +57,10 @@ class DoPr(Optimizer):
         base: str | type[Optimizer] = "adamw",
         *,
         lr: float | None = None,
-        damping: float = 0.1,
-        sigma: str = "batch",
-        ema_decay: float = 0.95,
-        refresh_every: int = 1,
-        max_rows: int | str | None = None,
-        share_inputs: bool = True,
-        exclude: tuple[str, ...] | list[str] = (),
-        fallback: str = "last",
-        nonfinite: str = "raise",
+        options: APOptions | None = None,
         aux_lr: float | None = None,
         aux_kwargs: dict[str, Any] | None = None,
         aux_patterns: tuple[str, ...] = DEFAULT_AUX_PATTERNS,
-        seed: int = 0,
-        process_group: Any = None,
-        split_factorization: bool = False,
-        solve: str = "auto",
-        max_block: int | None = None,
-        strict: bool = False,
-        capturable: bool = False,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -99,14 +70,10 @@ class DoPr(Optimizer):
             )
         if lr is not None and (not (isinstance(lr, (int, float)) or torch.is_tensor(lr)) or lr < 0):
             raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+        overrides = {name: base_kwargs.pop(name) for name in OPTION_NAMES if name in base_kwargs}
+        options = resolve_options(options, overrides, owner="DoPr")  # before the bases: a bad option loses nothing
         bases, routes = build_bases(model, base, lr, base_kwargs, aux_lr, aux_kwargs, tuple(aux_patterns))
-        self.preconditioner = ActivationPreconditioner(
-            model, damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
-            max_rows=max_rows, share_inputs=share_inputs, exclude=exclude, fallback=fallback,
-            nonfinite=nonfinite, seed=seed, process_group=process_group,
-            split_factorization=split_factorization, solve=solve, max_block=max_block, strict=strict,
-            capturable=capturable,
-        )
+        self.preconditioner = ActivationPreconditioner(model, options)
         self.bases: list[tuple[str, Optimizer]] = bases
         self.routes: list[Route] = routes
         groups = [g for _, opt in bases for g in opt.param_groups]
@@ -206,4 +173,7 @@ class DoPr(Optimizer):
         )
 
     def __repr__(self) -> str:
-        return f"DoPr(bases={[name for name, _ in self.bases]}, damping={self.preconditioner.damping})"
+        return f"DoPr(bases={[name for name, _ in self.bases]}, damping={self.preconditioner.options.damping})"
+
+
+with_options(DoPr.__init__, before="aux_lr")

@@ -28,7 +28,7 @@ from .capture import UNSEEN_CALL, ModuleHooks, check_hooks_reached, unseen_read
 from .finite import NonFiniteError, all_finite
 from .functional import statistics_dtype
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
-from .options import check_options
+from .options import APOptions, resolve_options, with_options
 from .refresh import Workspaces, fall_back, refresh_groups
 from .reporting import coverage, layer_status, preconditioner_summary
 from .statistics import StatisticsCapture
@@ -61,57 +61,9 @@ class ActivationPreconditioner(StatisticsCapture):
 
     Args:
         model: the module whose layers are preconditioned (their weights are tapped, :mod:`dopr.tap`).
-        damping: gamma, relative to the mean eigenvalue ``tr(Sigma)/d``. For the ``gamma' tr(Sigma)``
-            convention, pass ``gamma' * d``.
-        sigma: ``"batch"`` (the paper: this step's second moment) or ``"ema"`` (exponential moving
-            average across refreshes with ``ema_decay``).
-        ema_decay: decay of the EMA when ``sigma="ema"``.
-        refresh_every: recompute Sigma and its factorization every k steps, reusing the factor in
-            between (hooks only record on refresh steps).
-        max_rows: estimate Sigma from at most this many randomly chosen rows per forward (``None``: all
-            rows, exact). ``"auto"``: at most ``max(4 d_in, 1024)`` rows per forward (``auto_row_cap``),
-            which caps Sigma's cost at ``8 d_in^3`` per forward however many tokens a wide layer sees and
-            leaves forwards of up to 1024 rows (or 4 per input dimension) exact: the paper's behavior-cloning
-            batches (256 rows into ~350 inputs) and most fine-tuning micro-batches.
-        share_inputs: layers that read the same tensor share one Sigma.
-        exclude: fnmatch patterns of module names left to the base optimizer.
-        fallback: when Cholesky fails in float32 and float64: ``"last"`` keeps the last good factor
-            (identity if none), ``"identity"`` uses the plain gradient.
-        nonfinite: ``"raise"`` raises :class:`NonFiniteError` naming the layer; ``"skip"`` leaves all
-            gradients untouched and returns False from :meth:`precondition_`.
-        eps: absolute damping added to lambda (default 0; lambda is relative to tr(Sigma), so it
-            follows the scale of the activations).
-        seed: seed of the row-subsampling generator (saved in the state dict).
-        process_group: all-reduce Sigma over this group when torch.distributed is initialized.
-        split_factorization: under torch.distributed, each rank factorizes a cost-balanced share of the
-            groups and the factors are all-reduced into place (worth it when factorization, ``~d^3``,
-            outweighs one more all-reduce of Sigma's size).
-        solve: how ``(Sigma + lambda I)^{-1}`` is applied. ``"inverse"``: form it (``~d^3`` flops)
-            and multiply; ``"cholesky"``: keep the Cholesky factor (``d^3/3``) and do two triangular
-            solves. ``"auto"`` (default) picks ``"cholesky"`` for a group when Sigma is refreshed every
-            step and the group's layers have at most ``d/2`` outputs in all (an MLP's down projection, a
-            narrow head): there the solves cost less than forming the inverse (``2/3 d^3``) would; from
-            about ``0.6 d`` outputs on, triangular solves run so far below the matrix-product rate (CPU, LAPACK)
-            that the inverse is faster (``benchmarks/solve_crossover.py``). Also with
-            ``"auto"``, a step with at most ``d/2`` rows (a small batch into a wide layer) keeps the
-            rows instead of forming Sigma and applies the inverse in its Woodbury form,
-            ``(I - Z^T (n lambda I + Z Z^T)^{-1} Z) / lambda`` (``sigma="batch"``, one process). All
-            forms agree to rounding.
-        max_block: ``None`` (default: the paper's full Sigma) or a width: a layer with more inputs than
-            this gets a block-diagonal Sigma of ``ceil(d_in / max_block)`` equal contiguous blocks, each
-            damped with the whole Sigma's lambda (Newton-Muon's choice for wide MLP inputs). Cuts the
-            cost of Sigma, its factorization and its application for wide layers (an MLP's down
-            projection, a convolution over many channels) by about ``d_in / max_block``, at the price
-            of the invariance to maps that mix inputs across blocks.
-        strict: raise instead of warning when a trainable weight matrix gets no AP (an unsupported layer
-            type or configuration, tied weights), naming each with its reason.
-        capturable: no host synchronization in a steady-state step (for CUDA graphs,
-            ``torch.compile(mode="reduce-overhead")``): non-finite values are not looked for (``nonfinite`` does
-            not apply; torch.amp.GradScaler still skips steps with them), a factorization that fails (a
-            non-finite Sigma) keeps the last good factor (``fallback="identity"``: the plain gradient) by a
-            device-side select and is counted in ``stats()["fallbacks"]`` without a warning or a float64 retry,
-            few rows are never kept for the Woodbury form, and the rows counted inside a compiled graph stay on
-            the device. Needs ``max_rows=None`` and one process.
+        options: a [dopr.APOptions][dopr.APOptions]; ``None``: the defaults.
+        **overrides: any [APOptions][dopr.APOptions] field by keyword (``damping=0.1``, ``max_rows="auto"``, ...),
+            applied on top of ``options``. The constructor's signature lists them with their defaults.
 
     Statistics follow the gradient: a forward's rows enter Sigma only when backward reaches the layer's
     output, and ``DoPr.zero_grad()`` (or a ``.grad`` set to None or replaced) discards the rows collected
@@ -119,60 +71,24 @@ class ActivationPreconditioner(StatisticsCapture):
     when the preconditioner is garbage-collected; a model's layer can have one preconditioner at a time.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        damping: float = 0.1,
-        *,
-        sigma: str = "batch",
-        ema_decay: float = 0.95,
-        refresh_every: int = 1,
-        max_rows: int | str | None = None,
-        share_inputs: bool = True,
-        exclude: tuple[str, ...] | list[str] = (),
-        fallback: str = "last",
-        nonfinite: str = "raise",
-        eps: float = 0.0,
-        seed: int = 0,
-        process_group: Any = None,
-        split_factorization: bool = False,
-        solve: str = "auto",
-        max_block: int | None = None,
-        strict: bool = False,
-        capturable: bool = False,
-    ) -> None:
-        check_options(model=model, damping=damping, sigma=sigma, ema_decay=ema_decay, refresh_every=refresh_every,
-                      max_rows=max_rows, max_block=max_block, solve=solve, fallback=fallback, nonfinite=nonfinite,
-                      capturable=capturable)
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        self.damping = float(damping)
-        self.sigma_mode = sigma
-        self.ema_decay = ema_decay
-        self.refresh_every = refresh_every
-        self.max_rows = max_rows
-        self.share_inputs = share_inputs
-        self.exclude = tuple(exclude)
-        self.fallback = fallback
-        self.nonfinite = nonfinite
-        self.eps = eps
-        self.process_group = process_group
-        self.split_factorization = bool(split_factorization)
-        self.solve = solve
-        self.max_block = max_block
-        self.capturable = capturable
+    def __init__(self, model: nn.Module, options: APOptions | None = None, **overrides: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be an nn.Module, got {type(model).__name__}; pass the model, not its parameters"
+            )
+        self.options = resolve_options(options, overrides, owner="ActivationPreconditioner")
         self.step_count = 0
         self.skipped_steps = 0
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(self.options.seed)
         self._row_mask: Tensor | None = None
         self._tokens, self._token_count, self._masked_step = {}, 0, False
         self._banks: dict[tuple[int, str], list[Layer]] = {}  # (id(module), bank) -> its experts' layers
         self._workspaces = Workspaces()  # the memory refreshes factorize in (the factors are views of it)
-        self._grouping_frozen = not share_inputs
+        self._grouping_frozen = not self.options.share_inputs
         self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
         self.layers: dict[str, Layer] = {}
         self.groups: dict[str, Group] = {}
-        self.discovery: Discovery = self._discover(model, strict)
+        self.discovery: Discovery = self._discover(model, self.options.strict)
         self._model_parameters = list(model.named_parameters())
         self.skipped: dict[str, str] = self.discovery.skipped  # layer name -> why it is left to the base optimizer
         tapped = {name for name, spec in self.discovery.layers.items() if spec.tapped}
@@ -189,7 +105,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self._claim_weights(tapped)
         self._hooks = ModuleHooks(hooked, self, "_on_forward")
         # reads inside a compiled graph accumulate exact, full Sigmas (no row subsampling, no blocks)
-        compiled = statistics_dtype if max_rows is None and max_block is None else None
+        compiled = statistics_dtype if self.options.max_rows is None and self.options.max_block is None else None
         self._tapped, phantoms = tap_layers(self, [self.layers[n] for n in tapped], compiled)
         self._phantoms = {e.name: phantoms[id(e)] for e in self.layers.values() if id(e) in phantoms}
         self._finalizer = weakref.finalize(self, _detach, self._hooks, list(hooked.values()),
@@ -197,7 +113,7 @@ class ActivationPreconditioner(StatisticsCapture):
 
     # ----------------------------------------------------------------- discovery
     def _discover(self, model: nn.Module, strict: bool) -> Discovery:
-        found = discover(model, self.exclude)
+        found = discover(model, self.options.exclude)
         if unexpected := found.unexpected():
             listing = "\n".join(f"  {name}: {why}" for name, why in unexpected.items())
             message = (f"DoPr leaves {len(unexpected)} trainable weight matrices without AP (their plain gradient goes "
@@ -240,8 +156,8 @@ class ActivationPreconditioner(StatisticsCapture):
         """An empty input group for ``layer`` alone, shaped by its adapter and ``max_block``."""
         adapter, module = layer.adapter, layer.module
         blocks, groups = 1, adapter.groups(module)
-        if self.max_block is not None and not adapter.diagonal and groups == 1:
-            blocks = -(-adapter.in_features(module) // self.max_block)
+        if self.options.max_block is not None and not adapter.diagonal and groups == 1:
+            blocks = -(-adapter.in_features(module) // self.options.max_block)
         return Group([layer.name], adapter.dim(module), adapter.diagonal, adapter.has_bias(module), blocks, groups)
 
     def preconditioned_parameters(self) -> list[nn.Parameter]:
@@ -284,7 +200,7 @@ class ActivationPreconditioner(StatisticsCapture):
             if refresh:
                 self._reduce_across_ranks()
             grads = {e.name: e.adapter.gradient(e.module) for e, _ in work}
-            separate_tied_gradients(self.tied, self.layers, grads, self.process_group)
+            separate_tied_gradients(self.tied, self.layers, grads, self.options.process_group)
             if not self._all_finite(work, grads, refresh):
                 self.skipped_steps += 1
                 return False
@@ -351,9 +267,9 @@ class ActivationPreconditioner(StatisticsCapture):
         return unseen_read(unseen_op(layer.adapter.weight(layer.module)))
 
     def _reduce_across_ranks(self) -> None:
-        if not distributed.is_distributed(self.process_group):
+        if not distributed.is_distributed(self.options.process_group):
             return
-        if self.capturable:
+        if self.options.capturable:
             raise NotImplementedError("capturable=True is for one process: summing Sigma over ranks reads the row "
                                       "counts on the host; construct DoPr with capturable=False under DDP/FSDP")
         groups = list(self.groups.values())
@@ -365,7 +281,7 @@ class ActivationPreconditioner(StatisticsCapture):
                 group.total = torch.zeros(group.sigma_shape(), dtype=statistics_dtype(weight.dtype),
                                           device=local(weight).device)
         rows = torch.tensor([float(g.rows) for g in groups], dtype=torch.float64, device=groups[0].total.device)
-        distributed.all_reduce_sum_([g.total for g in groups] + [rows], self.process_group)
+        distributed.all_reduce_sum_([g.total for g in groups] + [rows], self.options.process_group)
         for group, n in zip(groups, rows.tolist()):
             group.rows = int(n)
 
@@ -383,7 +299,7 @@ class ActivationPreconditioner(StatisticsCapture):
                     )
 
     def _all_finite(self, work: list[tuple[Layer, Group]], grads: dict[str, Tensor], refresh: bool) -> bool:
-        if self.capturable:
+        if self.options.capturable:
             return True  # looking reads a flag on the host; a non-finite Sigma keeps the last factor (refresh.py)
         checks = [(f"gradient of layer '{e.name}'", grads[e.name]) for e, _ in work]
         if refresh:
@@ -391,31 +307,30 @@ class ActivationPreconditioner(StatisticsCapture):
                         "activations so large that z z^T overflows float32, |z| > ~1e19)", t)
                        for g in self.groups.values() if g.rows
                        for t in ([g.total] if g.total is not None else g.kept)]  # kept rows: each piece, no copy
-        return all_finite(checks, step=self.step_count, nonfinite=self.nonfinite)
+        return all_finite(checks, step=self.step_count, nonfinite=self.options.nonfinite)
 
     def _refresh(self, groups: list[Group]) -> None:
         """New Sigma (batch or EMA) and factorization for each group; equal sizes share one batched call."""
-        factorizer = None
-        if self.split_factorization and distributed.is_distributed(self.process_group):
+        o, factorizer = self.options, None
+        if o.split_factorization and distributed.is_distributed(o.process_group):
             factorizer = lambda stacks: distributed.factorize_across_ranks(  # noqa: E731
-                stacks, self.damping, self.eps, self.process_group)
-        failures = refresh_groups(groups, gamma=self.damping, eps=self.eps, sigma_mode=self.sigma_mode,
-                                  ema_decay=self.ema_decay, uses_cholesky=self._uses_cholesky, factorizer=factorizer,
-                                  workspaces=self._workspaces,
-                                  on_device=None if not self.capturable else self.fallback == "last")
+                stacks, o.damping, o.absolute_damping, o.process_group)
+        failures = refresh_groups(groups, gamma=o.damping, eps=o.absolute_damping, sigma_mode=o.sigma, ema_decay=o.ema_decay,
+                                  uses_cholesky=self._uses_cholesky, factorizer=factorizer, workspaces=self._workspaces,
+                                  on_device=None if not o.capturable else o.fallback == "last")
         for failure in failures:
             weight = self._weight(failure.group)
-            fall_back(failure, keep_last=self.fallback == "last", damping=self.damping,
+            fall_back(failure, keep_last=o.fallback == "last", damping=o.damping,
                       dtype=statistics_dtype(weight.dtype), device=local(weight).device)
 
     def _uses_cholesky(self, group: Group) -> bool:
-        if group.diagonal or self.solve == "inverse":
+        if group.diagonal or self.options.solve == "inverse":
             return False
-        if self.solve == "cholesky":
+        if self.options.solve == "cholesky":
             return True
         outputs = sum(self.layers[m].adapter.out_features(self.layers[m].module) for m in group.members)
         width = group.sigma_shape()[-1]  # a block's width for a block-diagonal Sigma
-        return self.refresh_every == 1 and 2 * outputs <= width
+        return self.options.refresh_every == 1 and 2 * outputs <= width
 
     # ----------------------------------------------------------------- reporting
     def stats(self) -> dict[str, dict[str, float | int | list[str]]]:
@@ -499,3 +414,6 @@ class ActivationPreconditioner(StatisticsCapture):
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+with_options(ActivationPreconditioner.__init__)

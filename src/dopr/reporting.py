@@ -134,7 +134,7 @@ def dopr_summary(opt: DoPr) -> str:
     status = parameter_status(ap)
     named = {r.name: r for r in opt.routes}
     width = max((len(n) for n in named), default=10)
-    lines = [f"DoPr: {len(opt.routes)} trainable tensors, damping={ap.damping}",
+    lines = [f"DoPr: {len(opt.routes)} trainable tensors, damping={ap.options.damping}",
              f"  {'parameter'.ljust(width)}  {'shape':<16} {'base':<8} {'AP':<8} why"]
     for name, r in named.items():
         ap_state = status.get(name, "-")

@@ -8,6 +8,7 @@ AdamW, as Muon's authors recommend. Element-wise optimizers take all parameters.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from torch.optim import Optimizer
 from .adapters.base import is_hf_conv1d
 from .adapters.experts import expert_banks
 from .bases import AdaMuon, Muon, Signum
+from .options import OPTION_NAMES
 
 __all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
 
@@ -58,6 +60,13 @@ def _linear_weights(model: nn.Module, aux_patterns: tuple[str, ...]) -> dict[int
     return out
 
 
+def _option_hint(base_kwargs: dict[str, Any]) -> str:
+    """A misspelled AP option reaches the base optimizer; say which option it resembles."""
+    close = {name: difflib.get_close_matches(name, OPTION_NAMES, 1) for name in base_kwargs}
+    hints = [f"{name!r} looks like the DoPr option {match[0]!r}" for name, match in close.items() if match]
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
 def build_bases(
     model: nn.Module,
     base: str | type[Optimizer],
@@ -88,7 +97,8 @@ def build_bases(
         try:
             opt = cls([p for _, p in named], **kwargs)
         except TypeError as err:
-            raise TypeError(f"{label} rejected the keyword arguments {sorted(base_kwargs)}: {err}") from err
+            raise TypeError(f"{label} rejected the keyword arguments {sorted(base_kwargs)}: {err}"
+                            f"{_option_hint(base_kwargs)}") from err
         return [(label, opt)], [Route(n, tuple(p.shape), label, "all parameters") for n, p in named]
 
     hidden = _linear_weights(model, aux_patterns)

@@ -23,6 +23,7 @@ from . import distributed
 from .capture import in_backward, output_tensors, records_gradients, when_backward_reaches
 from .functional import block_second_moment_sum, grouped_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
+from .options import APOptions
 from .sigma_tap import take
 
 __all__ = ["AUTO_MIN_ROWS", "ROWS_PER_INPUT", "StatisticsCapture", "auto_row_cap"]
@@ -69,6 +70,7 @@ class StatisticsCapture:
     """Capture of layer inputs into per-group statistics; mixed into :class:`~dopr.ActivationPreconditioner`,
     which owns ``layers``, ``groups``, the hooks and the options read here."""
 
+    options: APOptions
     layers: dict[str, Layer]
     groups: dict[str, Group]
     _module_layers: dict[str, list[Layer]]
@@ -82,7 +84,7 @@ class StatisticsCapture:
     @property
     def capturing(self) -> bool:
         """Whether forwards now record statistics (the next step is a refresh step)."""
-        return self.step_count % self.refresh_every == 0
+        return self.step_count % self.options.refresh_every == 0
 
     def _on_forward(self, module_name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any,
                     during_backward: bool) -> None:
@@ -168,7 +170,7 @@ class StatisticsCapture:
         """This forward's statistics for ``group``, computed now (the input may not outlive the forward)."""
         dtype = statistics_dtype(layer.adapter.weight(layer.module).dtype)
         with torch.autocast(x.device.type, enabled=False), record_function("dopr::sigma"):
-            cap = auto_row_cap(group.dim) if self.max_rows == "auto" else self.max_rows
+            cap = auto_row_cap(group.dim) if self.options.max_rows == "auto" else self.options.max_rows
             masked = self._row_mask is not None and layer.adapter.maskable
             count = None if cap is None or masked else layer.adapter.row_count(layer.module, x)
             if count is not None and count > cap:  # draw the rows first, form only those (a conv's patches)
@@ -259,7 +261,7 @@ class StatisticsCapture:
             raise ValueError("row_mask does not reach the layers read inside a compiled graph (their rows are counted "
                              "by autograd there): build DoPr with the masked forward left eager, or drop row_mask")
         stats = take([p for _, p in live], [self.groups[layer.group].bias for layer, _ in live])
-        if self.capturable:  # the counts stay on the device (Sigma = total / rows there)
+        if self.options.capturable:  # the counts stay on the device (Sigma = total / rows there)
             rows = [n for _, n in stats]
         else:  # the one host read for all compiled layers
             rows = [int(n) for n in torch.stack([n for _, n in stats]).tolist()]
@@ -285,8 +287,9 @@ class StatisticsCapture:
 
     def _low_rank_allowed(self) -> bool:
         # the Woodbury form needs this step's rows on this rank: not for EMA Sigma or a Sigma summed over ranks
-        return (self.solve == "auto" and self.sigma_mode == "batch" and not self.capturable
-                and not distributed.is_distributed(self.process_group))
+        o = self.options
+        return (o.solve == "auto" and o.sigma == "batch" and not o.capturable
+                and not distributed.is_distributed(o.process_group))
 
     @contextmanager
     def row_mask(self, mask: Tensor) -> Iterator[None]:
