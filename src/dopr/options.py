@@ -158,8 +158,8 @@ def resolve_options(options: APOptions | None, overrides: dict[str, Any], *, own
                         "pass single options by keyword instead (damping=0.1, max_rows='auto', ...)")
     unknown = [name for name in overrides if name not in OPTION_NAMES]
     if unknown:
-        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := _RENAMED.get(n, difflib.get_close_matches(n, OPTION_NAMES, 1)))
-                 else repr(n) for n in unknown]
+        close = {n: _RENAMED.get(n) or difflib.get_close_matches(n, OPTION_NAMES, 1) for n in unknown}
+        hints = [f"{n!r} (did you mean {m[0]!r}?)" if m else repr(n) for n, m in close.items()]
         raise TypeError(f"{owner} got unknown option(s) {', '.join(hints)}; the options are {', '.join(OPTION_NAMES)}")
     return dataclasses.replace(options or APOptions(), **overrides)
 

@@ -315,8 +315,9 @@ class ActivationPreconditioner(StatisticsCapture):
         if o.split_factorization and distributed.is_distributed(o.process_group):
             factorizer = lambda stacks: distributed.factorize_across_ranks(  # noqa: E731
                 stacks, o.damping, o.absolute_damping, o.process_group)
-        failures = refresh_groups(groups, gamma=o.damping, eps=o.absolute_damping, sigma_mode=o.sigma, ema_decay=o.ema_decay,
-                                  uses_cholesky=self._uses_cholesky, factorizer=factorizer, workspaces=self._workspaces,
+        failures = refresh_groups(groups, gamma=o.damping, eps=o.absolute_damping, sigma_mode=o.sigma,
+                                  ema_decay=o.ema_decay, uses_cholesky=self._uses_cholesky, factorizer=factorizer,
+                                  workspaces=self._workspaces,
                                   on_device=None if not o.capturable else o.fallback == "last")
         for failure in failures:
             weight = self._weight(failure.group)
