@@ -286,3 +286,24 @@ def test_a_compiled_optimizer_step_equals_the_eager_one(capturable):
         runs.append(model)
     for p, q in zip(runs[0].parameters(), runs[1].parameters()):  # AOT graphs round differently: 1.5e-6 seen
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+def test_the_capturable_step_compiles_without_a_break_in_the_factorization():
+    """The factorization writes into DoPr's workspaces with ``out=``, which Dynamo cannot trace into a strided view;
+    while compiling it writes out of place and copies. The capturable step then breaks only at DoPr's bookkeeping
+    (23 graphs on this model before, 6 after)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _ResidualMLP()
+    opt = DoPr(model, lr=1e-2, capturable=True)
+    for _ in range(2):
+        opt.zero_grad()
+        _mlp_loss(model).backward()
+        opt.step()
+    opt.zero_grad()
+    _mlp_loss(model).backward()
+    explained = torch._dynamo.explain(opt.step)()
+    reasons = [str(b.reason) for b in explained.break_reasons]
+    assert not [r for r in reasons if "out=" in r], reasons
+    assert explained.graph_count <= 6, (explained.graph_count, reasons)
+    opt.remove()

@@ -321,8 +321,13 @@ def _narrowed(factors64: Tensor, dtype: torch.dtype, *, triangular: bool) -> tup
 def _cholesky_(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Cholesky factor (lower, as a column-major view) or inverse of contiguous symmetric ``damped``, in place."""
     view = damped.mT  # the same symmetric matrices, column-major as LAPACK wants them: no copy in or out
-    _, info = torch.linalg.cholesky_ex(view, out=(view, torch.empty(damped.shape[0], dtype=torch.int32,
-                                                                    device=damped.device)))
+    compiling = torch.compiler.is_compiling()  # Dynamo cannot trace out= into a strided view: a graph break each
+    if compiling:
+        lower, info = torch.linalg.cholesky_ex(view)
+        view.copy_(lower)
+    else:
+        _, info = torch.linalg.cholesky_ex(view, out=(view, torch.empty(damped.shape[0], dtype=torch.int32,
+                                                                        device=damped.device)))
     factored = info == 0
     # failed entries hold a partial factor that cholesky_inverse would reject: a unit diagonal makes any of them
     # invertible (no sync to find out whether any failed; the select is one cheap pass)
@@ -333,7 +338,10 @@ def _cholesky_(damped: Tensor, keep_factor: bool) -> tuple[Tensor, Tensor, Tenso
     if keep_factor:
         factor = view
     else:
-        torch.cholesky_inverse(view, out=view)
+        if compiling:
+            view.copy_(torch.cholesky_inverse(view))
+        else:
+            torch.cholesky_inverse(view, out=view)
         factor = damped  # symmetric: the row-major view is the same matrix
     ok = factored & finite_rows(factor)
     return factor, cond, ok

@@ -232,7 +232,10 @@ def _fill(sigmas: Tensor, items: list[tuple[Group, Tensor, float]]) -> list[Tens
     for group, source, scale in items:
         part = sigmas[offset : offset + _matrices(group)] if _stacked(group) else sigmas[offset]
         offset += _matrices(group)
-        torch.mul(source, scale, out=part)
+        if torch.compiler.is_compiling():  # out= into a slice is a graph break
+            part.copy_(source * scale)
+        else:
+            torch.mul(source, scale, out=part)
         if group.blocks > 1:
             traces.append(pad_blocks_(part, group.dim))
         elif group.groups > 1:
