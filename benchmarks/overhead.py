@@ -122,8 +122,9 @@ def state_bytes(opt: object) -> int:
                 if torch.is_tensor(t))
     if isinstance(opt, DoPr):
         for g in opt.preconditioner.groups.values():
-            total += sum(t.numel() * t.element_size() for t in (g.factor, g.ema, g.low_rank_chol) if t is not None)
-            if g.kind != "low_rank":  # the per-step Sigma accumulator (the Woodbury form keeps rows instead)
+            held = [*vars(g.factor).values(), g.ema] if g.factor is not None else [g.ema]  # the factor's tensors
+            total += sum(t.numel() * t.element_size() for t in held if torch.is_tensor(t))
+            if g.factor is None or g.factor.kind != "low_rank":  # Sigma's accumulator (Woodbury keeps rows instead)
                 total += math.prod(g.sigma_shape()) * 4
     return total
 
@@ -175,7 +176,8 @@ def flop_floor(opt: DoPr, rows: int, base_flops: float) -> float:
         d_out = sum(ap.layers[n].adapter.out_features(ap.layers[n].module) for n in g.members)
         b = g.sigma_shape()[-1]
         k = symmetric_blocks(b)
-        extra += g.blocks * (2 * m * b * b * (k + 1) / (2 * k) + b**3 / 3 + (2 * b**3 / 3 if g.kind == "inverse" else 0)
+        inverse = g.factor is not None and g.factor.kind == "inverse"
+        extra += g.blocks * (2 * m * b * b * (k + 1) / (2 * k) + b**3 / 3 + (2 * b**3 / 3 if inverse else 0)
                              + 2 * d_out * b * b)
     return 1 + extra / base_flops
 
