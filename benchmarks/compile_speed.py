@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--mode", default=None, help="torch.compile mode (reduce-overhead: CUDA graphs)")
     parser.add_argument("--capturable", action="store_true",
                         help="add a compiled DoPr arm with capturable=True (no host sync in its step)")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="the compiled arms also compile their optimizer's step (torch.compile(opt.step))")
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -65,12 +67,15 @@ def main() -> None:
         opt = (DoPr(model, lr=1e-3, capturable=label.endswith("capturable")) if label.startswith("dopr")
                else torch.optim.AdamW(model.parameters(), lr=1e-3))
         forward = torch.compile(model, fullgraph=True, mode=args.mode) if "compiled" in label else model
+        if args.compile_step and "compiled" in label:
+            opt.step = torch.compile(opt.step, mode=args.mode)
         arms[label] = (forward, opt)
     med = interleaved_medians({label: training_step(opt, lambda f=forward: loss(f))
                                for label, (forward, opt) in arms.items()}, args.rounds, args.warmup, sync)
     base_w, base_c = med["adamw eager"]
     print(f"model {args.model}" + (f", {args.tokens} tokens per step" if args.model == "gpt" else ", batch 256")
-          + f", {device.type}, compile mode {args.mode or 'default'}")
+          + f", {device.type}, compile mode {args.mode or 'default'}"
+          + (", optimizer step compiled too" if args.compile_step else ""))
     for label, (w, c) in med.items():
         print(f"{label:<31} wall {w * 1e3:8.2f} ms ({w / base_w:.2f}x)  cpu {c * 1e3:8.2f} ms ({c / base_c:.2f}x)")
     for kind, i in (("wall", 0), ("cpu", 1)):

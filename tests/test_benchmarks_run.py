@@ -25,8 +25,8 @@ RUNS = {
                       "--variants", "exact:;block256:max_block=256;fast:refresh_every=10"], ["dopr-muon block256"]),
     "overhead-robo": (["overhead.py", "--model", "robo", "--bases", "adamw", "--steps", "1", "--warmup", "1",
                        "--variants", "exact:;auto:max_rows=auto"], ["dopr-adamw auto"]),
-    "compile-speed": (["compile_speed.py", "--model", "mlp", "--rounds", "1", "--warmup", "1", "--capturable"],
-                      ["dopr-adamw compiled capturable"]),
+    "compile-speed": (["compile_speed.py", "--model", "mlp", "--rounds", "1", "--warmup", "1", "--capturable",
+                       "--compile-step"], ["dopr-adamw compiled capturable", "optimizer step compiled too"]),
     "solve-crossover": (["solve_crossover.py", "--widths", "17"], ["17 |"]),
 }
 
