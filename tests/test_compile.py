@@ -291,7 +291,7 @@ def test_a_compiled_optimizer_step_equals_the_eager_one(capturable):
 def test_the_capturable_step_compiles_without_a_break_in_the_factorization():
     """The factorization writes into DoPr's workspaces with ``out=``, which Dynamo cannot trace into a strided view;
     while compiling it writes out of place and copies. The capturable step then breaks only at DoPr's bookkeeping
-    (23 graphs on this model before, 6 after)."""
+    (on benchmarks/mlp_step.py's MLP: 23 graphs before, 6 after)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = _ResidualMLP()

@@ -148,7 +148,13 @@ def _check(o: APOptions) -> None:
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(APOptions))
-_RENAMED = {"eps": ["absolute_damping"]}  # ActivationPreconditioner's keyword before dopr 0.3
+_RENAMED = {"eps": "absolute_damping"}  # ActivationPreconditioner's keyword before dopr 0.3
+
+
+def closest_option(name: str) -> str | None:
+    """The option a misspelled keyword most likely meant, if any."""
+    match = difflib.get_close_matches(name, OPTION_NAMES, 1)
+    return match[0] if match else None
 
 
 def resolve_options(options: APOptions | None, overrides: dict[str, Any], *, owner: str) -> APOptions:
@@ -158,8 +164,8 @@ def resolve_options(options: APOptions | None, overrides: dict[str, Any], *, own
                         "pass single options by keyword instead (damping=0.1, max_rows='auto', ...)")
     unknown = [name for name in overrides if name not in OPTION_NAMES]
     if unknown:
-        close = {n: _RENAMED.get(n) or difflib.get_close_matches(n, OPTION_NAMES, 1) for n in unknown}
-        hints = [f"{n!r} (did you mean {m[0]!r}?)" if m else repr(n) for n, m in close.items()]
+        close = {n: _RENAMED.get(n) or closest_option(n) for n in unknown}
+        hints = [f"{n!r} (did you mean {m!r}?)" if m else repr(n) for n, m in close.items()]
         raise TypeError(f"{owner} got unknown option(s) {', '.join(hints)}; the options are {', '.join(OPTION_NAMES)}")
     return dataclasses.replace(options or APOptions(), **overrides)
 
@@ -179,4 +185,4 @@ def with_options(init: Callable[..., None], *, before: str | None = None) -> Cal
     return init
 
 
-__all__ = ["APOptions", "OPTION_NAMES", "resolve_options", "with_options"]
+__all__ = ["APOptions", "OPTION_NAMES", "closest_option", "resolve_options", "with_options"]

@@ -88,7 +88,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self._epoch = 0  # bumped by reset_statistics(): pending forwards of an earlier epoch are dropped
         self.layers: dict[str, Layer] = {}
         self.groups: dict[str, Group] = {}
-        self.discovery: Discovery = self._discover(model, self.options.strict)
+        self.discovery: Discovery = self._discover(model)
         self._model_parameters = list(model.named_parameters())
         self.skipped: dict[str, str] = self.discovery.skipped  # layer name -> why it is left to the base optimizer
         tapped = {name for name, spec in self.discovery.layers.items() if spec.tapped}
@@ -112,14 +112,14 @@ class ActivationPreconditioner(StatisticsCapture):
                                            list(self.discovery.attention), self._tapped)
 
     # ----------------------------------------------------------------- discovery
-    def _discover(self, model: nn.Module, strict: bool) -> Discovery:
+    def _discover(self, model: nn.Module) -> Discovery:
         found = discover(model, self.options.exclude)
         if unexpected := found.unexpected():
             listing = "\n".join(f"  {name}: {why}" for name, why in unexpected.items())
             message = (f"DoPr leaves {len(unexpected)} trainable weight matrices without AP (their plain gradient goes "
                        f"to the base optimizer):\n{listing}\nPass exclude=[...] with their module names to leave them "
                        "out on purpose (silences this), or strict=True to make this an error.")
-            if strict:
+            if self.options.strict:
                 _detach(None, [], found.attention)
                 raise ValueError(message)
             warnings.warn(message, UserWarning, stacklevel=4)

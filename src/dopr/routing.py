@@ -8,7 +8,6 @@ AdamW, as Muon's authors recommend. Element-wise optimizers take all parameters.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from torch.optim import Optimizer
 from .adapters.base import is_hf_conv1d
 from .adapters.experts import expert_banks
 from .bases import AdaMuon, Muon, Signum
-from .options import OPTION_NAMES
+from .options import closest_option
 
 __all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
 
@@ -62,8 +61,8 @@ def _linear_weights(model: nn.Module, aux_patterns: tuple[str, ...]) -> dict[int
 
 def _option_hint(base_kwargs: dict[str, Any]) -> str:
     """A misspelled AP option reaches the base optimizer; say which option it resembles."""
-    close = {name: difflib.get_close_matches(name, OPTION_NAMES, 1) for name in base_kwargs}
-    hints = [f"{name!r} looks like the DoPr option {match[0]!r}" for name, match in close.items() if match]
+    close = {name: closest_option(name) for name in base_kwargs}
+    hints = [f"{name!r} looks like the DoPr option {match!r}" for name, match in close.items() if match]
     return f" ({'; '.join(hints)})" if hints else ""
 
 
