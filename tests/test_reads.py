@@ -4,12 +4,15 @@
   the q/k/v weights are read by the function's own in-projections, the out-projection by its attention output;
 * an embedding table normalized as a whole, ``F.layer_norm(table)`` (SEW-D's relative positions): the rows of
   ``I @ table``, each row read once;
-* any other op computing a tensor from a tapped weight (``torch.cat`` of weights, MobileBERT's head) is named in
-  the warning of the layer it leaves without statistics.
+* ``torch.cat`` of weights (a fused projection, MobileBERT's head), then multiplied: each weight reads its part
+  of the input (tests/test_mobilebert_head.py has the head itself);
+* any other op computing a tensor from a tapped weight (a scaled copy) is named in the warning of the layer it
+  leaves without statistics.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -106,23 +109,74 @@ def test_table_normalized_whole_reads_every_row_once():
             opt.step()
 
 
-class ConcatenatedHead(nn.Module):
-    """MobileBERT's head: a weight built by torch.cat of two parameters, then multiplied."""
+class ConcatenatedWeights(nn.Module):
+    """Weights joined by torch.cat, then multiplied: by rows (a fused projection), its transpose, or by columns (each
+    weight reads its own columns of the input)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(D if how != "columns" else 3, 4, bias=False)
+        self.b = nn.Linear(D if how != "columns" else D - 3, 4 if how == "columns" else 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "rows":
+            return F.linear(x, torch.cat([self.a.weight, self.b.weight]))
+        if self.how == "transposed":
+            return x @ torch.cat([self.a.weight, self.b.weight]).T
+        return F.linear(x, torch.cat([self.a.weight, self.b.weight], dim=1))
+
+
+class ModuleCalls(ConcatenatedWeights):
+    """The same maps as module calls: the twin the reads must agree with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "columns":
+            return self.a(x[..., :3]) + self.b(x[..., 3:])
+        return torch.cat([self.a(x), self.b(x)], dim=-1)
+
+
+def _train(model: nn.Module, steps: int = 3) -> None:
+    opt = DoPr(model, base="sgd", lr=0.1, damping=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for s in range(steps):
+            x = torch.randn(20, D, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    assert all(s["missing_statistics"] == 0 for s in opt.stats().values())
+    opt.preconditioner.remove()
+
+
+@pytest.mark.parametrize("how", ["rows", "transposed", "columns"])
+def test_a_concatenation_of_weights_is_read_as_each_weight(how):
+    torch.manual_seed(0)
+    model = ConcatenatedWeights(how).double()
+    twin = copy.deepcopy(model)
+    twin.__class__ = ModuleCalls
+    _train(model)
+    _train(twin)
+    for name in ("a", "b"):
+        torch.testing.assert_close(getattr(model, name).weight, getattr(twin, name).weight, rtol=1e-12, atol=1e-13)
+
+
+class ScaledCopy(nn.Module):
+    """A weight read only through a scaled copy of it: no read of the weight itself."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(D, 4, bias=False)
-        self.b = nn.Linear(D, 3, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ torch.cat([self.a.weight, self.b.weight]).T
+        return x @ (2 * self.a.weight).T
 
 
 def test_an_op_that_is_not_a_read_is_named():
-    model = ConcatenatedHead()
+    model = ScaledCopy()
     opt = DoPr(model, lr=1e-3)
     model(torch.randn(2, D)).sum().backward()
-    with pytest.warns(RuntimeWarning, match=r"'a' has a gradient .* computed from it by torch\.cat"):
+    with pytest.warns(RuntimeWarning, match=r"'a' has a gradient .* computed from it by Tensor\.mul"):
         opt.step()
 
 

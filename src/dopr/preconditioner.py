@@ -21,8 +21,9 @@ from torch.autograd.profiler import record_function
 
 from . import distributed
 from . import reads as _reads  # noqa: F401  (importing it fills the tap's tables of ops)
-from .adapters import Discovery, discover, local
+from .adapters import Adapter, Discovery, discover, local
 from .adapters.attention import release_attention
+from .adapters.base import ReadTransposedAdapter, can_read_transposed
 from .adapters.recurrent import release_recurrent
 from .capture import UNSEEN_CALL, ModuleHooks, check_hooks_reached, unseen_read
 from .finite import NonFiniteError, all_finite
@@ -40,6 +41,11 @@ __all__ = ["ActivationPreconditioner", "NonFiniteError"]
 
 # module -> weakref to the preconditioner whose hooks are on it (one preconditioner per layer)
 _HOOKED: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
+
+
+def _module_adapter(adapter: Adapter) -> Adapter:
+    """A layer's adapter as a module call reads it (unwrapping a switch to reading ``x @ W``)."""
+    return adapter.inner if isinstance(adapter, ReadTransposedAdapter) else adapter
 
 
 def _detach(handles: ModuleHooks | None, modules: list[nn.Module], attention: list[nn.Module],
@@ -82,6 +88,7 @@ class ActivationPreconditioner(StatisticsCapture):
         self._generator = torch.Generator().manual_seed(self.options.seed)
         self._row_mask: Tensor | None = None
         self._tokens, self._token_count, self._masked_step = {}, 0, False
+        self._read_transposed: set[str] = set()
         self._banks: dict[tuple[int, str], list[Layer]] = {}  # (id(module), bank) -> its experts' layers
         self._workspaces = Workspaces()  # the memory refreshes factorize in (the factors are views of it)
         self._grouping_frozen = not self.options.share_inputs
@@ -152,9 +159,9 @@ class ActivationPreconditioner(StatisticsCapture):
                         "which would record its inputs too. Call old_optimizer.remove() first (or build it in a "
                         "`with` block), or exclude this layer from one of them (exclude=[...])")
 
-    def _fresh_group(self, layer: Layer) -> Group:
-        """An empty input group for ``layer`` alone, shaped by its adapter and ``max_block``."""
-        adapter, module = layer.adapter, layer.module
+    def _fresh_group(self, layer: Layer, adapter: Adapter | None = None) -> Group:
+        """An empty input group for ``layer`` alone, shaped by its adapter (or ``adapter``) and ``max_block``."""
+        adapter, module = adapter or layer.adapter, layer.module
         blocks, groups = 1, adapter.groups(module)
         if self.options.max_block is not None and not adapter.diagonal and groups == 1:
             blocks = -(-adapter.in_features(module) // self.options.max_block)
@@ -362,6 +369,7 @@ class ActivationPreconditioner(StatisticsCapture):
             "grouping_frozen": self._grouping_frozen,
             "generator": self._generator.get_state(),
             "fires": {n: (e.fires, e.fires_outside_backward) for n, e in self.layers.items()},
+            "read_transposed": sorted(self._read_transposed),
             "groups": {key: group_state(g) for key, g in self.groups.items()},
         }
 
@@ -375,13 +383,26 @@ class ActivationPreconditioner(StatisticsCapture):
                 f"the state dict has statistics for layers {sorted(unknown)} that this preconditioner does not "
                 "precondition; build it on the same model with the same exclude patterns"
             )
+        flipped = set(state.get("read_transposed", ()))
+        if bad := sorted(n for n in flipped if n not in self.layers or not can_read_transposed(
+                _module_adapter(self.layers[n].adapter), self.layers[n].module)):
+            raise ValueError(f"the state dict has layers {bad} read as x @ W, which this model's layers of those names "
+                             "cannot be (no such layer, or one with a bias); build it on the same model")
         for saved in groups.values():
-            check_group_shapes(saved, self._fresh_group(self.layers[saved["members"][0]]))
+            first = self.layers[saved["members"][0]]
+            adapter = _module_adapter(first.adapter)
+            if first.name in flipped:
+                adapter = ReadTransposedAdapter(adapter)
+            check_group_shapes(saved, self._fresh_group(first, adapter))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore statistics saved by :meth:`state_dict`; validates everything before changing anything."""
         self.check_state_dict(state)
         groups = state["groups"]
+        flipped = set(state.get("read_transposed", ()))
+        for layer in self.layers.values():
+            if (layer.name in flipped) != (layer.name in self._read_transposed):
+                self._set_read_transposed(layer, layer.name in flipped)
         new_groups: dict[str, Group] = {}
         for key, saved in groups.items():
             first = self.layers[saved["members"][0]]

@@ -37,14 +37,18 @@ from .tap import (
     _reads_of,
     _report,
     _view,
+    note_unseen,
 )
 
 __all__: list[str] = []  # importing this module fills the tap's tables
 
 
-def _traced_read(weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple | None = None) -> Any:
+def _traced_read(kind: str, weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple | None = None) -> Any:
     """``out`` through SigmaTap when ``weight`` has a phantom of this kind (None: no traced path for this read)."""
-    leaf = getattr(_reads_of(weight), "phantom", None)
+    reads = _reads_of(weight)
+    if reads is not None and getattr(reads, kind) is None:
+        return out  # read by an op of another layer kind (a tied weight's embedding read, which a module hook records)
+    leaf = getattr(reads, "phantom", None)
     if leaf is None or leaf.ndim != ndim or not isinstance(rows, Tensor):
         return None
     if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
@@ -53,11 +57,11 @@ def _traced_read(weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple |
 
 
 def _traced_linear(args: tuple, kwargs: dict, out: Any) -> Any:
-    return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 2)
+    return _traced_read("linear", _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 2)
 
 
 def _traced_embedding(args: tuple, kwargs: dict, out: Any) -> Any:  # a diagonal Sigma: a 1-D phantom
-    return _traced_read(_arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 1)
+    return _traced_read("embedding", _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 0, "input"), out, 1)
 
 
 def _traced_conv(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -66,7 +70,7 @@ def _traced_conv(args: tuple, kwargs: dict, out: Any) -> Any:
     if layer is None or not _conv_like_module(layer, args, kwargs):
         return None  # the eager reader names it
     grouped = layer.adapter.groups(layer.module) > 1
-    return _traced_read(weight, _arg(args, kwargs, 0, "input"), out, 3 if grouped else 2,
+    return _traced_read("conv", weight, _arg(args, kwargs, 0, "input"), out, 3 if grouped else 2,
                         layer.adapter.unfolding(layer.module))
 
 
@@ -184,30 +188,106 @@ def _is_input(x: Any) -> bool:
     return isinstance(x, Tensor) and not isinstance(x, (TapView, TappedParameter))
 
 
-def _read_expert_linear(args: tuple, kwargs: dict, out: Any) -> Any:
+def _read_view_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
     x = _arg(args, kwargs, 0, "input")
-    if read is not None and read[1] == "expert" and not read[2].adapter.transposed and _is_input(x):
+    if read is None or not _is_input(x):
+        return out
+    if read[1] == "expert" and not read[2].adapter.transposed:
         _report(read[0], [(read[2], x)], out)  # F.linear(x, W[e]) of an E x out x in bank
+    elif read[1] == "concat":
+        _report_concat(read, x, 1, out)  # F.linear(x, cat([Wq, Wk, Wv])): the concatenation is out x in
     return out
 
 
+def _right_operand(args: tuple, kwargs: dict) -> Any:
+    return next((v for v in (_arg(args, kwargs, 1, "other"), kwargs.get("mat2")) if v is not None), None)
+
+
 def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
-    x, read = args[0] if args else kwargs.get("input"), getattr(_arg(args, kwargs, 1, "other"), "_dopr_read", None)
-    if read is None:
-        read = getattr(_arg(args, kwargs, 1, "mat2"), "_dopr_read", None)
+    x, read = args[0] if args else kwargs.get("input"), getattr(_right_operand(args, kwargs), "_dopr_read", None)
     if read is None or not _is_input(x):
         return out
     if read[1] == "transposed" or (read[1] == "expert" and read[2].adapter.transposed):
         _report(read[0], [(read[2], x)], out)  # x @ W.T, or x @ W[e] of an E x in x out bank: the rows of x
+    elif read[1] == "concat":
+        _report_concat(read, x, 0, out)  # x @ cat(...): the concatenation is in x out
     return out
 
 
-def _read_left_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
-    reads, x = _reads_of(args[0] if args else kwargs.get("input")), _arg(args, kwargs, 1, "other")
-    if reads is not None and reads.linear is not None and _is_input(x) and x.ndim >= 2:
-        _report(reads.owner, [(reads.linear, x.transpose(-1, -2))], out)  # W @ X (Mamba's dt_proj): X's columns
+def _read_weight_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``W @ X`` (Mamba's dt_proj): the columns of ``X``; ``x @ W``: the rows of ``x``, read with ``W``'s first
+    dimension as the input (:class:`~dopr.adapters.base.ReadTransposedAdapter`)."""
+    left, right = args[0] if args else kwargs.get("input"), _right_operand(args, kwargs)
+    reads = _reads_of(left)
+    if reads is not None and reads.linear is not None and _is_input(right) and right.ndim >= 2:
+        _report(reads.owner, [(reads.linear, right.transpose(-1, -2))], out)
+        return out
+    reads = _reads_of(right)
+    if reads is not None and reads.linear is not None and _is_input(left) and right.ndim == 2:
+        _report(reads.owner, [(reads.linear, left)], out, frozenset({id(reads.linear)}))
     return out
+
+
+def _linear_part(t: Any) -> tuple[Layer | None, bool, Any]:
+    """What a tensor joined by ``torch.cat`` is: ``(layer, flipped, owner)`` for a Linear weight (``flipped``: its
+    transpose ``W.T``), ``(None, False, None)`` for a tensor that is no weight; ``owner`` "unseen" for a tapped
+    weight DoPr does not follow into a concatenation (an expert, a convolution's weight)."""
+    read = getattr(t, "_dopr_read", None)
+    if read is not None:
+        return (read[2], True, read[0]) if read[1] == "transposed" else (None, False, "unseen")
+    if isinstance(t, TappedParameter):
+        reads = _reads_of(t)
+        if reads is not None and reads.linear is not None and t.ndim == 2:
+            return reads.linear, False, reads.owner
+        return None, False, "unseen"
+    return None, False, None
+
+
+def _read_cat(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``torch.cat`` of 2-D Linear weights and their transposes (MobileBERT's head, ``cat([decoder.weight.t(),
+    dense.weight])``; fused projections, ``cat([q.weight, k.weight, v.weight])``): a view that remembers which rows
+    or columns are which layer's weight, for the product that reads it (:func:`_report_concat`)."""
+    tensors, dim = _arg(args, kwargs, 0, "tensors"), _arg(args, kwargs, 1, "dim") or 0
+    if not isinstance(tensors, (list, tuple)):
+        return out
+    parts = [_linear_part(t) for t in tensors]
+    owners = {id(owner): owner for _, _, owner in parts if owner is not None}
+    followed = isinstance(out, Tensor) and out.ndim == 2 and len(owners) == 1 and "unseen" not in owners.values()
+    if not followed:
+        for t, (_, _, owner) in zip(tensors, parts):
+            if owner is not None:
+                note_unseen(t if isinstance(t, TappedParameter) else None, "torch.cat")
+        return out
+    dim, segments, start = dim % 2, [], 0
+    for t, (layer, flipped, _) in zip(tensors, parts):
+        stop = start + t.shape[dim]
+        if layer is not None:
+            segments.append((start, stop, layer, flipped))
+        start = stop
+    return _view(out, next(iter(owners.values())), "concat", (dim, segments))
+
+
+def _read_concat_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``cat(...).T``: the same weights, their roles of rows and columns swapped."""
+    read = getattr(args[0] if args else None, "_dopr_read", None)
+    if read is None or read[1] != "concat" or not isinstance(out, Tensor) or out.ndim != 2:
+        return out
+    dim, segments = read[2]
+    return _view(out, read[0], "concat", (1 - dim, [(a, b, layer, not flipped) for a, b, layer, flipped in segments]))
+
+
+def _report_concat(read: tuple, x: Tensor, input_axis: int, out: Any) -> None:
+    """A product reading a concatenation of weights (:func:`_read_cat`) whose axis ``input_axis`` meets ``x``'s last
+    axis: each weight reads the columns of ``x`` its segment meets (all of them, if the weights were joined along
+    the other axis); a weight whose own first axis meets ``x`` is read as ``x @ W``."""
+    owner, _, (dim, segments) = read
+    found, transposed = [], set()
+    for start, stop, layer, flipped in segments:
+        found.append((layer, x[..., start:stop] if dim == input_axis else x))
+        if (input_axis == 1) == flipped:
+            transposed.add(id(layer))
+    _report(owner, found, out, frozenset(transposed))
 
 
 def _read_bmm(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -302,9 +382,8 @@ _PARAMETER_READS.update({
     Tensor.T.__get__: _read_transpose,
     Tensor.transpose: _read_transpose,
     torch.transpose: _read_transpose,
-    torch.matmul: _read_left_matmul,
-    Tensor.matmul: _read_left_matmul,
-    Tensor.__matmul__: _read_left_matmul,
+    **dict.fromkeys((torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.mm, Tensor.mm), _read_weight_matmul),
+    **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), _read_cat),
     torch.bmm: _read_bmm,
     Tensor.bmm: _read_bmm,
     F.layer_norm: _read_whole_table,
@@ -315,7 +394,9 @@ _PARAMETER_READS.update({
     **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
 })
 _VIEW_READS.update({
-    F.linear: _read_expert_linear,
+    F.linear: _read_view_linear,
+    **dict.fromkeys((Tensor.t, Tensor.T.__get__, Tensor.transpose, torch.transpose), _read_concat_transpose),
+    **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), _read_cat),
     torch.matmul: _read_matmul,
     Tensor.matmul: _read_matmul,
     Tensor.__matmul__: _read_matmul,

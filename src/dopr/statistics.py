@@ -20,11 +20,13 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from . import distributed
+from .adapters.base import ReadTransposedAdapter, can_read_transposed
 from .capture import in_backward, output_tensors, records_gradients, when_backward_reaches
 from .functional import block_second_moment_sum, grouped_second_moment_sum, second_moment_sum, statistics_dtype
 from .groups import Group, Layer
 from .options import APOptions
 from .sigma_tap import take
+from .tap import drop_phantom, note_unseen
 
 __all__ = ["AUTO_MIN_ROWS", "ROWS_PER_INPUT", "StatisticsCapture", "auto_row_cap"]
 
@@ -79,6 +81,7 @@ class StatisticsCapture:
     _token_count: int  # numbers given so far (never reused: an id is, once its tensor is gone)
     _phantoms: dict[str, Tensor]  # layer name -> the leaf its reads inside compiled graphs accumulate into
     _masked_step: bool  # row_mask was used since the last step
+    _read_transposed: set[str]  # the layers that read their weight as x @ W (ReadTransposedAdapter)
 
     # ----------------------------------------------------------------- capture
     @property
@@ -98,11 +101,47 @@ class StatisticsCapture:
                      for layer in self._module_layers[module_name]]
             self._record(reads, output, during_backward)
 
-    def _on_reads(self, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
+    def _on_reads(self, reads: list[tuple[Layer, Tensor]], output: Any, transposed: frozenset[int] = frozenset()
+                  ) -> None:
         """Tapped weights were read (:mod:`dopr.tap`), each layer against its tensor, by the op that gave
-        ``output``: the same rules as a module's forward."""
-        if self.capturing and records_gradients(reads[0][0].module):
+        ``output``: the same rules as a module's forward. The layers in ``transposed`` (by id) read their weight as
+        ``x @ W``."""
+        if transposed or self._read_transposed:
+            reads = [(layer, x) for layer, x in reads if self._reads_as(layer, id(layer) in transposed)]
+        if reads and self.capturing and records_gradients(reads[0][0].module):
             self._record(reads, output, in_backward())
+
+    def _reads_as(self, layer: Layer, transposed: bool) -> bool:
+        """Whether ``layer`` reads its weight this way (``transposed``: as ``x @ W``, its first dimension the input).
+        A layer is switched at its first read, before it has statistics; a read the other way after that is named
+        (the layer's Sigma belongs to one input)."""
+        if (layer.name in self._read_transposed) == transposed:
+            return True
+        group = self.groups[layer.group]
+        unread = (group.members == [layer.name] and not group.accumulations and group.ema is None
+                  and group.factor is None and not group.has_rows)
+        if unread and (not transposed or can_read_transposed(layer.adapter, layer.module)):
+            self._set_read_transposed(layer, transposed)
+            return True
+        note_unseen(layer.adapter.weight(layer.module),
+                    "or its weight was read as x @ W (its first dimension as the input), a read that does not use the "
+                    "layer's bias" if transposed and unread else
+                    "or its weight was read both as F.linear(x, W) and as x @ W (its first dimension as the input), "
+                    "and one Sigma cannot serve both inputs")
+        return False
+
+    def _set_read_transposed(self, layer: Layer, transposed: bool) -> None:
+        """Switch ``layer`` to (or back from) :class:`~dopr.adapters.base.ReadTransposedAdapter`, with a fresh group of
+        its new width; its reads in compiled graphs then run eagerly (its phantom has the old width)."""
+        if transposed:
+            layer.adapter = ReadTransposedAdapter(layer.adapter)
+            self._read_transposed.add(layer.name)
+        else:
+            layer.adapter = layer.adapter.inner
+            self._read_transposed.discard(layer.name)
+        self.groups[layer.group] = self._fresh_group(layer)
+        drop_phantom(layer.adapter.weight(layer.module))
+        self._phantoms.pop(layer.name, None)
 
     def _record(self, reads: list[tuple[Layer, Tensor | None]], output: Any, during_backward: bool) -> None:
         """Compute the statistics of these reads now; they join Sigma when backward reaches ``output``."""

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from .capture import compiler_disabled
 from .sigma_tap import SigmaTap, phantom
 
-__all__ = ["TapView", "TappedParameter", "owner_of", "read_projections", "tap", "tap_layers", "tappable", "unseen_op",
-           "untap", "untapped"]
+__all__ = ["TapView", "TappedParameter", "drop_phantom", "note_unseen", "owner_of", "read_projections", "tap",
+           "tap_layers", "tappable", "unseen_op", "untap", "untapped"]
 
 
 class Layer(Protocol):
@@ -77,10 +77,28 @@ class _Reads:
 _READS: dict[int, tuple[weakref.ref, _Reads]] = {}
 
 
-def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: Any) -> None:
+def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: Any,
+            transposed: frozenset[int] = frozenset()) -> None:
+    """Tell the owner that these layers read these tensors; the layers whose id is in ``transposed`` read their
+    weight as ``x @ W`` (its first dimension the input, :class:`~dopr.adapters.base.ReadTransposedAdapter`)."""
     owner = owner_ref()
     if owner is not None and reads:
-        owner._on_reads(reads, output)
+        owner._on_reads(reads, output, transposed)
+
+
+def note_unseen(weight: Tensor, what: str) -> None:
+    """Name ``what`` as the first read of tapped ``weight`` that DoPr does not follow (if none is named yet)."""
+    reads = _reads_of(weight)
+    if reads is not None and reads.unseen is None:
+        reads.unseen = what
+
+
+def drop_phantom(weight: Tensor) -> None:
+    """Compiled graphs stop accumulating ``weight``'s reads into its phantom (its layer changed shape): they then
+    run the eager reader, a graph break."""
+    reads = _reads_of(weight)
+    if reads is not None:
+        reads.phantom = None
 
 
 def _dispatch(readers: dict[Callable, Callable], func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -150,7 +168,8 @@ class TappedParameter(nn.Parameter):
 class TapView(Tensor):
     """A plain view of a tapped weight (``W[e]``, ``W.T``) that reports the op that then reads it."""
 
-    # (owner, "expert" | "transposed" | "bank" | "alias", the layer, the experts' layers, or (layer, weight shape))
+    # (owner, "expert" | "transposed" | "bank" | "alias" | "concat", the layer, the experts' layers, (layer, weight
+    # shape), or (the axis joined, [(start, stop, layer, whether W.T)]) of a torch.cat of weights)
     _dopr_read: tuple[weakref.ref, str, Any]
 
     @classmethod

@@ -22,7 +22,8 @@ try:  # FSDP2 shards parameters as DTensors; AP acts on each rank's rows
 except ImportError:  # pragma: no cover - torch built without distributed
     DTensor = None  # type: ignore[assignment,misc]
 
-__all__ = ["Adapter", "LinearAdapter", "TransposedLinearAdapter", "is_hf_conv1d", "local", "local_row_range"]
+__all__ = ["Adapter", "LinearAdapter", "ReadTransposedAdapter", "TransposedLinearAdapter", "is_hf_conv1d", "local",
+           "local_row_range"]
 
 
 def local(t: Tensor) -> Tensor:
@@ -203,3 +204,48 @@ class TransposedLinearAdapter(Adapter):
         write_rows_(module.weight.grad, m[:, :k].T)
         if module.bias is not None:
             write_rows_(module.bias.grad, m[:, k])
+
+
+class ReadTransposedAdapter(Adapter):
+    """A Linear layer's weight (or a raw ``out x in`` matrix) read as ``x @ W``: its *first* dimension is the input
+    (MobileBERT's head multiplies by ``torch.cat([decoder.weight.t(), dense.weight])``, so ``dense.weight``,
+    ``vocab``-wide as a module, is read against the last ``hidden - embedding`` columns of ``x``). By the invariance
+    principle Sigma is that input's, ``W.shape[0]`` wide, and ``G`` is the stored gradient transposed, as for
+    ``Conv1D``. A layer is switched to it by its first read of that kind (before it has statistics); the switch is
+    part of the preconditioner's state dict. Only a layer without a bias: the read does not use it."""
+
+    reads = "linear"
+    module_call = False
+
+    def __init__(self, inner: Adapter) -> None:
+        self.inner = inner  # the layer's adapter as a module call reads it
+
+    def weight(self, module: nn.Module) -> nn.Parameter:
+        return self.inner.weight(module)
+
+    def bias(self, module: nn.Module) -> None:
+        return None
+
+    def in_features(self, module: nn.Module) -> int:
+        return self.weight(module).shape[0]
+
+    def out_features(self, module: nn.Module) -> int:
+        return self.weight(module).shape[1]
+
+    def sharing_key(self, module: nn.Module) -> Any:
+        return self.inner.sharing_key(module)
+
+    def rows(self, module: nn.Module, x: Tensor) -> Tensor:
+        return x.reshape(-1, self.in_features(module))
+
+    def gradient(self, module: nn.Module) -> Tensor:
+        return gathered(self.weight(module).grad).T
+
+    def write_gradient(self, module: nn.Module, m: Tensor) -> None:
+        write_rows_(self.weight(module).grad, m.T)
+
+
+def can_read_transposed(adapter: Adapter, module: nn.Module) -> bool:
+    """Whether a layer may be read as ``x @ W`` (:class:`ReadTransposedAdapter`): a bias-free 2-D linear weight."""
+    return (adapter.reads == "linear" and not adapter.has_bias(module) and adapter.weight(module).ndim == 2
+            and adapter.rows_of(module, adapter.weight(module)) is None)

@@ -180,12 +180,15 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
             shared.update(members)
             found.tied.remove(tied)
     tied_layers = {n for embeddings, head in found.tied for n in (*embeddings, head) if n}
+    # a tied head is tapped (MobileBERT reads it only as decoder.weight.t()); its embeddings keep their module hooks,
+    # which also keep the output gradients that separate the two layers' shares of the weight's gradient (dopr.tied)
+    tied_embeddings = tied_layers - {head for _, head in found.tied}
     for spec in candidates:
         if spec.name in shared:
             found.skipped[spec.name] = ("parameter shared with another layer in a way DoPr does not support (it "
                                         "supports one Embedding tied to one Linear output head)")
             continue
-        tapped = spec.name not in tied_layers and _tappable(spec, modules)
+        tapped = spec.name not in tied_embeddings and _tappable(spec, modules)
         why = None if tapped or spec.name in tied_layers else _hook_reason(spec)
         if why is not None:
             found.skipped[spec.name] = why
