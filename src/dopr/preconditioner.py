@@ -33,7 +33,7 @@ from .options import APOptions, resolve_options, with_options
 from .refresh import Workspaces, fall_back, refresh_groups
 from .reporting import coverage, layer_status, preconditioner_summary
 from .statistics import StatisticsCapture
-from .tap import owner_of, tap_layers, unseen_op, untap, untapped
+from .tap import owner_of, tap_layers, transposed_phantom, unseen_op, untap, untapped
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -115,6 +115,8 @@ class ActivationPreconditioner(StatisticsCapture):
         compiled = statistics_dtype if self.options.max_rows is None and self.options.max_block is None else None
         self._tapped, phantoms = tap_layers(self, [self.layers[n] for n in tapped], compiled)
         self._phantoms = {e.name: phantoms[id(e)] for e in self.layers.values() if id(e) in phantoms}
+        self._tapped_linear = [e for e in self.layers.values()
+                               if e.name in tapped and transposed_phantom(e.adapter.weight(e.module)) is not None]
         self._finalizer = weakref.finalize(self, _detach, self._hooks, list(hooked.values()),
                                            list(self.discovery.attention), self._tapped)
 

@@ -216,16 +216,19 @@ def _read_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
 
 
 def _read_weight_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
-    """``W @ X`` (Mamba's dt_proj): the columns of ``X``; ``x @ W``: the rows of ``x``, read with ``W``'s first
-    dimension as the input (:class:`~dopr.adapters.base.ReadTransposedAdapter`)."""
+    """``W @ X`` (Mamba's dt_proj): the columns of ``X``. A bare ``x @ W`` is named, not followed: under
+    torch.compile a graph break can receive ``W`` where the user wrote a view of it, and following it would switch
+    the layer wrongly; ``x @ cat([..., W])`` is followed (:func:`_read_cat`)."""
     left, right = args[0] if args else kwargs.get("input"), _right_operand(args, kwargs)
+    if getattr(right, "_dopr_read", None) is not None:
+        return _read_matmul(args, kwargs, out)
     reads = _reads_of(left)
     if reads is not None and reads.linear is not None and _is_input(right) and right.ndim >= 2:
         _report(reads.owner, [(reads.linear, right.transpose(-1, -2))], out)
         return out
-    reads = _reads_of(right)
-    if reads is not None and reads.linear is not None and _is_input(left) and right.ndim == 2:
-        _report(reads.owner, [(reads.linear, left)], out, frozenset({id(reads.linear)}))
+    if isinstance(right, TappedParameter):  # Dynamo can hand a graph break W for a view of it (W.T): not followed
+        note_unseen(right, "x @ W (its first dimension as the input) outside a torch.cat (DoPr follows that read "
+                           "only as part of a product of concatenated weights)")
     return out
 
 
@@ -277,17 +280,65 @@ def _read_concat_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
     return _view(out, read[0], "concat", (1 - dim, [(a, b, layer, not flipped) for a, b, layer, flipped in segments]))
 
 
-def _report_concat(read: tuple, x: Tensor, input_axis: int, out: Any) -> None:
-    """A product reading a concatenation of weights (:func:`_read_cat`) whose axis ``input_axis`` meets ``x``'s last
-    axis: each weight reads the columns of ``x`` its segment meets (all of them, if the weights were joined along
-    the other axis); a weight whose own first axis meets ``x`` is read as ``x @ W``."""
-    owner, _, (dim, segments) = read
+def _concat_reads(read: tuple, x: Tensor, input_axis: int) -> tuple[list[tuple[Layer, Tensor]], set[int]]:
+    """The reads of a product of a concatenation (:func:`_read_cat`), and the ids of those read as ``x @ W``."""
+    _, _, (dim, segments) = read
     found, transposed = [], set()
     for start, stop, layer, flipped in segments:
         found.append((layer, x[..., start:stop] if dim == input_axis else x))
         if (input_axis == 1) == flipped:
             transposed.add(id(layer))
-    _report(owner, found, out, frozenset(transposed))
+    return found, transposed
+
+
+def _report_concat(read: tuple, x: Tensor, input_axis: int, out: Any) -> None:
+    """A product reading a concatenation of weights (:func:`_read_cat`) whose axis ``input_axis`` meets ``x``'s last
+    axis: each weight reads the columns of ``x`` its segment meets (all of them, if the weights were joined along
+    the other axis); a weight whose own first axis meets ``x`` is read as ``x @ W``."""
+    found, transposed = _concat_reads(read, x, input_axis)
+    _report(read[0], found, out, frozenset(transposed))
+
+
+def _traced_product(read: Any, x: Any, input_axis: int, out: Any) -> Any:
+    """Inside a compiled graph: a product of ``W.T`` or of a concatenation of weights through one
+    :class:`~dopr.sigma_tap.SigmaTap` per weight, into its phantom for reads as ``F.linear`` or as ``x @ W`` (the step
+    switches a layer read the latter way); None (the eager reader, a graph break) for an expert's view or a weight
+    without such a phantom."""
+    if read is None or not _is_input(x):
+        return out
+    if read[1] == "transposed" and input_axis == 0:
+        found, transposed = [(read[2], x)], set()
+    elif read[1] == "concat":
+        found, transposed = _concat_reads(read, x, input_axis)
+    else:
+        return None
+    leaves = [_leaf(layer, id(layer) in transposed) for layer, _ in found]
+    if any(leaf is None for leaf in leaves):
+        return None
+    if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
+        return out
+    for (_, rows), leaf in zip(found, leaves):
+        out = SigmaTap.apply(out, rows, leaf, None)
+    return out
+
+
+def _leaf(layer: Layer, transposed: bool) -> Tensor | None:
+    """The phantom a Linear layer's reads accumulate into inside a compiled graph: as ``F.linear`` reads it, or
+    (``transposed``) as ``x @ W`` (None: none, or not of that width)."""
+    reads = _reads_of(layer.adapter.weight(layer.module))
+    leaf = getattr(reads, "transposed_phantom" if transposed else "phantom", None)
+    width = layer.adapter.in_features(layer.module) if not transposed else leaf.shape[0] - 1 if leaf is not None else 0
+    return leaf if leaf is not None and leaf.ndim == 2 and leaf.shape[0] == width + 1 else None
+
+
+def _traced_view_linear(args: tuple, kwargs: dict, out: Any) -> Any:
+    read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
+    return _traced_product(read, _arg(args, kwargs, 0, "input"), 1, out)
+
+
+def _traced_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
+    read = getattr(_right_operand(args, kwargs), "_dopr_read", None)
+    return _traced_product(read, args[0] if args else kwargs.get("input"), 0, out)
 
 
 def _read_bmm(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -410,4 +461,7 @@ for _name in ("_grouped_mm", "grouped_mm"):
         if hasattr(_space, _name):
             _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
 
-_TRACED.update({_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv})
+_TRACED.update({_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv,
+                _read_view_linear: _traced_view_linear, _read_matmul: _traced_matmul})
+# readers that only make a view remembering what it holds: the same code runs inside a compiled graph
+_TRACED.update({r: r for r in (_read_transpose, _read_cat, _read_concat_transpose)})

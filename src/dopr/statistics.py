@@ -26,7 +26,7 @@ from .functional import block_second_moment_sum, grouped_second_moment_sum, seco
 from .groups import Group, Layer
 from .options import APOptions
 from .sigma_tap import take
-from .tap import drop_phantom, note_unseen
+from .tap import drop_phantom, note_unseen, transposed_phantom
 
 __all__ = ["AUTO_MIN_ROWS", "ROWS_PER_INPUT", "StatisticsCapture", "auto_row_cap"]
 
@@ -82,6 +82,7 @@ class StatisticsCapture:
     _phantoms: dict[str, Tensor]  # layer name -> the leaf its reads inside compiled graphs accumulate into
     _masked_step: bool  # row_mask was used since the last step
     _read_transposed: set[str]  # the layers that read their weight as x @ W (ReadTransposedAdapter)
+    _tapped_linear: list[Layer]  # tapped layers that may be read as x @ W inside a compiled graph
 
     # ----------------------------------------------------------------- capture
     @property
@@ -140,8 +141,11 @@ class StatisticsCapture:
             layer.adapter = layer.adapter.inner
             self._read_transposed.discard(layer.name)
         self.groups[layer.group] = self._fresh_group(layer)
-        drop_phantom(layer.adapter.weight(layer.module))
+        weight = layer.adapter.weight(layer.module)
+        drop_phantom(weight)
         self._phantoms.pop(layer.name, None)
+        if transposed and (leaf := transposed_phantom(weight)) is not None:
+            self._phantoms[layer.name] = leaf  # its reads as x @ W inside compiled graphs
 
     def _record(self, reads: list[tuple[Layer, Tensor | None]], output: Any, during_backward: bool) -> None:
         """Compute the statistics of these reads now; they join Sigma when backward reaches ``output``."""
@@ -284,6 +288,10 @@ class StatisticsCapture:
     def _take_compiled(self) -> None:
         """Move what compiled graphs accumulated in the phantoms (:mod:`dopr.sigma_tap`) into the groups, as the
         eager reads' pending sums are (one phantom per group: the members of a group read the same tensors)."""
+        for layer in self._compiled_transposed_reads():
+            leaf = transposed_phantom(layer.adapter.weight(layer.module))
+            if not self._reads_as(layer, True):  # read as x @ W inside a graph, and as F.linear(x, W) before
+                leaf.grad = None
         live, groups = [], set()
         for name, phantom in self._phantoms.items():
             if phantom.grad is not None:
@@ -309,9 +317,20 @@ class StatisticsCapture:
         for layer, _ in live:
             self.groups[layer.group].accumulations += 1
 
+    def _compiled_transposed_reads(self) -> list[Layer]:
+        """The layers not yet switched to reading ``x @ W`` that a compiled graph read that way."""
+        found = []
+        for layer in self._tapped_linear:
+            leaf = transposed_phantom(layer.adapter.weight(layer.module))
+            if leaf is not None and leaf.grad is not None and layer.name not in self._read_transposed:
+                found.append(layer)
+        return found
+
     def _clear_phantoms(self) -> None:
         for phantom in self._phantoms.values():
             phantom.grad = None
+        for layer in self._tapped_linear:
+            transposed_phantom(layer.adapter.weight(layer.module)).grad = None
 
     def clear_gradient_statistics(self) -> None:
         """Forget the rows committed so far (``DoPr.zero_grad()`` calls this: they belong to the gradient it

@@ -41,7 +41,7 @@ from .capture import compiler_disabled
 from .sigma_tap import SigmaTap, phantom
 
 __all__ = ["TapView", "TappedParameter", "drop_phantom", "note_unseen", "owner_of", "read_projections", "tap",
-           "tap_layers", "tappable", "unseen_op", "untap", "untapped"]
+           "tap_layers", "tappable", "transposed_phantom", "unseen_op", "untap", "untapped"]
 
 
 class Layer(Protocol):
@@ -69,6 +69,9 @@ class _Reads:
     # graphs (dopr.sigma_tap). Kept here, not as an attribute of the parameter: a tensor with a __dict__ keeps its
     # Python object alive from C++, which made gloo's teardown abort
     phantom: Tensor | None = None
+    # the leaf of its reads as x @ W (its first dimension the input), for a bias-free Linear weight (see
+    # ReadTransposedAdapter): such a read switches the layer at the step that takes this leaf's gradient
+    transposed_phantom: Tensor | None = None
     unseen: str | None = None  # the first op that computed a tensor from the weight that is not a read DoPr follows
 
 
@@ -88,7 +91,7 @@ def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: A
 
 def note_unseen(weight: Tensor, what: str) -> None:
     """Name ``what`` as the first read of tapped ``weight`` that DoPr does not follow (if none is named yet)."""
-    reads = _reads_of(weight)
+    reads = _entry(weight) if weight is not None else None
     if reads is not None and reads.unseen is None:
         reads.unseen = what
 
@@ -96,7 +99,7 @@ def note_unseen(weight: Tensor, what: str) -> None:
 def drop_phantom(weight: Tensor) -> None:
     """Compiled graphs stop accumulating ``weight``'s reads into its phantom (its layer changed shape): they then
     run the eager reader, a graph break."""
-    reads = _reads_of(weight)
+    reads = _entry(weight)
     if reads is not None:
         reads.phantom = None
 
@@ -140,8 +143,7 @@ def _op_name(func: Callable) -> str:
 def unseen_op(param: Tensor) -> str | None:
     """The first op that computed a tensor from tapped ``param`` without being a read DoPr follows, if any (also
     while ``param`` is switched back to plain by :func:`untapped`)."""
-    entry = _READS.get(id(param))
-    return entry[1].unseen if entry is not None and entry[0]() is param else None
+    return getattr(_entry(param), "unseen", None)
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
@@ -190,6 +192,8 @@ def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
 
 
 def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
+    if torch.compiler.is_compiling():
+        out = out.view_as(out)  # a new tensor: Dynamo refuses to set an attribute on the result of W.T (a property)
     view = out.as_subclass(TapView)
     view._dopr_read = (owner, kind, what)
     return view
@@ -270,7 +274,20 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
     found[id(layer)] = reads.phantom = phantom(size, statistics_dtype, param.device,
                                                       diagonal=embedding is not None,
                                                       groups=layer.adapter.groups(layer.module))
+    if linear is not None and param.ndim == 2 and not linear.adapter.has_bias(linear.module):
+        reads.transposed_phantom = phantom(param.shape[0], statistics_dtype, param.device, diagonal=False)
     return found
+
+
+def transposed_phantom(param: Tensor) -> Tensor | None:
+    """The leaf that compiled graphs accumulate ``param``'s reads as ``x @ W`` into (None: none)."""
+    return getattr(_entry(param), "transposed_phantom", None)
+
+
+def _entry(param: Tensor) -> _Reads | None:
+    """What ``param``'s reads mean, also while it is switched back to plain by :func:`untapped` (a step)."""
+    entry = _READS.get(id(param))
+    return entry[1] if entry is not None and entry[0]() is param else None
 
 
 def tap_layers(owner: object, layers: list[Layer], statistics_dtype: Callable[[torch.dtype], torch.dtype] | None
