@@ -73,8 +73,9 @@ def describe(exc: BaseException, limit: int = 100) -> str:
     return text
 
 
-def sweep_one(family: Family, steps: int = STEPS) -> Row:
-    """Build ``family``, check it trains without DoPr, then train ``steps`` steps with DoPr and report."""
+def sweep_one(family: Family, steps: int = STEPS, compile: bool = False) -> Row:
+    """Build ``family``, check it trains without DoPr, then train ``steps`` steps with DoPr and report (with
+    ``compile``, through ``torch.compile(model)`` built after DoPr; Dynamo's caches are reset after the family)."""
     row = Row(family.name, family.kind)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -99,9 +100,10 @@ def sweep_one(family: Family, steps: int = STEPS) -> Row:
         torch.manual_seed(0)  # DoPr's run does not depend on the random numbers the check drew (dropout)
         try:
             opt = dopr.DoPr(model, base="adamw", lr=1e-3)
+            run = torch.compile(model) if compile else model
             for _ in range(steps):
                 opt.zero_grad()
-                loss = loss_fn(model)
+                loss = loss_fn(run)
                 loss.backward()
                 opt.step()
                 row.losses.append(loss.item())
@@ -117,6 +119,8 @@ def sweep_one(family: Family, steps: int = STEPS) -> Row:
                 row.status += f"; reporting failed: {describe(exc)}"
         row.no_input_warning = any(issubclass(w.category, RuntimeWarning) and NO_INPUT in str(w.message)
                                    for w in caught)
+    if compile:
+        torch.compiler.reset()
     row.seconds = time.perf_counter() - start
     return row
 
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--only", help="comma-separated family names (e.g. llama,bart,timm:resnet18)")
     parser.add_argument("--out", type=Path, help="also write the markdown table (and summary) to this file")
     parser.add_argument("--list", action="store_true", help="print the family names and exit")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile(model), built after DoPr")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(f"{f.name} ({f.kind})" for f in FAMILIES))
@@ -210,14 +215,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     start = time.perf_counter()
     rows = []
     for i, family in enumerate(families, 1):
-        rows.append(sweep_one(family))
+        rows.append(sweep_one(family, compile=args.compile))
         print(f"[{i}/{len(families)}] {family.name}: {rows[-1].status} ({rows[-1].seconds:.1f} s)", file=sys.stderr,
               flush=True)
     text = "\n".join([HEADER, *map(table_row, rows), "", summary(rows, time.perf_counter() - start)])
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"DoPr {dopr.__version__}, torch {torch.__version__}, {STEPS} steps, base adamw, "
+        how = ", through torch.compile(model)" if args.compile else ""
+        args.out.write_text(f"DoPr {dopr.__version__}, torch {torch.__version__}, {STEPS} steps{how}, base adamw, "
                             f"lr 1e-3, defaults otherwise (benchmarks/family_sweep.py).\n\n{text}\n")
     return rows
 

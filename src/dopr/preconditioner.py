@@ -30,10 +30,11 @@ from .finite import NonFiniteError, all_finite
 from .functional import statistics_dtype
 from .groups import Group, Layer, check_group_shapes, group_from_state, group_state, validate_state
 from .options import APOptions, resolve_options, with_options
+from .reads_banks import register_library_ops
 from .refresh import Workspaces, fall_back, refresh_groups
 from .reporting import coverage, layer_status, preconditioner_summary
 from .statistics import StatisticsCapture
-from .tap import owner_of, tap_layers, transposed_phantom, unseen_op, untap, untapped
+from .tap import bank_phantoms, owner_of, tap_layers, transposed_phantom, unseen_op, untap, untapped
 from .tied import separate_tied_gradients
 
 __all__ = ["ActivationPreconditioner", "NonFiniteError"]
@@ -113,7 +114,9 @@ class ActivationPreconditioner(StatisticsCapture):
         self._hooks = ModuleHooks(hooked, self, "_on_forward")
         # reads inside a compiled graph accumulate exact, full Sigmas (no row subsampling, no blocks)
         compiled = statistics_dtype if self.options.max_rows is None and self.options.max_block is None else None
+        register_library_ops()
         self._tapped, phantoms = tap_layers(self, [self.layers[n] for n in tapped], compiled)
+        self._bank_phantoms = bank_phantoms(self._tapped)
         self._phantoms = {e.name: phantoms[id(e)] for e in self.layers.values() if id(e) in phantoms}
         self._tapped_linear = [e for e in self.layers.values()
                                if e.name in tapped and transposed_phantom(e.adapter.weight(e.module)) is not None]

@@ -6,7 +6,7 @@ A reader gets the op's arguments and its output (computed as on plain tensors) a
 * ``F.embedding(ids, W)``, ``W[ids]``, ``F.layer_norm(W)`` of a table: the ids read (every row, for the last);
 * ``F.conv1d/2d/3d`` with the module's geometry (also of a ``squeeze``/``view`` of the weight in its own shape): the
   patches of the input;
-* an expert bank's ``W[e]``, ``bmm`` and ``grouped_mm``: each expert's rows;
+* an expert bank's ``W[e]`` (here), ``bmm`` and ``grouped_mm`` (:mod:`dopr.reads_banks`): each expert's rows;
 * ``F.multi_head_attention_forward`` given Linear weights: run by the tap itself, so that its inner reads are seen.
 
 Under torch.compile the Linear, Embedding and convolution reads go through :class:`~dopr.sigma_tap.SigmaTap` (the
@@ -34,13 +34,14 @@ from .tap import (
     TappedParameter,
     TapView,
     _arg,
+    _is_input,
     _reads_of,
     _report,
     _view,
     note_unseen,
 )
 
-__all__: list[str] = []  # importing this module fills the tap's tables
+__all__: list[str] = []  # importing this module fills the tap's tables (the expert banks' readers too)
 
 
 def _traced_read(kind: str, weight: Any, rows: Any, out: Any, ndim: int, unfolding: tuple | None = None) -> Any:
@@ -183,11 +184,6 @@ def _read_transpose(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-def _is_input(x: Any) -> bool:
-    """A tensor a weight can be read against (not the weight itself or a view of it: ``W @ W.T`` is no read)."""
-    return isinstance(x, Tensor) and not isinstance(x, (TapView, TappedParameter))
-
-
 def _read_view_linear(args: tuple, kwargs: dict, out: Any) -> Any:
     read = getattr(_arg(args, kwargs, 1, "weight"), "_dopr_read", None)
     x = _arg(args, kwargs, 0, "input")
@@ -319,7 +315,7 @@ def _traced_product(read: Any, x: Any, input_axis: int, out: Any) -> Any:
         return out
     for (_, rows), leaf in zip(found, leaves):
         out = SigmaTap.apply(out, rows, leaf, None)
-    return out
+    return out.clone()  # a model may add its bias in place (MobileBERT's +=), which a custom Function's view forbids
 
 
 def _leaf(layer: Layer, transposed: bool) -> Tensor | None:
@@ -339,42 +335,6 @@ def _traced_view_linear(args: tuple, kwargs: dict, out: Any) -> Any:
 def _traced_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     read = getattr(_right_operand(args, kwargs), "_dopr_read", None)
     return _traced_product(read, args[0] if args else kwargs.get("input"), 0, out)
-
-
-def _read_bmm(args: tuple, kwargs: dict, out: Any) -> Any:
-    x, bank = args[0] if args else kwargs.get("input"), _arg(args, kwargs, 1, "mat2")
-    reads = _reads_of(bank)
-    if reads is None or not reads.experts or not _is_input(x) or x.ndim != 3 or x.shape[0] != len(reads.experts):
-        return out
-    if any(e is not None and not e.adapter.transposed for e in reads.experts):
-        return out
-    _report(reads.owner, [(layer, x[e]) for e, layer in enumerate(reads.experts) if layer is not None], out)
-    return out  # bmm(x, W) of an E x in x out bank (Llama 4): expert e reads x[e]
-
-
-def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
-    x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
-    if x is None:
-        x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
-    if isinstance(bank, TappedParameter):  # an E x in x out bank, read as it is stored
-        reads = _reads_of(bank)
-        experts = reads.experts if reads is not None and reads.experts else []
-        owner, transposed = (reads.owner if reads is not None else None), True
-    else:  # W.transpose(-2, -1) of an E x out x in bank
-        read = getattr(bank, "_dopr_read", None)
-        experts = read[2] if read is not None and read[1] == "bank" else []
-        owner, transposed = (read[0] if read is not None else None), False
-    layers = [e for e in experts if e is not None]
-    if not layers or layers[0].adapter.transposed != transposed or not _is_input(x) or x.ndim != 2 or offs is None:
-        return out
-    found, start = [], 0
-    for layer, end in zip(experts, offs.tolist()):  # expert e reads rows offs[e-1]:offs[e] (one host read)
-        if layer is not None and end > start:
-            found.append((layer, x[start:end]))
-        start = end
-    _report(owner, found, out)
-    return out
 
 
 def _read_whole_table(args: tuple, kwargs: dict, out: Any) -> Any:
@@ -435,8 +395,6 @@ _PARAMETER_READS.update({
     torch.transpose: _read_transpose,
     **dict.fromkeys((torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.mm, Tensor.mm), _read_weight_matmul),
     **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), _read_cat),
-    torch.bmm: _read_bmm,
-    Tensor.bmm: _read_bmm,
     F.layer_norm: _read_whole_table,
     F.rms_norm: _read_whole_table,
     F.conv1d: _read_conv,
@@ -456,12 +414,9 @@ _VIEW_READS.update({
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _read_conv_view),
     **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
 })
-for _name in ("_grouped_mm", "grouped_mm"):
-    for _space in (torch, F):
-        if hasattr(_space, _name):
-            _VIEW_READS[getattr(_space, _name)] = _PARAMETER_READS[getattr(_space, _name)] = _read_grouped
-
 _TRACED.update({_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv,
                 _read_view_linear: _traced_view_linear, _read_matmul: _traced_matmul})
 # readers that only make a view remembering what it holds: the same code runs inside a compiled graph
 _TRACED.update({r: r for r in (_read_transpose, _read_cat, _read_concat_transpose)})
+
+from . import reads_banks as _reads_banks  # noqa: E402,F401  (fills the tap's tables with the banks' readers)

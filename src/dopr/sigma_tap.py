@@ -29,7 +29,7 @@ from torch import Tensor
 from .functional import grouped_second_moment_sum, symmetric_gram
 from .unfold import patches
 
-__all__ = ["SigmaTap", "phantom", "take"]
+__all__ = ["BankSigmaTap", "SigmaTap", "bank_second_moments", "phantom", "take"]
 
 
 class SigmaTap(torch.autograd.Function):
@@ -67,6 +67,45 @@ class SigmaTap(torch.autograd.Function):
         gram = symmetric_gram(z)  # out of place, so the compiler keeps library GEMMs
         stats = torch.cat([torch.cat([gram, col[:, None]], dim=1), torch.cat([col, n])[None]], dim=0)
         return grad, None, stats, None
+
+
+class BankSigmaTap(torch.autograd.Function):
+    """``BankSigmaTap.apply(out, rows, offs, phantom)``: ``out`` unchanged; backward adds each expert's
+    ``[z 1]^T [z 1]`` to ``phantom.grad`` (``E x (d_in + 1) x (d_in + 1)``), expert ``e`` owning rows
+    ``offs[e-1]:offs[e]`` of ``rows`` (a bank of experts read by one ``grouped_mm``, the rows sorted by expert).
+    No host read: one grouped GEMM where the kernel takes the dtype (compiled: bfloat16 only), else a one-hot
+    contraction (``E x n x d`` work and memory in backward)."""
+
+    @staticmethod
+    def forward(out: Tensor, rows: Tensor, offs: Tensor, phantom: Tensor) -> Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1], inputs[2])
+        ctx.shape, ctx.dtype = inputs[3].shape, inputs[3].dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, Tensor]:
+        rows, offs = ctx.saved_tensors
+        return grad, None, None, bank_second_moments(rows.to(ctx.dtype), offs, ctx.shape[0])
+
+
+def bank_second_moments(z: Tensor, offs: Tensor, experts: int) -> Tensor:
+    """``E x (d + 1) x (d + 1)``: for each expert ``e``, ``[z 1]^T [z 1]`` over its rows ``offs[e-1]:offs[e]``
+    (so entry ``[e, d, d]`` is its row count)."""
+    n, d = z.shape
+    width = -(-(d + 1) // 4) * 4  # the CPU grouped GEMM wants 16-byte aligned rows
+    aug = torch.zeros(n, width, dtype=z.dtype, device=z.device)
+    aug[:, :d] = z
+    aug[:, d] = 1
+    grouped = getattr(torch, "_grouped_mm", None)
+    kernel_dtypes = (torch.bfloat16,) if torch.compiler.is_compiling() else (torch.float32, torch.bfloat16)
+    if grouped is not None and z.dtype in kernel_dtypes and offs.numel() == experts:
+        return grouped(aug.t(), aug, offs=offs.to(torch.int32))[:, : d + 1, : d + 1]
+    expert_of_row = torch.bucketize(torch.arange(n, device=z.device), offs.to(z.device), right=True)
+    one_hot = torch.nn.functional.one_hot(expert_of_row.clamp(max=experts), experts + 1)[:, :experts].to(z.dtype)
+    return torch.einsum("ne,ni,nj->eij", one_hot, aug[:, : d + 1], aug[:, : d + 1])
 
 
 def phantom(size: int, dtype: torch.dtype, device: torch.device, diagonal: bool, groups: int = 1) -> Tensor:

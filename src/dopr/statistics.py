@@ -83,6 +83,7 @@ class StatisticsCapture:
     _masked_step: bool  # row_mask was used since the last step
     _read_transposed: set[str]  # the layers that read their weight as x @ W (ReadTransposedAdapter)
     _tapped_linear: list[Layer]  # tapped layers that may be read as x @ W inside a compiled graph
+    _bank_phantoms: list[tuple[Tensor, list[Layer | None]]]  # expert banks: their phantom, each expert's layer
 
     # ----------------------------------------------------------------- capture
     @property
@@ -292,6 +293,7 @@ class StatisticsCapture:
             leaf = transposed_phantom(layer.adapter.weight(layer.module))
             if not self._reads_as(layer, True):  # read as x @ W inside a graph, and as F.linear(x, W) before
                 leaf.grad = None
+        self._take_banks()
         live, groups = [], set()
         for name, phantom in self._phantoms.items():
             if phantom.grad is not None:
@@ -317,6 +319,28 @@ class StatisticsCapture:
         for layer, _ in live:
             self.groups[layer.group].accumulations += 1
 
+    def _take_banks(self) -> None:
+        """Each expert's statistics from its bank's phantom (:class:`~dopr.sigma_tap.BankSigmaTap`): an expert no row
+        was routed to gets none, as when read eagerly."""
+        taken = [(leaf.grad, experts) for leaf, experts in self._bank_phantoms if leaf.grad is not None]
+        for leaf, _ in self._bank_phantoms:
+            leaf.grad = None
+        if not taken:
+            return
+        counts = torch.stack([g[:, -1, -1] for g, _ in taken])
+        rows = counts if self.options.capturable else counts.tolist()  # the one host read for all banks
+        pending = []
+        for (g, experts), n in zip(taken, rows):
+            for e, layer in enumerate(experts):
+                if layer is None or (not self.options.capturable and not n[e]):
+                    continue
+                group = self.groups[layer.group]
+                total = g[e] if group.bias else g[e, :-1, :-1]
+                pending.append(_Pending(group, "sum", total, n[e] if self.options.capturable else int(n[e]),
+                                        self._epoch))
+                group.accumulations += 1
+        self._commit(pending)
+
     def _compiled_transposed_reads(self) -> list[Layer]:
         """The layers not yet switched to reading ``x @ W`` that a compiled graph read that way."""
         found = []
@@ -331,6 +355,8 @@ class StatisticsCapture:
             phantom.grad = None
         for layer in self._tapped_linear:
             transposed_phantom(layer.adapter.weight(layer.module)).grad = None
+        for leaf, _ in self._bank_phantoms:
+            leaf.grad = None
 
     def clear_gradient_statistics(self) -> None:
         """Forget the rows committed so far (``DoPr.zero_grad()`` calls this: they belong to the gradient it

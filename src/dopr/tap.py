@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from .capture import compiler_disabled
 from .sigma_tap import SigmaTap, phantom
 
-__all__ = ["TapView", "TappedParameter", "drop_phantom", "note_unseen", "owner_of", "read_projections", "tap",
-           "tap_layers", "tappable", "transposed_phantom", "unseen_op", "untap", "untapped"]
+__all__ = ["TapView", "TappedParameter", "bank_phantoms", "drop_phantom", "note_unseen", "owner_of",
+           "read_projections", "tap", "tap_layers", "tappable", "transposed_phantom", "unseen_op", "untap", "untapped"]
 
 
 class Layer(Protocol):
@@ -72,6 +72,8 @@ class _Reads:
     # the leaf of its reads as x @ W (its first dimension the input), for a bias-free Linear weight (see
     # ReadTransposedAdapter): such a read switches the layer at the step that takes this leaf's gradient
     transposed_phantom: Tensor | None = None
+    # a bank of experts: the leaf of its grouped_mm reads inside compiled graphs, E x (d_in + 1) x (d_in + 1)
+    bank_phantom: Tensor | None = None
     unseen: str | None = None  # the first op that computed a tensor from the weight that is not a read DoPr follows
 
 
@@ -179,6 +181,11 @@ class TapView(Tensor):
         return _dispatch(_VIEW_READS, func, args, kwargs or {})
 
 
+def _is_input(x: Any) -> bool:
+    """A tensor a weight can be read against (not the weight itself or a view of it: ``W @ W.T`` is no read)."""
+    return isinstance(x, Tensor) and not isinstance(x, (TapView, TappedParameter))
+
+
 def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
     """Run a reader: directly when eager (a compiler-disabled call costs microseconds). Under torch.compile, a
     read that has a phantom goes through :class:`~dopr.sigma_tap.SigmaTap`, inside the graph; any other read runs
@@ -267,6 +274,10 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
                                      diagonal=False) for layer in reads.packed]
     readers = [layer for layer in (linear, embedding, conv) if layer is not None]
     found = {id(layer): leaf for layer, leaf in zip(reads.packed, reads.packed_phantoms)}
+    bank = [e for e in reads.experts if e is not None]
+    if len(reads.experts) > 1 and bank:
+        reads.bank_phantom = phantom(bank[0].adapter.in_features(bank[0].module), statistics_dtype, param.device,
+                                     diagonal=False, groups=len(reads.experts))
     if experts or len(readers) != 1:
         return found
     layer = readers[0]
@@ -282,6 +293,16 @@ def tap(param: nn.Parameter, owner: object, *, linear: Layer | None = None, embe
 def transposed_phantom(param: Tensor) -> Tensor | None:
     """The leaf that compiled graphs accumulate ``param``'s reads as ``x @ W`` into (None: none)."""
     return getattr(_entry(param), "transposed_phantom", None)
+
+
+def bank_phantoms(params: list[nn.Parameter]) -> list[tuple[Tensor, list[Layer | None]]]:
+    """The expert banks among ``params`` that have a phantom: ``(phantom, the layer of each expert)``."""
+    found = []
+    for param in params:
+        reads = _entry(param)
+        if reads is not None and reads.bank_phantom is not None:
+            found.append((reads.bank_phantom, reads.experts))
+    return found
 
 
 def _entry(param: Tensor) -> _Reads | None:
