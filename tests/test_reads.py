@@ -209,3 +209,29 @@ def test_a_convolution_read_with_another_geometry_is_named():
     model(torch.randn(2, 2, 5, 5)).sum().backward()
     with pytest.warns(RuntimeWarning, match=r"'conv' has a gradient .* stride, padding, dilation or groups other than"):
         opt.step()
+
+
+class CastRouter(nn.Module):
+    """DeepSeek-V3's router: ``F.linear(h.type(torch.float32), W.type(torch.float32))`` of a bfloat16 weight."""
+
+    num_experts = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, D, dtype=torch.bfloat16))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h.type(torch.float32), self.weight.type(torch.float32))
+
+
+def test_a_cast_weight_is_read_as_the_weight():
+    model = nn.Sequential(CastRouter())
+    opt = DoPr(model, lr=1e-3)
+    x = torch.randn(5, D)
+    model(x).square().sum().backward()
+    ap = opt.preconditioner
+    group = ap.groups[ap.layers["0"].group]
+    assert group.rows == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        opt.step()

@@ -120,9 +120,9 @@ def compiler_disabled(fn: Callable) -> Callable:
 # why a layer with a gradient recorded no input: the end of the warning, for a tapped and for a hooked layer
 UNSEEN_READ = ("or its weight was read only through a tensor computed from it (a cast, a scaled or standardized copy) "
                "or by an op DoPr does not tap; ")
-READS_SEEN = ("DoPr sees F.linear(x, W), x @ W.T, F.embedding(ids, W), W[ids], F.convNd with its module's "
-              "geometry, F.multi_head_attention_forward, those products of a torch.cat of weights and, for expert "
-              "banks, F.linear(x, W[e]) and grouped_mm on the weight itself.")
+READS_SEEN = ("DoPr sees F.linear(x, W) (also of a cast W.float()), x @ W.T, F.embedding(ids, W), W[ids], F.convNd "
+              "with its module's geometry, F.multi_head_attention_forward, those products of a torch.cat of weights "
+              "and, for expert banks, F.linear(x, W[e]) and grouped_mm on the weight itself.")
 UNSEEN_CALL = ("or its weight is used without calling the module, or torch.compile runs a graph it built before DoPr "
                "was constructed (call torch.compiler.reset() after constructing DoPr).")
 

@@ -130,6 +130,21 @@ def _read_conv_view(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
+def _traced_conv_view(args: tuple, kwargs: dict, out: Any) -> Any:
+    """Inside a compiled graph: a convolution of a view of a conv weight in its own shape (Mamba's squeezed
+    ``conv1d.weight``) through SigmaTap, as :func:`_traced_conv` for the weight itself."""
+    weight = _arg(args, kwargs, 1, "weight")
+    read = getattr(weight, "_dopr_read", None)
+    if read is None or read[1] != "alias" or tuple(weight.shape) != read[2][1]:
+        return out
+    layer = read[2][0]
+    if not _conv_like_module(layer, args, kwargs):
+        return None
+    grouped = layer.adapter.groups(layer.module) > 1
+    return _traced_read("conv", layer.adapter.weight(layer.module), _arg(args, kwargs, 0, "input"), out,
+                        3 if grouped else 2, layer.adapter.unfolding(layer.module))
+
+
 def _read_conv(args: tuple, kwargs: dict, out: Any) -> Any:
     """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` (and 1-d, 3-d): the patches of ``x``, when the call
     has its module's geometry; otherwise the read is named (its rows would be other patches)."""
@@ -193,6 +208,8 @@ def _read_view_linear(args: tuple, kwargs: dict, out: Any) -> Any:
         _report(read[0], [(read[2], x)], out)  # F.linear(x, W[e]) of an E x out x in bank
     elif read[1] == "concat":
         _report_concat(read, x, 1, out)  # F.linear(x, cat([Wq, Wk, Wv])): the concatenation is out x in
+    elif read[1] == "cast":
+        _report(read[0], [(read[2], x)], out)  # F.linear(x, W.float())
     return out
 
 
@@ -226,6 +243,18 @@ def _read_weight_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
         note_unseen(right, "x @ W (its first dimension as the input) outside a torch.cat (DoPr follows that read "
                            "only as part of a product of concatenated weights)")
     return out
+
+
+def _read_cast(args: tuple, kwargs: dict, out: Any) -> Any:
+    """``W.to(torch.float32)``, ``W.type(...)``, ``W.float()`` of a Linear weight (DeepSeek-V3's router reads
+    ``F.linear(h.float(), W.float())``): a cast changes the precision of a read, not what it reads, so ``F.linear`` of
+    the cast is the layer's read (eagerly a cast to the weight's own dtype returns the weight itself)."""
+    source = args[0] if args else None
+    reads = _reads_of(source)
+    if (reads is None or reads.linear is None or out is source or not isinstance(out, Tensor)
+            or not out.is_floating_point() or out.shape != source.shape):
+        return out
+    return _view(out, reads.owner, "cast", reads.linear)
 
 
 def _linear_part(t: Any) -> tuple[Layer | None, bool, Any]:
@@ -302,7 +331,7 @@ def _traced_product(read: Any, x: Any, input_axis: int, out: Any) -> Any:
     without such a phantom."""
     if read is None or not _is_input(x):
         return out
-    if read[1] == "transposed" and input_axis == 0:
+    if (read[1] == "transposed" and input_axis == 0) or (read[1] == "cast" and input_axis == 1):
         found, transposed = [(read[2], x)], set()
     elif read[1] == "concat":
         found, transposed = _concat_reads(read, x, input_axis)
@@ -315,7 +344,7 @@ def _traced_product(read: Any, x: Any, input_axis: int, out: Any) -> Any:
         return out
     for (_, rows), leaf in zip(found, leaves):
         out = SigmaTap.apply(out, rows, leaf, None)
-    return out.clone()  # a model may add its bias in place (MobileBERT's +=), which a custom Function's view forbids
+    return out
 
 
 def _leaf(layer: Layer, transposed: bool) -> Tensor | None:
@@ -395,6 +424,7 @@ _PARAMETER_READS.update({
     torch.transpose: _read_transpose,
     **dict.fromkeys((torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.mm, Tensor.mm), _read_weight_matmul),
     **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), _read_cat),
+    **dict.fromkeys((Tensor.to, Tensor.type, Tensor.float, Tensor.double, Tensor.bfloat16, Tensor.half), _read_cast),
     F.layer_norm: _read_whole_table,
     F.rms_norm: _read_whole_table,
     F.conv1d: _read_conv,
@@ -415,8 +445,9 @@ _VIEW_READS.update({
     **dict.fromkeys((Tensor.squeeze, Tensor.unsqueeze, Tensor.view, Tensor.reshape), _read_reshape),
 })
 _TRACED.update({_read_linear: _traced_linear, _read_embedding: _traced_embedding, _read_conv: _traced_conv,
-                _read_view_linear: _traced_view_linear, _read_matmul: _traced_matmul})
+                _read_view_linear: _traced_view_linear, _read_matmul: _traced_matmul,
+                _read_conv_view: _traced_conv_view})
 # readers that only make a view remembering what it holds: the same code runs inside a compiled graph
-_TRACED.update({r: r for r in (_read_transpose, _read_cat, _read_concat_transpose)})
+_TRACED.update({r: r for r in (_read_transpose, _read_cat, _read_concat_transpose, _read_reshape, _read_cast)})
 
 from . import reads_banks as _reads_banks  # noqa: E402,F401  (fills the tap's tables with the banks' readers)

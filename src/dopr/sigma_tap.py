@@ -39,7 +39,10 @@ class SigmaTap(torch.autograd.Function):
 
     @staticmethod
     def forward(out: Tensor, rows: Tensor, phantom: Tensor, unfolding: tuple | None = None) -> Tensor:
-        return out.view_as(out)
+        # a copy, not a view: models change a layer's output in place (Llama 4 adds its shared expert with add_,
+        # MobileBERT its bias with +=), which autograd forbids on a custom Function's view; inside a compiled graph
+        # the copy fuses into the output's pointwise consumer
+        return out.clone()
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -78,7 +81,7 @@ class BankSigmaTap(torch.autograd.Function):
 
     @staticmethod
     def forward(out: Tensor, rows: Tensor, offs: Tensor, phantom: Tensor) -> Tensor:
-        return out.view_as(out)
+        return out.clone()  # gpt-oss adds its experts' biases in place (see SigmaTap)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:

@@ -172,8 +172,8 @@ class TappedParameter(nn.Parameter):
 class TapView(Tensor):
     """A plain view of a tapped weight (``W[e]``, ``W.T``) that reports the op that then reads it."""
 
-    # (owner, "expert" | "transposed" | "bank" | "alias" | "concat", the layer, the experts' layers, (layer, weight
-    # shape), or (the axis joined, [(start, stop, layer, whether W.T)]) of a torch.cat of weights)
+    # (owner, "expert" | "transposed" | "bank" | "alias" | "concat" | "cast", the layer, the experts' layers, (layer,
+    # weight shape), or (the axis joined, [(start, stop, layer, whether W.T)]) of a torch.cat of weights)
     _dopr_read: tuple[weakref.ref, str, Any]
 
     @classmethod
