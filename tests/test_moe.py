@@ -217,13 +217,13 @@ def test_a_bank_read_by_bmm_gives_each_expert_its_rows():
 @pytest.mark.parametrize("build", [_mixtral, _gpt_oss], ids=["mixtral", "gpt_oss"])
 def test_a_compiled_bank_gets_each_experts_statistics_and_steps_as_eager(build):
     """Under torch.compile transformers reads a float32 bank by its own grouped_mm_fallback op; each expert's Sigma
-    comes from BankSigmaTap inside the graph (before, the bank's view lost what it held at a graph break and every
-    expert was warned as missing statistics)."""
+    comes from BankSigmaTap inside the one graph (before, Mixtral crashed in that op's dispatch and gpt-oss's experts
+    were warned as missing statistics)."""
     eager, compiled = build("grouped_mm"), build("grouped_mm")
     compiled.load_state_dict(eager.state_dict())
     # plain SGD: Adam's first steps are lr * sign(M), which turns rounding in an M near zero into an lr-sized step
     opts = [DoPr(m, base="sgd", lr=0.1, damping=DAMPING) for m in (eager, compiled)]
-    forward = torch.compile(compiled)
+    forward = torch.compile(compiled, fullgraph=True)  # one graph, DoPr's statistics inside it
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
