@@ -235,3 +235,21 @@ def test_a_cast_weight_is_read_as_the_weight():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         opt.step()
+
+
+def test_a_cast_to_the_weights_own_dtype_is_read_inside_a_compiled_graph():
+    """DeepSeek-V3's float32 router under torch.compile: Dynamo hands the no-op cast back as the weight, whose
+    F.linear then did not reach the tap (the router had no statistics); the cast's view does."""
+    model = nn.Sequential(CastRouter())
+    with torch.no_grad():
+        model[0].weight.data = model[0].weight.data.float()
+    opt = DoPr(model, lr=1e-3)
+    forward = torch.compile(model, fullgraph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(2):
+            opt.zero_grad()
+            forward(torch.randn(5, D)).square().sum().backward()
+            opt.step()
+    torch.compiler.reset()
+    assert opt.stats()["0"]["refreshes"] == 2

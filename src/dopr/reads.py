@@ -248,11 +248,13 @@ def _read_weight_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
 def _read_cast(args: tuple, kwargs: dict, out: Any) -> Any:
     """``W.to(torch.float32)``, ``W.type(...)``, ``W.float()`` of a Linear weight (DeepSeek-V3's router reads
     ``F.linear(h.float(), W.float())``): a cast changes the precision of a read, not what it reads, so ``F.linear`` of
-    the cast is the layer's read (eagerly a cast to the weight's own dtype returns the weight itself)."""
+    the cast is the layer's read."""
     source = args[0] if args else None
     reads = _reads_of(source)
-    if (reads is None or reads.linear is None or out is source or not isinstance(out, Tensor)
-            or not out.is_floating_point() or out.shape != source.shape):
+    # eagerly a cast to the weight's own dtype is the weight itself (read as it is); Dynamo models it so too, but
+    # F.linear of it then does not reach the tap inside the graph: a view that remembers the layer does
+    if (reads is None or reads.linear is None or (out is source and not torch.compiler.is_compiling())
+            or not isinstance(out, Tensor) or not out.is_floating_point() or out.shape != source.shape):
         return out
     return _view(out, reads.owner, "cast", reads.linear)
 
