@@ -118,8 +118,8 @@ class ActivationPreconditioner(StatisticsCapture):
         self._tapped, phantoms = tap_layers(self, [self.layers[n] for n in tapped], compiled)
         self._bank_phantoms = bank_phantoms(self._tapped)
         self._phantoms = {e.name: phantoms[id(e)] for e in self.layers.values() if id(e) in phantoms}
-        self._tapped_linear = [e for e in self.layers.values()
-                               if e.name in tapped and transposed_phantom(e.adapter.weight(e.module)) is not None]
+        self._transposed_phantoms = {n: leaf for n in tapped if (leaf := transposed_phantom(
+            self.layers[n].adapter.weight(self.layers[n].module))) is not None}
         self._finalizer = weakref.finalize(self, _detach, self._hooks, list(hooked.values()),
                                            list(self.discovery.attention), self._tapped)
 

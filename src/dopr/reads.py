@@ -233,8 +233,6 @@ def _read_weight_matmul(args: tuple, kwargs: dict, out: Any) -> Any:
     torch.compile a graph break can receive ``W`` where the user wrote a view of it, and following it would switch
     the layer wrongly; ``x @ cat([..., W])`` is followed (:func:`_read_cat`)."""
     left, right = args[0] if args else kwargs.get("input"), _right_operand(args, kwargs)
-    if getattr(right, "_dopr_read", None) is not None:
-        return _read_matmul(args, kwargs, out)
     reads = _reads_of(left)
     if reads is not None and reads.linear is not None and _is_input(right) and right.ndim >= 2:
         _report(reads.owner, [(reads.linear, right.transpose(-1, -2))], out)
@@ -353,9 +351,10 @@ def _leaf(layer: Layer, transposed: bool) -> Tensor | None:
     """The phantom a Linear layer's reads accumulate into inside a compiled graph: as ``F.linear`` reads it, or
     (``transposed``) as ``x @ W`` (None: none, or not of that width)."""
     reads = _reads_of(layer.adapter.weight(layer.module))
-    leaf = getattr(reads, "transposed_phantom" if transposed else "phantom", None)
-    width = layer.adapter.in_features(layer.module) if not transposed else leaf.shape[0] - 1 if leaf is not None else 0
-    return leaf if leaf is not None and leaf.ndim == 2 and leaf.shape[0] == width + 1 else None
+    if transposed:
+        return getattr(reads, "transposed_phantom", None)
+    leaf = getattr(reads, "phantom", None)
+    return leaf if leaf is not None and leaf.shape == (layer.adapter.in_features(layer.module) + 1,) * 2 else None
 
 
 def _traced_view_linear(args: tuple, kwargs: dict, out: Any) -> Any:

@@ -41,22 +41,34 @@ def _read_bmm(args: tuple, kwargs: dict, out: Any) -> Any:
     return out  # bmm(x, W) of an E x in x out bank (Llama 4): expert e reads x[e]
 
 
-def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
+def _bank_read(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Any, list] | None:
+    """``(x, offs, owner, the experts' layers)`` of a ``grouped_mm`` that reads a bank as its layers do (None: it
+    does not)."""
     x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
     if x is None:
         x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
     offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
     if isinstance(bank, TappedParameter):  # an E x in x out bank, read as it is stored
         reads = _reads_of(bank)
-        experts = reads.experts if reads is not None and reads.experts else []
-        owner, transposed = (reads.owner if reads is not None else None), True
+        if reads is None or not reads.experts:
+            return None
+        owner, experts, transposed = reads.owner, reads.experts, True
     else:  # W.transpose(-2, -1) of an E x out x in bank
         read = getattr(bank, "_dopr_read", None)
-        experts = read[2] if read is not None and read[1] == "bank" else []
-        owner, transposed = (read[0] if read is not None else None), False
-    layers = [e for e in experts if e is not None]
-    if not layers or layers[0].adapter.transposed != transposed or not _is_input(x) or x.ndim != 2 or offs is None:
+        if read is None or read[1] != "bank":
+            return None
+        owner, experts, transposed = read[0], read[2], False
+    first = next((e for e in experts if e is not None), None)
+    if first is None or first.adapter.transposed != transposed or not _is_input(x) or x.ndim != 2 or offs is None:
+        return None
+    return x, offs, owner, experts
+
+
+def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
+    found = _bank_read(args, kwargs)
+    if found is None:
         return out
+    x, offs, owner, experts = found
     found, start = [], 0
     for layer, end in zip(experts, offs.tolist()):  # expert e reads rows offs[e-1]:offs[e] (one host read)
         if layer is not None and end > start:
@@ -66,30 +78,16 @@ def _read_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
     return out
 
 
-def _bank_read(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, Any, bool] | None:
-    """``(x, offs, the bank's reads or view, the experts' layers, transposed)`` of a ``grouped_mm`` reading a bank."""
-    x, bank = _arg(args, kwargs, 0, "mat_a"), _arg(args, kwargs, 1, "mat_b")
-    if x is None:
-        x, bank = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
-    if isinstance(bank, TappedParameter):
-        reads = _reads_of(bank)
-        return (x, offs, reads, reads.experts, True) if reads is not None and reads.experts else None
-    read = getattr(bank, "_dopr_read", None)
-    return (x, offs, _reads_of(read[2][0].adapter.weight(read[2][0].module)) if read[2][0] is not None else None,
-            read[2], False) if read is not None and read[1] == "bank" and read[2] else None
-
-
 def _traced_grouped(args: tuple, kwargs: dict, out: Any) -> Any:
     """Inside a compiled graph: a bank's ``grouped_mm`` through :class:`~dopr.sigma_tap.BankSigmaTap` (each expert's
     statistics from its segment of the rows, no host read)."""
     found = _bank_read(args, kwargs)
     if found is None:
         return out
-    x, offs, reads, experts, transposed = found
-    layers = [e for e in experts if e is not None]
-    leaf = getattr(reads, "bank_phantom", None)
-    if leaf is None or layers[0].adapter.transposed != transposed or not _is_input(x) or x.ndim != 2 or offs is None:
+    x, offs, _, experts = found
+    first = next(e for e in experts if e is not None)  # its weight is the bank
+    leaf = getattr(_reads_of(first.adapter.weight(first.module)), "bank_phantom", None)
+    if leaf is None:
         return None
     if not (torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad):
         return out
@@ -108,8 +106,8 @@ def register_library_ops() -> None:
         return
     for func in (op, op.default):
         _VIEW_READS[func] = _PARAMETER_READS[func] = _read_grouped
-    if _DISABLED:
-        _DISABLED[_read_grouped] = _DISABLED.get(_read_grouped) or compiler_disabled(_read_grouped)
+    if _DISABLED and _read_grouped not in _DISABLED:  # the table was made before (torch without grouped_mm)
+        _DISABLED[_read_grouped] = compiler_disabled(_read_grouped)
 
 
 _PARAMETER_READS.update({torch.bmm: _read_bmm, Tensor.bmm: _read_bmm})

@@ -26,7 +26,7 @@ from .functional import block_second_moment_sum, grouped_second_moment_sum, seco
 from .groups import Group, Layer
 from .options import APOptions
 from .sigma_tap import take
-from .tap import drop_phantom, note_unseen, transposed_phantom
+from .tap import drop_phantom, note_unseen
 
 __all__ = ["AUTO_MIN_ROWS", "ROWS_PER_INPUT", "StatisticsCapture", "auto_row_cap"]
 
@@ -82,7 +82,7 @@ class StatisticsCapture:
     _phantoms: dict[str, Tensor]  # layer name -> the leaf its reads inside compiled graphs accumulate into
     _masked_step: bool  # row_mask was used since the last step
     _read_transposed: set[str]  # the layers that read their weight as x @ W (ReadTransposedAdapter)
-    _tapped_linear: list[Layer]  # tapped layers that may be read as x @ W inside a compiled graph
+    _transposed_phantoms: dict[str, Tensor]  # layer name -> the leaf of its reads as x @ W inside compiled graphs
     _bank_phantoms: list[tuple[Tensor, list[Layer | None]]]  # expert banks: their phantom, each expert's layer
 
     # ----------------------------------------------------------------- capture
@@ -134,7 +134,8 @@ class StatisticsCapture:
 
     def _set_read_transposed(self, layer: Layer, transposed: bool) -> None:
         """Switch ``layer`` to (or back from) :class:`~dopr.adapters.base.ReadTransposedAdapter`, with a fresh group of
-        its new width; its reads in compiled graphs then run eagerly (its phantom has the old width)."""
+        its new width. Inside compiled graphs its reads as ``x @ W`` go on into its transposed phantom, which becomes
+        its phantom; its ``F.linear`` reads, whose phantom has the other width, run eagerly (a graph break)."""
         if transposed:
             layer.adapter = ReadTransposedAdapter(layer.adapter)
             self._read_transposed.add(layer.name)
@@ -142,11 +143,10 @@ class StatisticsCapture:
             layer.adapter = layer.adapter.inner
             self._read_transposed.discard(layer.name)
         self.groups[layer.group] = self._fresh_group(layer)
-        weight = layer.adapter.weight(layer.module)
-        drop_phantom(weight)
+        drop_phantom(layer.adapter.weight(layer.module))
         self._phantoms.pop(layer.name, None)
-        if transposed and (leaf := transposed_phantom(weight)) is not None:
-            self._phantoms[layer.name] = leaf  # its reads as x @ W inside compiled graphs
+        if transposed and layer.name in self._transposed_phantoms:
+            self._phantoms[layer.name] = self._transposed_phantoms[layer.name]
 
     def _record(self, reads: list[tuple[Layer, Tensor | None]], output: Any, during_backward: bool) -> None:
         """Compute the statistics of these reads now; they join Sigma when backward reaches ``output``."""
@@ -289,10 +289,11 @@ class StatisticsCapture:
     def _take_compiled(self) -> None:
         """Move what compiled graphs accumulated in the phantoms (:mod:`dopr.sigma_tap`) into the groups, as the
         eager reads' pending sums are (one phantom per group: the members of a group read the same tensors)."""
-        for layer in self._compiled_transposed_reads():
-            leaf = transposed_phantom(layer.adapter.weight(layer.module))
-            if not self._reads_as(layer, True):  # read as x @ W inside a graph, and as F.linear(x, W) before
-                leaf.grad = None
+        for name, leaf in self._transposed_phantoms.items():
+            # a compiled graph read this layer as x @ W: switch it (named instead if it was read as F.linear before)
+            if leaf.grad is not None and name not in self._read_transposed:
+                if not self._reads_as(self.layers[name], True):
+                    leaf.grad = None
         self._take_banks()
         live, groups = [], set()
         for name, phantom in self._phantoms.items():
@@ -341,20 +342,11 @@ class StatisticsCapture:
                 group.accumulations += 1
         self._commit(pending)
 
-    def _compiled_transposed_reads(self) -> list[Layer]:
-        """The layers not yet switched to reading ``x @ W`` that a compiled graph read that way."""
-        found = []
-        for layer in self._tapped_linear:
-            leaf = transposed_phantom(layer.adapter.weight(layer.module))
-            if leaf is not None and leaf.grad is not None and layer.name not in self._read_transposed:
-                found.append(layer)
-        return found
-
     def _clear_phantoms(self) -> None:
         for phantom in self._phantoms.values():
             phantom.grad = None
-        for layer in self._tapped_linear:
-            transposed_phantom(layer.adapter.weight(layer.module)).grad = None
+        for leaf in self._transposed_phantoms.values():
+            leaf.grad = None
         for leaf, _ in self._bank_phantoms:
             leaf.grad = None
 

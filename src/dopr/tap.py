@@ -93,7 +93,7 @@ def _report(owner_ref: weakref.ref, reads: list[tuple[Layer, Tensor]], output: A
 
 def note_unseen(weight: Tensor, what: str) -> None:
     """Name ``what`` as the first read of tapped ``weight`` that DoPr does not follow (if none is named yet)."""
-    reads = _entry(weight) if weight is not None else None
+    reads = _entry(weight)
     if reads is not None and reads.unseen is None:
         reads.unseen = what
 
@@ -207,8 +207,8 @@ def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
 
 
 def _reads_of(weight: Any) -> _Reads | None:
-    entry = _READS.get(id(weight)) if isinstance(weight, TappedParameter) else None
-    return entry[1] if entry is not None and entry[0]() is weight else None
+    """What tapped ``weight``'s reads mean (None for anything else, a plain or switched-back parameter included)."""
+    return _entry(weight) if isinstance(weight, TappedParameter) else None
 
 
 # the readers as torch.compile sees them, made when the first weights are tapped: making them imports torch._dynamo,
