@@ -166,6 +166,27 @@ def test_captured_attention_computes_what_torch_computes_and_switches_back():
     assert type(model.attn) is nn.MultiheadAttention
 
 
+@pytest.mark.parametrize("average", [True, False])
+def test_captured_attention_returns_torchs_attention_weights(average):
+    # the second output is the attention map, as nn.MultiheadAttention's, in training as in eval
+    torch.manual_seed(0)
+    plain = nn.MultiheadAttention(6, 2, batch_first=True)
+    captured = copy.deepcopy(plain)
+    opt = DoPr(nn.Sequential(captured), lr=1e-3)
+    assert type(captured).__name__ == "CapturedMultiheadAttention"
+    q, kv = torch.randn(3, 5, 6), torch.randn(3, 7, 6)
+    for training in (True, False):
+        plain.train(training)
+        captured.train(training)
+        (out, weights), (ref, ref_weights) = captured(q, kv, kv, average_attn_weights=average), \
+            plain(q, kv, kv, average_attn_weights=average)
+        assert torch.allclose(out, ref, atol=1e-6)
+        assert weights.shape == ref_weights.shape == ((3, 5, 7) if average else (3, 2, 5, 7))
+        assert torch.allclose(weights, ref_weights, atol=1e-6)
+        assert captured(q, kv, kv, need_weights=False)[1] is None
+    opt.remove()
+
+
 class _Recurrent(nn.Module):
     def __init__(self, cell, batch_first, bidirectional, bias=True, given_state=False):
         super().__init__()

@@ -101,18 +101,18 @@ class CapturedMultiheadAttention(nn.MultiheadAttention):
         separate = {} if self._qkv_same_embed_dim else dict(
             use_separate_proj_weight=True, q_proj_weight=self.q_proj_weight, k_proj_weight=self.k_proj_weight,
             v_proj_weight=self.v_proj_weight)
-        attended, weights = F.multi_head_attention_forward(
+        attended, attention_weights = F.multi_head_attention_forward(
             query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias, self.bias_k,
             self.bias_v, self.add_zero_attn, self.dropout, eye, None, training=self.training,
             key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal, **separate)
-        weights = (self.in_proj_weight,) if self._qkv_same_embed_dim else (
+        projections = (self.in_proj_weight,) if self._qkv_same_embed_dim else (
             self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
-        attended = read_projections(weights, {"q": query, "k": key, "v": value}, attended)
+        attended = read_projections(projections, {"q": query, "k": key, "v": value}, attended)
         out = self.out_proj(attended)
         if self.batch_first and is_batched:
             out = out.transpose(1, 0)
-        return out, weights
+        return out, attention_weights
 
 
 def capture_attention(module: nn.Module) -> bool:
