@@ -27,6 +27,16 @@ raw_ablations() {  # raw_ablations TITLE RAW: the folders of queue_raw_ablations
     "dopr-adamw hidden raw=$2-ap-hidden:dopr-adamw" "adamw ZCA=${2/raw/zca}:adamw" "adamw std=${2/raw/std}:adamw" \
     "dopr-adamw std=${2/raw/std}:dopr-adamw"
 }
+checkpoints_section() {  # issue 23 item 3: every regime folder whose runs all record the lowest-validation checkpoint
+  local W=results/walker2d-std-d2-noise0.3-s1000 specs=(
+    "Hopper=$P-damping:adamw,dopr-adamw@0.1" "Hopper=$P-muon-damping:muon,dopr-muon@0.1"
+    "Humanoid noisy=$H-damping:adamw,dopr-adamw@0.1" "Humanoid noisy=$H-muon-damping:muon,dopr-muon@0.1"
+    "Walker2d noisy=$W:adamw,dopr-adamw" "Walker2d noisy=$W-signum:signum,dopr-signum"
+    "Walker2d noisy=$W-muon:muon,dopr-muon" "Walker2d noisy=$W-adamuon:adamuon,dopr-adamuon")
+  section "Final weights against the lowest-validation-loss checkpoint (BC, damping 0.1)" \
+    "dopr-bench checkpoints $(shown "${specs[@]}")"
+  $bench checkpoints "${specs[@]}"
+}
 {
   echo "# Issue 15 evidence tables (written by scripts/evidence/tables.sh; do not edit)"
   bases "Humanoid-v5, 5 demos from the noise-0.3 demonstrator, 1,000 steps, standardized: four bases, best against best" "$H"
@@ -39,6 +49,7 @@ raw_ablations() {  # raw_ablations TITLE RAW: the folders of queue_raw_ablations
     results/walker2d-raw-5demos
   raw_ablations "Humanoid-v5, 60 demos, 8,000 steps, raw observations, shared lr 1e-3: what AP adds where DoPr wins" \
     results/humanoid-raw-60demos
+  checkpoints_section
   section "robosuite Lift (images), AdamW against DoPr-AdamW, seeds 0-7 pooled" \
     "dopr-bench paired --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0"
   $bench paired --pool adamw dopr-adamw results/robo-lift results/robo-lift-s4 results/robo-lift-s0

@@ -152,3 +152,35 @@ def test_merge_tells_runs_apart_by_damping() -> None:
     again = {"bench": "bc", "settings": settings, "runs": [_run("dopr-adamw", 0, 0.1)]}  # = the old run's damping
     with pytest.raises(ValueError, match="more than one part"):
         merge_results([old, again])
+
+
+def test_checkpoints_table_pairs_best_against_best_at_each_checkpoint(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`dopr-bench checkpoints`: DoPr's final weights lose, its lowest-validation checkpoint wins; each selection is
+    paired by seed, and a damping picks DoPr's runs in a folder of several."""
+    from dopr_bench.core.compare import checkpoints_table
+    from dopr_bench.core.results import SCHEMA
+
+    runs = []
+    for seed in range(3):
+        runs.append(_run("adamw", seed, returns_at_min_val=[100.0 + seed], val_loss_min=1.0, min_val_step=10))
+        for damping, final, early in ((0.1, 50.0, 300.0), (10.0, 90.0, 110.0)):
+            runs.append(_run("dopr-adamw", seed, damping, returns=[final + seed], val_loss=2.0,
+                             returns_at_min_val=[early + seed], val_loss_min=0.5, min_val_step=4))
+    for r in runs:
+        if r["optimizer"] == "adamw":
+            r["returns"] = [100.0 + r["seed"]]
+    (tmp_path / "results.json").write_text(json.dumps({"schema": SCHEMA, "bench": "bc", "settings": {"damping": 0.1},
+                                                       "runs": runs}))
+    with pytest.raises(SystemExit, match="name one"):
+        checkpoints_table([f"R={tmp_path}:adamw,dopr-adamw"])
+    table = checkpoints_table([f"R={tmp_path}:adamw,dopr-adamw@0.1"])
+    rows = [line for line in table.splitlines() if line.startswith("| R (adamw, γ 0.1)")]
+    assert len(rows) == 4  # final and lowest-validation, each selected on val and on test
+    final_val, lowest_val = (rows[i].strip("| ").split(" | ") for i in (0, 2))
+    assert final_val[1] == "final" and final_val[7] == "-50 ± 0" and final_val[9] == "0/3"
+    assert lowest_val[1].startswith("lowest") and lowest_val[7] == "200 ± 0" and lowest_val[9] == "3/3"
+    arm = [line for line in table.splitlines() if line.startswith("| R | dopr-adamw")][0].strip("| ").split(" | ")
+    assert arm[5:9] == ["4 ± 0", "51 ± 2.48", "301 ± 2.48", "250 ± 0"]
+    main(["checkpoints", f"R={tmp_path}:adamw,dopr-adamw@10"])
+    assert "| R (adamw, γ 10) | lowest-validation-loss checkpoint | val | 3 |" in capsys.readouterr().out

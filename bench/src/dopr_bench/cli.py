@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     am = sub.add_parser("arms", help="arms of one protocol from several folders, each at its own best lr")
     am.add_argument("--pairs", action="store_true", help="SPECS are DIR:BASE,DOPR, one row per pair and selection")
     am.add_argument("specs", nargs="+", metavar="SPEC", help="LABEL=DIR:ARM (the first is the reference)")
+    cp = sub.add_parser("checkpoints", help="final weights against the checkpoint a user keeps, best against best")
+    cp.add_argument("specs", nargs="+", metavar="SPEC", help="LABEL=DIR:BASE,DOPR[@DAMPING], one per regime")
     sl = sub.add_parser("shared-lr", help="DoPr − base at every lr both arms of one folder ran")
     sl.add_argument("dir")
     sl.add_argument("base")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     dg = sub.add_parser("diagnostics", help="bc: rank correlation of each diagnostic with the return across runs")
     dg.add_argument("dirs", nargs="+")
     a = p.parse_args(argv)
-    if a.cmd in ("paired", "arms", "shared-lr", "diagnostics"):
+    if a.cmd in ("paired", "arms", "checkpoints", "shared-lr", "diagnostics"):
         return print(_table(a, p))
     if a.cmd == "report":
         from .core.report import report_dir
@@ -161,6 +163,8 @@ def _table(a: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
         return compare.pooled_difference(*a.args) if a.pool else compare.folder_difference(*a.args)
     if a.cmd == "arms":
         return compare.pairs_table(a.specs) if a.pairs else compare.arm_table(a.specs)
+    if a.cmd == "checkpoints":
+        return compare.checkpoints_table(a.specs)
     if a.cmd == "shared-lr":
         return compare.shared_lr_table(a.dir, a.base, a.dopr)
     from .bc.predictors import predictor_table

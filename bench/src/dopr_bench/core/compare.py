@@ -1,4 +1,5 @@
-"""Paired tables across result folders of one bench: the `dopr-bench paired`, `arms` and `shared-lr` commands.
+"""Paired tables across result folders of one bench: the `dopr-bench paired`, `arms`, `checkpoints` and `shared-lr`
+commands.
 
 Folders of one protocol share data, initialization and minibatch order per seed, so a seed's runs in two folders
 differ only in what the folders' settings (or arms) differ in; every difference here is paired by seed, with its
@@ -17,17 +18,17 @@ from . import stats
 from .bench import Bench, Metric, get_bench
 from .dampings import dampings_of
 from .report import best_lr, lr_section
-from .results import load_results
+from .results import load_results, run_damping
 
 Run = dict[str, Any]
 
 
-def _load(folders: Any) -> dict[str, dict[str, Any]]:
+def _load(folders: Any, one_damping: bool = True) -> dict[str, dict[str, Any]]:
     """Each folder's results, read once; a folder of several dampings is refused (these tables select over lrs
-    only, and would pool its dampings: its summary.md has the damping x lr tables)."""
+    only, and would pool its dampings: its summary.md has the damping x lr tables) unless the caller picks one."""
     loaded = {str(f): load_results(Path(f)) for f in dict.fromkeys(map(str, folders))}
     for folder, results in loaded.items():
-        if len(dampings_of(results)) > 1:
+        if one_damping and len(dampings_of(results)) > 1:
             raise SystemExit(f"{folder} ran DoPr at several dampings ({dampings_of(results)}); these tables select "
                              "over lrs only: read its summary.md (damping x lr), or compare folders of one damping")
     return loaded
@@ -162,6 +163,76 @@ def pairs_table(specs: list[str]) -> str:
                          f"{stats.ci([test.of(r) for r in rd])} | {stats.ci(dt)} | {stats.ci(dv, sci=True)} | "
                          f"{wins}/{len(ps)} |")
     return "\n".join(lines) + "\n"
+
+
+def _pair_spec(spec: str) -> tuple[str, str, str, str, float | None]:
+    """``LABEL=DIR:BASE,DOPR[@DAMPING]`` as (label, folder, base arm, DoPr arm, damping or None)."""
+    try:
+        label, rest = spec.split("=", 1)
+        folder, arms = rest.rsplit(":", 1)
+        base, dopr = arms.split(",")
+        dopr, _, damping = dopr.partition("@")
+        return label, folder, base, dopr, float(damping) if damping else None
+    except ValueError:
+        raise SystemExit(f"{spec!r}: a spec is LABEL=DIR:BASE,DOPR or LABEL=DIR:BASE,DOPR@DAMPING "
+                         "(e.g. 'Hopper=results/hopper-std-d5-s1000-damping:adamw,dopr-adamw@0.1')") from None
+
+
+def checkpoints_table(specs: list[str]) -> str:
+    """The final weights against every checkpoint the bench also judges (for BC, the lowest logged validation
+    loss), per regime (``LABEL=DIR:BASE,DOPR[@DAMPING]``; a damping picks the DoPr runs of a folder of several):
+    each arm at its own best lr, selected on the checkpoint's validation metric and separately on its test metric,
+    DoPr against its base paired by seed; then, at each arm's lr selected on the final validation metric, what
+    the user's checkpoint changes against the final one."""
+    parsed = [_pair_spec(s) for s in specs]
+    loaded = _load((folder for _, folder, *_ in parsed), one_damping=False)
+    bench = _one_bench(loaded)
+    if not bench.checkpoints:
+        raise SystemExit(f"the {bench.name} bench judges its final weights only: no checkpoints to compare")
+    views = [("final", bench.val, bench.test)] + [(name, v, t) for name, v, t in bench.checkpoints]
+    test = bench.test
+    rows, arm_rows = [], []
+    for label, folder, base_arm, dopr_arm, damping in parsed:
+        results = loaded[folder]
+        default = results.get("settings", {}).get("damping")
+        several = len(dampings_of(results)) > 1
+        if several and damping is None:
+            raise SystemExit(f"{folder} ran DoPr at {dampings_of(results)}: name one, as {folder}:{base_arm},"
+                             f"{dopr_arm}@{dampings_of(results)[0]:g}")
+        runs = [r for r in results["runs"] if damping is None or run_damping(r, default) in (None, damping)]
+        base, dopr = stats.select(runs, base_arm), stats.select(runs, dopr_arm)
+        if not base or not dopr:
+            raise SystemExit(f"{folder}: no {base_arm if not base else dopr_arm} runs"
+                             + (f" at damping {damping:g}" if damping is not None else ""))
+        name = f"{label} ({base_arm}{f', γ {damping:g}' if damping is not None else ''})"
+        for checkpoint, val_c, test_c in views:
+            for metric in (val_c, test_c):
+                lr_b, lr_d = best_lr(base, base_arm, metric), best_lr(dopr, dopr_arm, metric)
+                ps = stats.paired_by_seed(stats.select(dopr, lr=lr_d), stats.select(base, lr=lr_b))
+                dt, dv, wins = _deltas(ps, val_c, test_c)
+                rows.append(f"| {name} | {checkpoint} | {'val' if metric is val_c else 'test'} | {len(ps)} | "
+                            f"{lr_b:g} / {lr_d:g} | {stats.ci([test_c.of(y) for _, y in ps])} | "
+                            f"{stats.ci([test_c.of(x) for x, _ in ps])} | {stats.ci(dt)} | {stats.ci(dv, sci=True)} | "
+                            f"{wins}/{len(ps)} |")
+        for arm, arm_runs in ((base_arm, base), (dopr_arm, dopr)):
+            lr = best_lr(arm_runs, arm, bench.val)
+            rs = stats.select(arm_runs, lr=lr)
+            final = [test.of(r) for r in rs]
+            for checkpoint, _, test_c in views[1:]:
+                at = [test_c.of(r) for r in rs]
+                steps = [r["min_val_step"] for r in rs if r.get("min_val_step") is not None]
+                arm_rows.append(f"| {label} | {arm} | {checkpoint} | {lr:g} | {len(rs)} | "
+                                f"{stats.cell(steps, '{:.0f}') if steps else 'n/a'} | {stats.ci(final)} | "
+                                f"{stats.ci(at)} | {stats.ci([a - f for a, f in zip(at, final)])} |")
+    return "\n".join([
+        "Best against best at each checkpoint: each arm at its own best lr selected on that checkpoint's validation "
+        "metric (val) or test metric (test; optimistic), DoPr − base paired by seed; mean ± 95% t-interval.", "",
+        f"| regime | checkpoint | selected on | seeds | lr base / DoPr | base {test.label} | DoPr {test.label} | "
+        f"Δ {test.label} | Δ validation | DoPr better |", "|---" * 10 + "|", *rows, "",
+        "Each arm at its lr selected on the final validation metric: the checkpoint a user keeps against the final "
+        "weights (same episodes).", "",
+        f"| regime | arm | checkpoint | lr | seeds | its step | final {test.label} | {test.label} there | "
+        "there − final |", "|---" * 9 + "|", *arm_rows]) + "\n"
 
 
 def shared_lr_table(folder: Path | str, base: str, dopr: str) -> str:
