@@ -198,3 +198,101 @@ def test_copies_and_pickles_of_a_tapped_model_are_plain():
     model(torch.randn(3, 5)).sum().backward()
     opt.step()
     assert all(g["refreshes"] == 1 for g in opt.stats().values())
+
+
+class _Switched(nn.Module):
+    """The layers DoPr switches to a drop-in subclass (attention, an RNN stack) and one it hooks (ConvTranspose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.rnn = nn.LSTM(8, 8, num_layers=2, batch_first=True)
+        self.up = nn.ConvTranspose1d(8, 4, 3)
+
+    def forward(self, x):
+        a, _ = self.attn(x, x, x)
+        return self.up(self.rnn(a)[0].transpose(1, 2))
+
+
+def _plain_classes(model):
+    return {type(m) for m in model.modules()} <= {_Switched, nn.MultiheadAttention, nn.LSTM, nn.ConvTranspose1d,
+                                                   nn.modules.linear.NonDynamicallyQuantizableLinear}
+
+
+def test_a_refused_second_preconditioner_leaves_the_first_ones_switches():
+    torch.manual_seed(0)
+    model = _Switched()
+    opt = DoPr(model, lr=1e-3)
+    switched = type(model.attn), type(model.rnn)
+    assert switched[0] is not nn.MultiheadAttention and switched[1] is not nn.LSTM
+    with pytest.raises(ValueError, match="already"):
+        DoPr(model, lr=1e-3)
+    assert (type(model.attn), type(model.rnn)) == switched
+    model(torch.randn(2, 5, 8)).square().sum().backward()
+    opt.step()
+    assert all(s["refreshes"] == 1 for s in opt.stats().values()), opt.stats()  # attention and stack still seen
+    opt.remove()
+    assert _plain_classes(model)
+
+
+def test_an_excluded_stack_is_not_switched_and_removing_one_preconditioner_keeps_the_others_switch():
+    model = _Switched()
+    first = DoPr(model, lr=1e-3, exclude=["rnn"])
+    assert type(model.rnn) is nn.LSTM  # none of its layers gets AP: it keeps torch's fused forward
+    second = DoPr(model, lr=1e-3, exclude=["attn", "attn.*", "up"])
+    assert type(model.rnn) is not nn.LSTM
+    first.remove()
+    assert type(model.rnn) is not nn.LSTM and type(model.attn) is nn.MultiheadAttention
+    second.remove()
+    assert _plain_classes(model)
+
+
+def test_a_module_built_as_the_drop_in_stays_one():
+    from dopr.adapters.attention import CapturedMultiheadAttention
+
+    model = nn.Sequential(CapturedMultiheadAttention(8, 2))
+    DoPr(model, lr=1e-3).remove()
+    assert type(model[0]) is CapturedMultiheadAttention
+
+
+def test_copies_and_pickles_of_a_model_with_switched_and_hooked_layers_are_plain_and_work():
+    """torch.save(model) and an EMA deepcopy, with DoPr attached: plain classes, inert hooks, the user's
+    attributes on parameters kept, the same outputs; the model itself stays DoPr's."""
+    import io
+
+    torch.manual_seed(0)
+    model = _Switched()
+    model.up.weight.tag = "kept"
+    opt = DoPr(model, lr=1e-3)
+    x = torch.randn(2, 5, 8)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded.up.weight.tag == "kept"  # as torch.save keeps it without DoPr (a deepcopy of a Parameter does not)
+    for copied in (copy.deepcopy(model), loaded):
+        assert _plain_classes(copied)
+        assert all(type(p) is nn.Parameter for p in copied.parameters())
+        assert torch.equal(copied(x), model(x))
+        copied(x).sum().backward()  # its forwards and backwards are its own
+    assert type(model.attn) is not nn.MultiheadAttention
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+    assert all(s["refreshes"] == 1 for s in opt.stats().values())
+
+
+def test_views_of_tapped_weights_save_as_plain_tensors():
+    import io
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(4, 4, 3))
+    opt = DoPr(model, lr=1e-3)
+    with torch.no_grad():  # nothing to follow without a gradient: plain tensors
+        assert type(model[0].weight.t()) is torch.Tensor and type(model[1].weight.view(4, -1)) is torch.Tensor
+    views = {"t": model[0].weight.t(), "cast": model[0].weight.double()}
+    buf = io.BytesIO()
+    torch.save(views, buf)
+    buf.seek(0)
+    loaded = torch.load(buf)
+    assert all(type(v) is torch.Tensor and torch.equal(v, views[k]) for k, v in loaded.items())
+    opt.remove()

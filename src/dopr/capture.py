@@ -98,15 +98,46 @@ COMPILE_REASON = (
 
 
 def _make_hook(name: str, owner_module: nn.Module, owner_ref: weakref.ref, method: str) -> Callable[..., None]:
-    def dopr_input_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        # a deepcopy of the model (an EMA copy, say) carries this hook along: ignore its forwards
-        if module is not owner_module or not records_gradients(module):
-            return
-        owner = owner_ref()
-        if owner is not None:
-            getattr(owner, method)(name, module, args, kwargs, output, in_backward())
+    global _REPORT_CALL
+    if _REPORT_CALL is None:  # made with the first hook, not at import: compiler_disabled imports torch._dynamo
+        _REPORT_CALL = compiler_disabled(_report_call)
+    return _InputHook(name, owner_module, owner_ref, method)
 
-    return compiler_disabled(dopr_input_hook)
+
+class _InputHook:
+    """DoPr's forward hook on one module: reports the module's calls to its owner. A copy or pickle of the model (an
+    EMA ``deepcopy``, ``torch.save(model)``) carries :func:`_inert_hook` in its place: the hooks are DoPr's
+    bookkeeping, not part of the model."""
+
+    __slots__ = ("method", "module", "name", "owner")
+
+    def __init__(self, name: str, module: nn.Module, owner: weakref.ref, method: str) -> None:
+        self.name, self.module, self.owner, self.method = name, module, owner, method
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        _REPORT_CALL(self, module, args, kwargs, output)  # type: ignore[misc]
+
+    def __reduce__(self) -> tuple:
+        return _inert_hook_of, ()
+
+
+def _report_call(hook: _InputHook, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    if module is not hook.module or not records_gradients(module):  # the module of a copy that kept this hook
+        return
+    owner = hook.owner()
+    if owner is not None:
+        getattr(owner, hook.method)(hook.name, module, args, kwargs, output, in_backward())
+
+
+_REPORT_CALL: Callable[..., None] | None = None
+
+
+def _inert_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    """What a copied or unpickled model holds where DoPr's hook was: nothing to report to."""
+
+
+def _inert_hook_of() -> Callable[..., None]:
+    return _inert_hook
 
 
 def compiler_disabled(fn: Callable) -> Callable:

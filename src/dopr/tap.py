@@ -162,7 +162,11 @@ class TappedParameter(nn.Parameter):
         return result
 
     def __reduce_ex__(self, proto: Any) -> tuple:
-        return torch._utils._rebuild_parameter, (self.data, self.requires_grad, OrderedDict())
+        # as nn.Parameter's, with this class left out: its attributes (the user's; DoPr keeps none on it) go along
+        state = torch._utils._get_obj_state(self)
+        if not state:
+            return torch._utils._rebuild_parameter, (self.data, self.requires_grad, OrderedDict())
+        return torch._utils._rebuild_parameter_with_state, (self.data, self.requires_grad, OrderedDict(), state)
 
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -179,6 +183,12 @@ class TapView(Tensor):
     @classmethod
     def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         return _dispatch(_VIEW_READS, func, args, kwargs or {})
+
+    def __reduce_ex__(self, proto: Any) -> Any:
+        # saved (torch.save, pickle) as the plain tensor it is: what it reports to is DoPr's, not the tensor's
+        with torch._C.DisableTorchFunctionSubclass():
+            plain = self.as_subclass(Tensor)
+        return plain.__reduce_ex__(proto)
 
 
 def _is_input(x: Any) -> bool:
@@ -198,7 +208,9 @@ def _call(reader: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
     return reader(args, kwargs, out)
 
 
-def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> TapView:
+def _view(out: Tensor, owner: weakref.ref, kind: str, what: Any) -> Tensor:
+    if not torch.is_grad_enabled():  # no gradient will reach the weight through it: nothing to follow
+        return out
     if torch.compiler.is_compiling():
         out = out.view_as(out)  # a new tensor: Dynamo refuses to set an attribute on the result of W.T (a property)
     view = out.as_subclass(TapView)

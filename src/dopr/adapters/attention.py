@@ -12,7 +12,11 @@
   (by passing an identity output projection, exact in floating point) and then calls ``self.out_proj``
   as a module, so its input is seen like any Linear's. Outputs are identical; the price is one extra
   ``E x E`` product per call. Outside training (eval, no_grad) it is torch's forward, fast path
-  included. ``remove()`` switches the modules back.
+  included (except where torch's fast path refuses any weight with ``__torch_function__``, which tapped weights
+  have: there it runs torch's general path, equal to the fast path to rounding, and, with a padding mask in a
+  ``TransformerEncoder``, not zero at padded positions as the nested-tensor path is). ``remove()`` switches the
+  modules back. A forward hook a user puts on ``out_proj`` runs in training while DoPr is attached (plain
+  ``nn.MultiheadAttention`` never calls ``out_proj`` as a module, so it never runs there).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from ..tap import read_projections
 from .base import Adapter
+from .switch import PlainWhenCopied, hold, let_go
 
 __all__ = ["CapturedMultiheadAttention", "InProjAdapter", "capture_attention", "release_attention"]
 
@@ -67,12 +72,14 @@ class InProjAdapter(Adapter):
         return x.reshape(-1, self.in_features(module))
 
 
-class CapturedMultiheadAttention(nn.MultiheadAttention):
+class CapturedMultiheadAttention(PlainWhenCopied, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` whose training forward calls ``out_proj`` as a module (see the module docstring).
 
     A drop-in: same constructor, parameters, state dict and outputs. DoPr switches plain
     ``nn.MultiheadAttention`` modules to it in place; build models with it directly to avoid the switch.
     """
+
+    _dopr_plain = nn.MultiheadAttention
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
@@ -116,16 +123,10 @@ class CapturedMultiheadAttention(nn.MultiheadAttention):
 
 
 def capture_attention(module: nn.Module) -> bool:
-    """Switch a plain ``nn.MultiheadAttention`` to :class:`CapturedMultiheadAttention` in place; False if it is
-    a subclass with a forward of its own (left as is)."""
-    if type(module) is CapturedMultiheadAttention:
-        return True
-    if type(module) is not nn.MultiheadAttention:
-        return False
-    module.__class__ = CapturedMultiheadAttention
-    return True
+    """Switch a plain ``nn.MultiheadAttention`` to :class:`CapturedMultiheadAttention` in place (held once per
+    preconditioner, :mod:`dopr.adapters.switch`); False if it is a subclass with a forward of its own (left as is)."""
+    return hold(module, nn.MultiheadAttention, CapturedMultiheadAttention)
 
 
 def release_attention(module: nn.Module) -> None:
-    if type(module) is CapturedMultiheadAttention:
-        module.__class__ = nn.MultiheadAttention
+    let_go(module, nn.MultiheadAttention, CapturedMultiheadAttention)

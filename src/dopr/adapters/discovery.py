@@ -140,7 +140,10 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
         if (derived := derived_weight_reason(module)) is not None:
             found.skipped[name] = derived
             continue
-        if isinstance(module, RECURRENT) and module.num_layers > 1:  # run layer by layer to see the inner inputs
+        # a stack runs layer by layer to show its inner inputs: switched only if one of its layers gets AP
+        if isinstance(module, RECURRENT) and module.num_layers > 1 and any(
+                _plain_reason(name, f"{name}{suffix}", adapter.params(module), exclude) is None
+                for suffix, adapter in parts):
             if not (capture and capture_recurrent(module)):
                 found.skipped[name] = "a multi-layer RNN DoPr may not switch to its layer-by-layer forward"
                 continue
@@ -149,14 +152,9 @@ def discover(model: nn.Module, exclude: tuple[str, ...], capture: bool = True) -
         for suffix, adapter in parts:
             layer = f"{name}{suffix}"
             params = adapter.params(module)
-            why = None
-            if not any(p.requires_grad for p in params):
-                why = "frozen (no parameter requires grad)"
-            elif _matches(name, exclude) or _matches(layer, exclude):
-                why = EXCLUDED
-            elif not all(p.requires_grad for p in params):
-                why = "partly frozen (weight or bias does not require grad)"
-            elif _inside_fused_attention(name, modules) and not (capture and _capture(name, modules, found)):
+            why = _plain_reason(name, layer, params, exclude)
+            if why is None and _inside_fused_attention(name, modules) and not (
+                    capture and _capture(name, modules, found)):
                 why = ("called inside its nn.MultiheadAttention's fused forward, not as a module, so its input is "
                        "not observable (the attention module is a subclass with its own forward)")
             if why is not None:
@@ -236,6 +234,17 @@ def _tied_set(names: list[str], specs: dict[str, LayerSpec]) -> tuple[list[str],
     if any(specs[n].module.weight is not weight for n in names):
         return None
     return embeddings, heads[0] if heads else None
+
+
+def _plain_reason(name: str, layer: str, params: list[nn.Parameter], exclude: tuple[str, ...]) -> str | None:
+    """Why layer ``layer`` of module ``name`` is left out whatever it is (frozen, excluded), or None."""
+    if not any(p.requires_grad for p in params):
+        return "frozen (no parameter requires grad)"
+    if _matches(name, exclude) or _matches(layer, exclude):
+        return EXCLUDED
+    if not all(p.requires_grad for p in params):
+        return "partly frozen (weight or bias does not require grad)"
+    return None
 
 
 def _inside_fused_attention(name: str, modules: dict[str, nn.Module]) -> bool:

@@ -29,6 +29,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .base import Adapter
+from .switch import PlainWhenCopied, hold, let_go
 
 __all__ = ["CapturedGRU", "CapturedLSTM", "CapturedRNN", "RecurrentAdapter", "capture_recurrent",
            "recurrent_unsupported_reason", "release_recurrent"]
@@ -104,7 +105,7 @@ def recurrent_unsupported_reason(module: nn.Module) -> str | None:
     return None
 
 
-class _LayerByLayer:
+class _LayerByLayer(PlainWhenCopied):
     """The training forward of a stack, one layer at a time (see the module docstring)."""
 
     def forward(self, input: Any, hx: Any = None) -> Any:
@@ -151,31 +152,34 @@ class _LayerByLayer:
 class CapturedLSTM(_LayerByLayer, nn.LSTM):
     """``nn.LSTM`` whose training forward runs its layers one at a time (a drop-in: same parameters and outputs)."""
 
+    _dopr_plain = nn.LSTM
+
 
 class CapturedGRU(_LayerByLayer, nn.GRU):
     """``nn.GRU`` whose training forward runs its layers one at a time (a drop-in: same parameters and outputs)."""
 
+    _dopr_plain = nn.GRU
+
 
 class CapturedRNN(_LayerByLayer, nn.RNN):
     """``nn.RNN`` whose training forward runs its layers one at a time (a drop-in: same parameters and outputs)."""
+
+    _dopr_plain = nn.RNN
 
 
 _CAPTURED = {nn.LSTM: CapturedLSTM, nn.GRU: CapturedGRU, nn.RNN: CapturedRNN}
 
 
 def capture_recurrent(module: nn.Module) -> bool:
-    """Switch a plain multi-layer RNN/LSTM/GRU to its layer-by-layer drop-in in place (False: not one)."""
-    if type(module) in _CAPTURED.values():
-        return True
-    captured = _CAPTURED.get(type(module))
-    if captured is None or module.num_layers < 2:
-        return False
-    module.__class__ = captured
-    return True
+    """Switch a plain multi-layer RNN/LSTM/GRU to its layer-by-layer drop-in in place, held once per preconditioner
+    (:mod:`dopr.adapters.switch`); False if it is not one."""
+    for plain, captured in _CAPTURED.items():
+        if type(module) in (plain, captured):
+            return module.num_layers > 1 and hold(module, plain, captured)
+    return False
 
 
 def release_recurrent(module: nn.Module) -> None:
     for plain, captured in _CAPTURED.items():
-        if type(module) is captured:
-            module.__class__ = plain
-    _LAYER_IO.pop(module, None)
+        if type(module) is captured and let_go(module, plain, captured):
+            _LAYER_IO.pop(module, None)
