@@ -87,6 +87,29 @@ def test_conv3d_and_transposed_convs_match_the_reference(conv, shape):
     assert "conv" in opt.preconditioner.layers
 
 
+@pytest.mark.parametrize("spatial", [1, 2])
+def test_transposed_conv_called_with_output_size_matches_the_reference(spatial):
+    # output_size sets the output padding per call (a U-Net matching its skip connection): here 1 then 0
+    torch.manual_seed(0)
+    conv_t = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}[spatial]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = conv_t(3, 2, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            size = [2 * n for n in x.shape[2:]]
+            a = self.up(x, output_size=size)  # one more row than output_padding=0 gives
+            b = self.up(x.flip(-1) * 0.5, size[:-1] + [size[-1] - 1])
+            assert a.shape[2:] == torch.Size(size) and b.shape[-1] == size[-1] - 1
+            return a.tanh().flatten(1).sum(1, keepdim=True) + b.sin().flatten(1).sum(1, keepdim=True)
+
+    shape = (2, 3, 4) if spatial == 1 else (2, 3, 3, 4)
+    opt = _check(Net(), _data(shape, (2, 1)), tol=1e-8)
+    assert opt.preconditioner.layer_status("up") == "yes"
+
+
 def test_transposed_conv_rows_are_the_patches_of_its_weight():
     # the defining property: the output at each position is weight . patch (+ bias)
     torch.manual_seed(0)

@@ -37,8 +37,9 @@ def _is_conv1d_hf(m: nn.Module) -> bool:
     return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
 
 
-def _conv_patches(module: nn.Module, x: Tensor) -> list[Tensor]:
-    """Receptive fields of a (transposed) convolution, in the (C_in, *kernel) order of its weight, by index loops."""
+def _conv_patches(module: nn.Module, x: Tensor, output_size: Any = None) -> list[Tensor]:
+    """Receptive fields of a (transposed) convolution, in the (C_in, *kernel) order of its weight, by index loops
+    (``output_size``: what a transposed one was called with)."""
     spatial = len(module.kernel_size)
     if x.ndim == spatial + 1:
         x = x.unsqueeze(0)
@@ -51,7 +52,9 @@ def _conv_patches(module: nn.Module, x: Tensor) -> list[Tensor]:
     else:
         p = tuple(module.padding)
     size_in = x.shape[2:]
-    if transposed:
+    if transposed and output_size is not None:
+        size_out = list(output_size)[-spatial:]
+    elif transposed:
         size_out = [(n - 1) * si - 2 * pi + di * (ki - 1) + op + 1
                     for n, si, pi, di, ki, op in zip(size_in, s, p, d, k, module.output_padding)]
     else:
@@ -206,7 +209,7 @@ class ReferenceAP:
                     hx = args[1] if len(args) > 1 else kwargs.get("hx")
                     rows.extend(_hidden_states(module, x, hx, int(part.endswith("reverse"))))
             elif isinstance(module, (*_CONVS, *_CONV_TS)):
-                rows.extend(_conv_patches(module, args[0]))
+                rows.extend(_conv_patches(module, args[0], args[1] if len(args) > 1 else kwargs.get("output_size")))
             else:
                 x = args[0]
                 rows.extend(x.reshape(-1, x.shape[-1]).unbind(0))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -129,14 +130,18 @@ class ConvTransposeAdapter(Adapter):
 
     def sharing_key(self, module: nn.Module) -> tuple:
         return ("transposed", tuple(module.kernel_size), tuple(module.stride), tuple(module.padding),
-                tuple(module.output_padding), tuple(module.dilation), module.groups)
+                _output_padding(module), tuple(module.dilation), module.groups)
 
     def read(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> Tensor | None:
-        if len(args) > 1 or kwargs.get("output_size") is not None:
-            raise NotImplementedError(
-                f"{type(module).__name__} was called with output_size, which changes its output padding per call; "
-                "DoPr reads the module's output_padding instead: set output_padding on the module, or exclude it")
-        return super().read(module, args, kwargs, output)
+        x = super().read(module, args, kwargs, output)
+        size = args[1] if len(args) > 1 else kwargs.get("output_size")
+        if size is None or x is None:
+            _CALL_OUTPUT_PADDING.pop(module, None)
+        else:  # this call's output padding, as the module's forward derives it (the rows are formed right after)
+            _CALL_OUTPUT_PADDING[module] = tuple(module._output_padding(
+                x, list(size), module.stride, module.padding, module.kernel_size, len(module.kernel_size),
+                module.dilation))
+        return x
 
     def rows(self, module: nn.Module, x: Tensor) -> Tensor:
         return patches(*self._dilated(module, x), flip=True, groups=module.groups)
@@ -153,7 +158,7 @@ class ConvTransposeAdapter(Adapter):
             up[(slice(None), slice(None), *[slice(None, None, s) for s in stride])] = x
             x = up
         pads = [(d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
-                zip(module.kernel_size, module.dilation, module.padding, module.output_padding)]
+                zip(module.kernel_size, module.dilation, module.padding, _output_padding(module))]
         return x, module.kernel_size, module.dilation, pads, (1,) * spatial
 
     def row_count(self, module: nn.Module, x: Tensor) -> int:
@@ -181,6 +186,14 @@ class ConvTransposeAdapter(Adapter):
         write_rows_(module.weight.grad, full)
         if module.bias is not None:
             write_rows_(module.bias.grad, m[:, k])
+
+
+# a transposed convolution called with output_size: the output padding of its last call (read, then its rows)
+_CALL_OUTPUT_PADDING: weakref.WeakKeyDictionary[nn.Module, tuple[int, ...]] = weakref.WeakKeyDictionary()
+
+
+def _output_padding(module: nn.Module) -> tuple[int, ...]:
+    return _CALL_OUTPUT_PADDING.get(module, tuple(module.output_padding))
 
 
 def conv_unsupported_reason(module: nn.Module) -> str | None:
