@@ -77,6 +77,89 @@ def test_add_param_group_after_construction():
     opt2.load_state_dict(opt.state_dict())
 
 
+@pytest.mark.parametrize("base", ["muon", "adamuon"])
+def test_add_param_group_with_a_matrix_base_goes_to_the_auxiliary_adamw(base):
+    # Muon takes only the hidden Linear weights it was built with: a new bias or scale would break its step
+    model = mlp()
+    opt = DoPr(model, base=base, lr=1e-2)
+    extra = nn.Parameter(torch.ones(3))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    aux = dict(opt.bases)["adamw"]
+    assert aux.param_groups[-1] is opt.param_groups[-1] and aux.param_groups[-1]["params"] == [extra]
+    (_loss(model, torch.randn(4, 5), torch.randn(4, 3)) + extra.square().sum()).backward()
+    opt.step()
+    assert not torch.equal(extra, torch.ones(3))
+    assert opt.routes[-1].base == "adamw" and "add_param_group" in opt.routes[-1].reason
+
+
+@pytest.mark.parametrize("base", ["adamw", "muon"])
+def test_add_param_group_refuses_a_parameter_it_already_optimizes(base):
+    model = mlp()
+    opt = DoPr(model, base=base, lr=1e-2)
+    groups = len(opt.param_groups)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [model[0].bias]})
+    assert len(opt.param_groups) == groups
+
+
+def _trained(base="adamw"):
+    torch.manual_seed(0)
+    model = mlp()
+    opt = DoPr(model, base=base, lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        _loss(model, torch.randn(4, 5), torch.randn(4, 3)).backward()
+        opt.step()
+    return model, opt
+
+
+def _continue(model, opt, steps=2):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        _loss(model, torch.randn(4, 5, generator=g), torch.randn(4, 3, generator=g)).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_state_dict_of_an_older_torch_loads_as_into_the_base():
+    # group keys later torch versions added, and step counts as numbers: each base's __setstate__ fills them in
+    model, opt = _trained()
+    saved = copy.deepcopy(opt.state_dict())
+    old = copy.deepcopy(saved)
+    for group in old["param_groups"]:
+        for key in ("maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"):
+            group.pop(key, None)
+    for state in old["state"].values():
+        state["step"] = float(state["step"])
+    runs = []
+    for state_dict in (saved, old):
+        fresh = mlp()
+        fresh.load_state_dict(model.state_dict())
+        again = DoPr(fresh, lr=1e-2)
+        again.load_state_dict(state_dict)
+        runs.append(_continue(fresh, again))
+        again.remove()
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_state_dict_hooks_see_the_preconditioners_entry():
+    model, opt = _trained()
+    seen = []
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(sorted(sd)), prepend=True)
+    opt.register_load_state_dict_pre_hook(lambda o, sd: seen.append(sorted(sd)))
+    state = opt.state_dict()
+    opt.load_state_dict(state)
+    assert seen == [["dopr", "param_groups", "state"]] * 2 and "dopr" in state
+    with pytest.raises(KeyError, match="'dopr' entry"):
+        opt.load_state_dict({k: v for k, v in state.items() if k != "dopr"})
+
+
+def test_a_base_whose_step_needs_a_closure_is_refused_with_the_reason():
+    with pytest.raises(TypeError, match="closure"):
+        DoPr(mlp(), base=torch.optim.LBFGS, lr=1.0)
+
+
 def test_zero_grad_set_to_none_false_keeps_zero_tensors():
     model = mlp()
     opt = DoPr(model, lr=1e-2)

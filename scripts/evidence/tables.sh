@@ -31,6 +31,7 @@ checkpoints_section() {  # issue 23 item 3: every regime folder whose runs all r
   local W=results/walker2d-std-d2-noise0.3-s1000 specs=(
     "Hopper=$P-damping:adamw,dopr-adamw@0.1" "Hopper=$P-muon-damping:muon,dopr-muon@0.1"
     "Humanoid noisy=$H-damping:adamw,dopr-adamw@0.1" "Humanoid noisy=$H-muon-damping:muon,dopr-muon@0.1"
+    "Humanoid noisy, 500 steps=${H%-s1000}-length/s500:adamw,dopr-adamw"
     "Walker2d noisy=$W:adamw,dopr-adamw" "Walker2d noisy=$W-signum:signum,dopr-signum"
     "Walker2d noisy=$W-muon:muon,dopr-muon" "Walker2d noisy=$W-adamuon:adamuon,dopr-adamuon")
   section "Final weights against the lowest-validation-loss checkpoint (BC, damping 0.1)" \

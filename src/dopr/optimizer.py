@@ -11,6 +11,7 @@ dicts and whose ``state`` is their (shared) state, so LR schedulers, ``GradScale
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch.optim import Optimizer
 from .options import OPTION_NAMES, APOptions, resolve_options, with_options
 from .preconditioner import ActivationPreconditioner
 from .reporting import dopr_summary
-from .routing import DEFAULT_AUX_PATTERNS, Route, build_bases
+from .routing import DEFAULT_AUX_PATTERNS, MATRIX_BASES, Route, build_bases
 
 __all__ = ["DoPr"]
 
@@ -82,10 +83,15 @@ class DoPr(Optimizer):
         # defaults["betas"]) and tools that walk optimizer.state (device moves) see the real thing.
         self.defaults = bases[0][1].defaults
         self._link_bases()
+        self._loading_dopr: dict[str, Any] | None = None
+        self._model = weakref.ref(model)  # to name parameters added later
+        self._dopr_hooks = (self.register_state_dict_post_hook(DoPr._add_dopr_entry).id,
+                            self.register_load_state_dict_pre_hook(DoPr._take_dopr_entry).id)
         self._constructed = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add parameters after construction; they go to the first base optimizer, without AP.
+        """Add parameters after construction, without AP: to the base optimizer, or with a matrix base (Muon,
+        AdaMuon), which takes only the hidden Linear weights it was built with, to its auxiliary AdamW.
 
         (AP needs a layer's input: parameters of modules DoPr did not hook at construction cannot
         get it. To precondition new layers, build a new DoPr and load this one's state.)
@@ -93,7 +99,26 @@ class DoPr(Optimizer):
         if not getattr(self, "_constructed", False):  # Optimizer.__init__ registering the bases' groups
             super().add_param_group(param_group)
             return
-        self.bases[0][1].add_param_group(param_group)
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        held = {id(p) for group in self.param_groups for p in group["params"]}
+        if any(id(p) in held for p in params):
+            raise ValueError("some parameters appear in more than one parameter group (this DoPr already optimizes "
+                             "them; its param_groups list every base optimizer's groups)")
+        label, target = self.bases[0]
+        if label in MATRIX_BASES:
+            target = next((opt for name, opt in self.bases[1:] if name == "adamw"), None)
+            if target is None:  # every parameter went to the matrix base at construction
+                target = torch.optim.AdamW([{"params": params, **param_group}], lr=self.bases[0][1].defaults["lr"])
+                self.bases.append(("adamw", target))
+                param_group = None
+            label = "adamw"
+        if param_group is not None:
+            target.add_param_group({**param_group, "params": params})
+        model = self._model()
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        self.routes += [Route(names.get(id(p), f"added group parameter {i}"), tuple(p.shape), label,
+                              "added by add_param_group") for i, p in enumerate(params)]
         self.param_groups = [g for _, opt in self.bases for g in opt.param_groups]
         self._link_bases()
 
@@ -135,22 +160,39 @@ class DoPr(Optimizer):
         self.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["dopr"] = self.preconditioner.state_dict()
-        return state
+        # the preconditioner's entry is added by the first state-dict post hook, so the user's see it too
+        self._optimizer_state_dict_post_hooks.move_to_end(self._dopr_hooks[0], last=False)
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
+        # the user's load pre hooks see the "dopr" entry; the last one takes it out (checked before anything loads)
+        self._optimizer_load_state_dict_pre_hooks.move_to_end(self._dopr_hooks[1])
+        self._loading_dopr = None
+        super().load_state_dict(state_dict)
+        self._link_bases()
+        for _, opt in self.bases:  # each base's own __setstate__, as its load_state_dict would run it: defaults for
+            # the group keys an older torch did not write, step counts as tensors
+            opt.__setstate__({"state": opt.state, "param_groups": opt.param_groups})
+        self._link_bases()
+        precond, self._loading_dopr = self._loading_dopr, None
+        self.preconditioner.load_state_dict(precond)
+
+    @staticmethod
+    def _add_dopr_entry(opt: DoPr, state: dict[str, Any]) -> None:
+        state["dopr"] = opt.preconditioner.state_dict()
+
+    @staticmethod
+    def _take_dopr_entry(opt: DoPr, state_dict: dict[str, Any]) -> dict[str, Any]:
         if "dopr" not in state_dict:
             raise KeyError(
                 "this state dict has no 'dopr' entry: it was not saved by DoPr.state_dict(). To start DoPr "
                 "from a plain optimizer's state, load it into the base optimizer instead (opt.bases[i][1])"
             )
+        state_dict = dict(state_dict)
         precond = state_dict.pop("dopr")
-        self.preconditioner.check_state_dict(precond)  # before the base state changes anything
-        super().load_state_dict(state_dict)
-        self._link_bases()
-        self.preconditioner.load_state_dict(precond)
+        opt.preconditioner.check_state_dict(precond)  # before the base state changes anything
+        opt._loading_dopr = precond
+        return state_dict
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Telemetry per input group: trace of Sigma, condition estimate, damping, refreshes, fallbacks."""

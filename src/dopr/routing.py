@@ -9,6 +9,7 @@ AdamW, as Muon's authors recommend. Element-wise optimizers take all parameters.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from .adapters.experts import expert_banks
 from .bases import AdaMuon, Muon, Signum
 from .options import closest_option
 
-__all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "Route", "build_bases"]
+__all__ = ["BASES", "DEFAULT_AUX_PATTERNS", "MATRIX_BASES", "Route", "build_bases"]
 
 BASES: dict[str, type[Optimizer]] = {
     "adamw": torch.optim.AdamW,
@@ -31,7 +32,7 @@ BASES: dict[str, type[Optimizer]] = {
     "muon": Muon,  # torch.optim.Muon's update; ns_dtype=torch.float32 for CPUs without fast bfloat16
     "adamuon": AdaMuon,
 }
-_MATRIX_BASES = {"muon", "adamuon"}
+MATRIX_BASES = {"muon", "adamuon"}
 _BANK_BASES = {"muon"}  # matrix bases that also take 3-D banks of expert weights (AdaMuon takes 2-D only)
 
 #: Module-name patterns whose Linear weights a matrix optimizer leaves to AdamW (output heads).
@@ -88,11 +89,16 @@ def build_bases(
         cls, label = BASES[key], key
     elif isinstance(base, type) and issubclass(base, Optimizer):
         cls, label = base, base.__name__
+        closure = inspect.signature(cls.step).parameters.get("closure")
+        if closure is not None and closure.default is inspect.Parameter.empty:
+            raise TypeError(f"{label}.step needs a closure, which it calls again inside its step (a line search); "
+                            "DoPr preconditions the gradient of one evaluation per step, so it cannot be its base. "
+                            "Use a base whose step takes the closure as optional (Adam, SGD, ...)")
     else:
         raise TypeError(f"base must be a name or a torch.optim.Optimizer subclass, got {base!r}")
 
     kwargs = dict(base_kwargs) if lr is None else {"lr": lr, **base_kwargs}
-    if label not in _MATRIX_BASES:
+    if label not in MATRIX_BASES:
         try:
             opt = cls([p for _, p in named], **kwargs)
         except TypeError as err:
