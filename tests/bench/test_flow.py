@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dopr_bench.core.bench import get_bench  # noqa: E402
+from dopr_bench.core.report import summary_markdown  # noqa: E402
+from dopr_bench.core.results import machine_line  # noqa: E402
 from dopr_bench.core.sweep import run_sweep  # noqa: E402
 from dopr_bench.flow.data import evaluator, frechet_distance, load_digits_split, sample_quality  # noqa: E402
 from dopr_bench.flow.spec import FlowSpec  # noqa: E402
@@ -75,3 +77,11 @@ def test_pipeline_tiny_budget_and_resume(tmp_path):
     again = run_sweep(flow, "digits", spec, out, cache=tmp_path / "cache", progress=False)
     assert [r["wall_s"] for r in again["runs"]] == [r["wall_s"] for r in saved["runs"]]
     assert saved["bench"] == "flow" and {"torch", "dopr", "diverged"} <= set(run)  # the provenance flow lacked
+    # where each run ran: CPU model and the kernels torch used, listed in the summary (issue 23 item 5)
+    assert run["machine"]["cpu"] and run["machine"]["cpu_capability"] and "blas" in run["machine"]
+    summary = (out / "summary.md").read_text()
+    assert "## Machines" in summary and f"- 4 run(s): {machine_line(run['machine'])}" in summary
+    older = saved | {"runs": [{k: v for k, v in r.items() if k != "machine"} for r in saved["runs"]]}
+    assert "## Machines" not in summary_markdown(older)  # folders made before it are reported as they were
+    mixed = saved | {"runs": saved["runs"][:3] + older["runs"][3:]}
+    assert "- 1 run(s): not recorded" in summary_markdown(mixed)

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import stats
 from .bench import Bench, Metric, get_bench
-from .results import save_json
+from .results import machine_line, save_json
 from .stats import metric_mean as _mean
 from .stats import signed_interval as _signed
 
@@ -54,7 +54,18 @@ def summary_markdown(results: dict[str, Any]) -> str:
             md += "\n" + damping_section(results, val, test, title)
         elif len(stats.lrs(runs)) > 1:
             md += "\n" + lr_section(runs, val, test, title)
-    return md
+    return md + _machines_section(runs)
+
+
+def _machines_section(runs: list[Run]) -> str:
+    """Where the runs ran (runs made before machines were recorded are counted as such; none: no section)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        key = machine_line(r["machine"]) if r.get("machine") else "not recorded (made before 2026-12-07)"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1 and next(iter(counts)).startswith("not recorded"):
+        return ""
+    return "\n## Machines\n\n" + "\n".join(f"- {n} run(s): {m}" for m, n in counts.items()) + "\n"
 
 
 def write_report(out: Path, results: dict[str, Any], plots: bool = True) -> str:

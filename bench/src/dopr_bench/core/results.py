@@ -4,7 +4,8 @@ Schema (``schema`` 2)::
 
     {"bench": "bc" | "lm" | "flow" | "robo", "schema": 2, "task": str, "command": str,
      "settings": {...},            # what defines the folder: a run is resumed into it only with equal settings
-     "runs": [{"optimizer", "seed", "lr", "diverged", "train_s", "wall_s", "threads", "torch", "dopr", ...}],
+     "runs": [{"optimizer", "seed", "lr", "diverged", "train_s", "wall_s", "threads", "torch", "dopr", "machine",
+               ...}],             # "machine" (CPU, BLAS/oneDNN kernels, GPU) since 2026-12-07
                                    # DoPr runs also record "damping" (since --dampings; older runs used the
                                    # folder's "damping" setting)
      ...}                          # bench-specific fields (e.g. the demonstrations' return)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,52 @@ def library_version() -> str:
 
 
 def provenance(threads: int) -> dict[str, Any]:
-    """Recorded with every run: torch and dopr versions and the thread count."""
+    """Recorded with every run: torch and dopr versions, the thread count and the machine (:func:`machine`)."""
     import torch
 
-    return {"threads": threads, "torch": torch.__version__, "dopr": library_version()}
+    return {"threads": threads, "torch": torch.__version__, "dopr": library_version(), "machine": machine()}
+
+
+def machine() -> dict[str, Any]:
+    """The machine a run's numbers came from: CPU model and count, the kernels torch picked (CPU capability, BLAS,
+    LAPACK, oneDNN) and the GPU, if any. Single runs are not bit-identical across machines (paired comparisons over
+    seeds are what reproduces), so each run says where it ran."""
+    global _MACHINE
+    if _MACHINE is None:
+        import platform
+
+        import torch
+
+        config = torch.__config__.show()
+
+        def found(pattern: str) -> str | None:
+            match = re.search(pattern, config)
+            return match.group(1).strip() if match else None
+
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        except OSError:
+            pass
+        _MACHINE = {
+            "cpu": cpu, "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "blas": found(r"BLAS_INFO=([^,]+)"), "lapack": found(r"LAPACK_INFO=([^,]+)"),
+            "mkl": found(r"Math Kernel Library Version ([^\n]+?) for"),
+            "onednn": found(r"MKL-DNN (v[0-9.]+)"),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        }
+    return dict(_MACHINE)
+
+
+_MACHINE: dict[str, Any] | None = None
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One machine record as a short phrase."""
+    kernels = ", ".join(f"{k} {m[k]}" for k in ("blas", "mkl", "onednn") if m.get(k))
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return f"{m.get('cpu')} ({m.get('cpus')} CPUs, {m.get('cpu_capability')}; {kernels}){gpu}"
 
 
 def save_json(path: Path, obj: dict[str, Any]) -> None:
