@@ -63,6 +63,26 @@ def test_step_hooks_fire():
     assert calls == ["pre", "post"]
 
 
+@pytest.mark.parametrize("base", ["adamw", "muon"])
+def test_global_step_hooks_fire_once_per_step(base):
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    model = mlp()
+    opt = DoPr(model, base=base, lr=1e-2)
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("pre", type(o).__name__))),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append(("post", type(o).__name__)))]
+    try:
+        before = [p.detach().clone() for p in model.parameters()]
+        _loss(model, torch.randn(4, 5), torch.randn(4, 3)).backward()
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [("pre", "DoPr"), ("post", "DoPr")]
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))  # every base stepped
+
+
 def test_add_param_group_after_construction():
     model = mlp()
     opt = DoPr(model, lr=1e-2)

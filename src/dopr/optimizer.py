@@ -140,7 +140,7 @@ class DoPr(Optimizer):
         with self.preconditioner.untapped():
             if self.preconditioner.precondition_():
                 for _, opt in self.bases:
-                    opt.step()
+                    _step_base(opt)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -216,6 +216,17 @@ class DoPr(Optimizer):
 
     def __repr__(self) -> str:
         return f"DoPr(bases={[name for name, _ in self.bases]}, damping={self.preconditioner.options.damping})"
+
+
+def _step_base(opt: Optimizer) -> None:
+    """A base optimizer's step inside DoPr's: without torch's global step hooks, which ran for DoPr's step already
+    (a hook counting steps would count each base too); a base with step hooks of its own is stepped with them."""
+    raw = getattr(type(opt).step, "__wrapped__", None)
+    if raw is None or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks:
+        opt.step()
+        return
+    with torch.autograd.profiler.record_function(f"Optimizer.step#{type(opt).__name__}.step"):
+        raw(opt)
 
 
 with_options(DoPr.__init__, before="aux_lr")
