@@ -28,7 +28,8 @@ raw_ablations() {  # raw_ablations TITLE RAW: the folders of queue_raw_ablations
     "dopr-adamw std=${2/raw/std}:dopr-adamw"
 }
 checkpoints_section() {  # issue 23 item 3: every regime folder whose runs all record the lowest-validation checkpoint
-  local W=results/walker2d-std-d2-noise0.3-s1000 specs=(
+  local W=results/walker2d-std-d2-noise0.3-s1000
+  local specs=(
     "Hopper=$P-damping:adamw,dopr-adamw@0.1" "Hopper=$P-muon-damping:muon,dopr-muon@0.1"
     "Humanoid noisy=$H-damping:adamw,dopr-adamw@0.1" "Humanoid noisy=$H-muon-damping:muon,dopr-muon@0.1"
     "Humanoid noisy, 500 steps=${H%-s1000}-length/s500:adamw,dopr-adamw"
