@@ -112,6 +112,21 @@ def test_add_param_group_with_a_matrix_base_goes_to_the_auxiliary_adamw(base):
     assert opt.routes[-1].base == "adamw" and "add_param_group" in opt.routes[-1].reason
 
 
+def test_add_param_group_with_every_parameter_in_muon_makes_an_auxiliary_adamw():
+    # bias-free hidden Linear layers only (the last one is not named like a head): Muon holds everything
+    model = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3, bias=False))
+    opt = DoPr(model, base="muon", lr=1e-2)
+    assert [name for name, _ in opt.bases] == ["muon"]
+    extra = nn.Parameter(torch.ones(3))
+    opt.add_param_group({"params": (p for p in [extra]), "lr": 0.5})  # a generator, as model.parameters() is
+    assert [name for name, _ in opt.bases] == ["muon", "adamw"]
+    assert opt.param_groups[-1]["params"] == [extra] and opt.param_groups[-1]["lr"] == 0.5
+    (_loss(model, torch.randn(4, 5), torch.randn(4, 3)) + extra.square().sum()).backward()
+    opt.step()
+    assert not torch.equal(extra, torch.ones(3))
+    opt.load_state_dict(opt.state_dict())
+
+
 @pytest.mark.parametrize("base", ["adamw", "muon"])
 def test_add_param_group_refuses_a_parameter_it_already_optimizes(base):
     model = mlp()

@@ -105,16 +105,14 @@ class DoPr(Optimizer):
         if any(id(p) in held for p in params):
             raise ValueError("some parameters appear in more than one parameter group (this DoPr already optimizes "
                              "them; its param_groups list every base optimizer's groups)")
+        group = {**param_group, "params": params}
         label, target = self.bases[0]
         if label in MATRIX_BASES:
-            target = next((opt for name, opt in self.bases[1:] if name == "adamw"), None)
-            if target is None:  # every parameter went to the matrix base at construction
-                target = torch.optim.AdamW([{"params": params, **param_group}], lr=self.bases[0][1].defaults["lr"])
-                self.bases.append(("adamw", target))
-                param_group = None
-            label = "adamw"
-        if param_group is not None:
-            target.add_param_group({**param_group, "params": params})
+            label, target = "adamw", next((opt for name, opt in self.bases[1:] if name == "adamw"), None)
+        if target is None:  # every parameter went to the matrix base at construction: an auxiliary AdamW now
+            self.bases.append((label, torch.optim.AdamW([group], lr=self.bases[0][1].defaults["lr"])))
+        else:
+            target.add_param_group(group)
         model = self._model()
         names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
         self.routes += [Route(names.get(id(p), f"added group parameter {i}"), tuple(p.shape), label,
@@ -171,9 +169,8 @@ class DoPr(Optimizer):
         super().load_state_dict(state_dict)
         self._link_bases()
         for _, opt in self.bases:  # each base's own __setstate__, as its load_state_dict would run it: defaults for
-            # the group keys an older torch did not write, step counts as tensors
+            # the group keys an older torch did not write, step counts as tensors (in place: the links stay)
             opt.__setstate__({"state": opt.state, "param_groups": opt.param_groups})
-        self._link_bases()
         precond, self._loading_dopr = self._loading_dopr, None
         self.preconditioner.load_state_dict(precond)
 

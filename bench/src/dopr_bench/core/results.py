@@ -16,6 +16,7 @@ their COMMAND.txt says so); a file of another schema is refused with what to do.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -52,35 +53,34 @@ def machine() -> dict[str, Any]:
     """The machine a run's numbers came from: CPU model and count, the kernels torch picked (CPU capability, BLAS,
     LAPACK, oneDNN) and the GPU, if any. Single runs are not bit-identical across machines (paired comparisons over
     seeds are what reproduces), so each run says where it ran."""
-    global _MACHINE
-    if _MACHINE is None:
-        import platform
-
-        import torch
-
-        config = torch.__config__.show()
-
-        def found(pattern: str) -> str | None:
-            match = re.search(pattern, config)
-            return match.group(1).strip() if match else None
-
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        except OSError:
-            pass
-        _MACHINE = {
-            "cpu": cpu, "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "blas": found(r"BLAS_INFO=([^,]+)"), "lapack": found(r"LAPACK_INFO=([^,]+)"),
-            "mkl": found(r"Math Kernel Library Version ([^\n]+?) for"),
-            "onednn": found(r"MKL-DNN (v[0-9.]+)"),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        }
-    return dict(_MACHINE)
+    return dict(_machine())
 
 
-_MACHINE: dict[str, Any] | None = None
+@functools.cache
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    config = torch.__config__.show()
+
+    def found(pattern: str) -> str | None:
+        match = re.search(pattern, config)
+        return match.group(1).strip() if match else None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": found(r"BLAS_INFO=([^,]+)"), "lapack": found(r"LAPACK_INFO=([^,]+)"),
+        "mkl": found(r"Math Kernel Library Version ([^\n]+?) for"),
+        "onednn": found(r"MKL-DNN (v[0-9.]+)"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def machine_line(m: dict[str, Any]) -> str:
